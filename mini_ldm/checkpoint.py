@@ -1,0 +1,440 @@
+"""Reading Stable Diffusion weights: single files (LDM key layout) and diffusers folders.
+
+The model classes are named after the single-file keys, so a single file loads by stripping a
+prefix. A diffusers folder is mapped onto those names by `diffusers_unet_name` and
+`diffusers_vae_name`; SD2's OpenCLIP text encoder onto the Hugging Face CLIP names by
+`open_clip_tensors`. Configs are read from the tensor shapes, so any SD 1.x/2.x-shaped model loads
+(also the tiny random ones the tests make); the few numbers shapes cannot tell (attention heads)
+come from the family or from the folder's config.json.
+
+Memory: modules are built on the meta device (no allocation), then every tensor is read from the
+memory-mapped file, cast and moved on its own, and assigned in place: the weights exist once.
+"""
+import json
+import re
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .clip import TextConfig, TextEncoder
+from .errors import CheckpointError
+from .unet import UNet, UNetConfig
+from .vae import AutoencoderKL, VAEConfig
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIX = "cond_stage_model.transformer."  # SD1: Hugging Face CLIP layout
+OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD2: OpenCLIP layout
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+@dataclass
+class Checkpoint:
+    """Everything `load` learns from a checkpoint before building the pipeline."""
+
+    path: Path
+    family: str  # "sd1" or "sd2"
+    unet: UNet
+    vae: AutoencoderKL
+    text_encoder: TextEncoder
+    prediction: str  # "epsilon" or "v"
+    prediction_reason: str
+    native_size: int  # pixels
+    tokenizer_dir: Path | None  # a diffusers folder's own tokenizer files
+    scheduler_config: dict
+
+
+# --- tensor sources -----------------------------------------------------------------------------
+
+
+class TensorSource:
+    """Lazy, name-addressed access to the tensors of one file, without reading them all."""
+
+    def __init__(self, path: Path, stack: ExitStack):
+        self.path = path
+        if path.suffix == ".safetensors":
+            try:
+                self._file = stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
+            except Exception as e:  # safetensors raises its own error types for bad headers
+                raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+            self._keys = set(self._file.keys())
+            self._shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self._keys}
+            self._get = self._file.get_tensor
+        else:
+            state = _torch_load(path)
+            self._keys = set(state)
+            self._shapes = {k: tuple(v.shape) for k, v in state.items()}
+            self._get = state.__getitem__
+
+    def keys(self):
+        return self._keys
+
+    def shape(self, key):
+        return self._shapes[key]
+
+    def __getitem__(self, key) -> torch.Tensor:
+        try:
+            return self._get(key)
+        except Exception as e:
+            raise CheckpointError(f"{self.path}: tensor {key} cannot be read, the file may be truncated ({_first_line(e)})") from None
+
+
+def _torch_load(path: Path) -> dict:
+    """A .ckpt/.bin state dict, refusing anything but plain tensors: pickled code never runs."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        msg = _first_line(e)
+        if "weights_only" in msg or "Unsupported global" in msg or "Unpickler" in msg:
+            raise CheckpointError(f"{path}: refused to load, the file contains pickled objects other than tensors "
+                                  "(it may run code); convert it to .safetensors from a trusted source") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no state dict of tensors, so it is not a Stable Diffusion checkpoint")
+    return obj
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:200]
+
+
+class Prefixed:
+    """A view of a TensorSource restricted to one prefix, with the prefix removed from names."""
+
+    def __init__(self, source: TensorSource, prefix: str):
+        self.source, self.prefix = source, prefix
+        self._keys = {k[len(prefix):] for k in source.keys() if k.startswith(prefix)}
+
+    def keys(self):
+        return self._keys
+
+    def shape(self, key):
+        return self.source.shape(self.prefix + key)
+
+    def __getitem__(self, key):
+        return self.source[self.prefix + key]
+
+
+class Renamed:
+    """A view of a source under other names: new_name -> (old name, transform on the tensor)."""
+
+    def __init__(self, source, names: dict):
+        self.source, self.names = source, names
+
+    def keys(self):
+        return self.names.keys()
+
+    def shape(self, key):
+        old, fn, shape_fn = self.names[key]
+        return shape_fn(self.source.shape(old))
+
+    def __getitem__(self, key):
+        old, fn, _ = self.names[key]
+        return fn(self.source[old])
+
+
+def _same(x):
+    return x
+
+
+# --- name maps -----------------------------------------------------------------------------------
+
+_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+
+
+def diffusers_unet_name(key: str, num_res_blocks: int, levels: int, attention_levels) -> str:
+    """Map one diffusers UNet2DConditionModel key onto our (LDM) name."""
+    per_level = num_res_blocks + 1
+    fixed = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
+             "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
+    for old, new in fixed.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    m = re.match(r"(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.*)", key)
+    if m:
+        kind, block, part, i, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+        if kind == "down_blocks":
+            if part == "downsamplers":
+                return f"input_blocks.{(block + 1) * per_level}.0.{rest.replace('conv.', 'op.', 1)}"
+            index, sub = 1 + block * per_level + i, 0 if part == "resnets" else 1
+            name = f"input_blocks.{index}.{sub}."
+        else:
+            level = levels - 1 - block
+            if part == "upsamplers":
+                sub = 2 if level in attention_levels else 1
+                return f"output_blocks.{block * per_level + num_res_blocks}.{sub}.{rest}"
+            index, sub = block * per_level + i, 0 if part == "resnets" else 1
+            name = f"output_blocks.{index}.{sub}."
+        return name + (_resnet_leaf(rest) if part == "resnets" else rest)
+    m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key)
+    if m:
+        part, i, rest = m.groups()
+        if part == "attentions":
+            return f"middle_block.1.{rest}"
+        return f"middle_block.{0 if i == '0' else 2}.{_resnet_leaf(rest)}"
+    return key
+
+
+def _resnet_leaf(rest: str) -> str:
+    head, _, tail = rest.partition(".")
+    return f"{_UNET_RESNET.get(head, head)}.{tail}"
+
+
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
+             # diffusers before 0.14 stored the VAE attention under these names
+             "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
+
+
+def diffusers_vae_name(key: str, levels: int) -> str:
+    """Map one diffusers AutoencoderKL key onto our (LDM) name."""
+    key = key.replace("conv_norm_out.", "norm_out.").replace("conv_shortcut.", "nin_shortcut.")
+    m = re.match(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.*)", key)
+    if m:
+        side, direction, block, part, i, rest = m.groups()
+        level = int(block) if direction == "down" else levels - 1 - int(block)
+        if part == "resnets":
+            return f"{side}.{direction}.{level}.block.{i}.{rest}"
+        return f"{side}.{direction}.{level}.{'downsample' if direction == 'down' else 'upsample'}.{rest}"
+    m = re.match(r"(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key)
+    if m:
+        side, part, i, rest = m.groups()
+        if part == "resnets":
+            return f"{side}.mid.block_{int(i) + 1}.{rest}"
+        name, _, leaf = rest.rpartition(".")
+        return f"{side}.mid.attn_1.{_VAE_ATTN.get(name, name)}.{leaf}"
+    return key
+
+
+def _as_conv1x1(shape):
+    return tuple(shape) + (1, 1) if len(shape) == 2 else tuple(shape)
+
+
+def _renamed(source, rename, reshape_vae_attention=False) -> Renamed:
+    names = {}
+    for key in source.keys():
+        new = rename(key)
+        if reshape_vae_attention and re.search(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$", new):
+            names[new] = (key, lambda t: t.reshape(*t.shape, 1, 1) if t.ndim == 2 else t, _as_conv1x1)
+        else:
+            names[new] = (key, _same, tuple)
+    return Renamed(source, names)
+
+
+def open_clip_tensors(source, layers: int) -> Renamed:
+    """SD2's OpenCLIP text tower (cond_stage_model.model.*) under Hugging Face CLIP names.
+
+    Only the first `layers` resblocks are mapped: SD2 uses the penultimate block's output.
+    """
+    names = {"embeddings.token_embedding.weight": ("token_embedding.weight", _same, tuple),
+             "embeddings.position_embedding.weight": ("positional_embedding", _same, tuple),
+             "final_layer_norm.weight": ("ln_final.weight", _same, tuple),
+             "final_layer_norm.bias": ("ln_final.bias", _same, tuple)}
+    leaf = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+            "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    for i in range(layers):
+        old, new = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for a, b in leaf.items():
+            for p in ("weight", "bias"):
+                names[f"{new}{b}.{p}"] = (f"{old}{a}.{p}", _same, tuple)
+        # q, k and v are stored stacked in one in_proj tensor: rows [0:C], [C:2C], [2C:3C].
+        for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+            for p in ("weight", "bias"):
+                pick = (lambda t, j=j: t.chunk(3, dim=0)[j])
+                third = (lambda s: (s[0] // 3,) + tuple(s[1:]))
+                names[f"{new}self_attn.{proj}.{p}"] = (f"{old}attn.in_proj_{p}", pick, third)
+    return Renamed(source, names)
+
+
+# --- configs from shapes ------------------------------------------------------------------------
+
+
+def _without_text_model(src):
+    """Hugging Face CLIP keys come with or without a `text_model.` prefix, depending on the saver's version."""
+    if "text_model.embeddings.token_embedding.weight" in src.keys():
+        return Prefixed(src, "text_model.")
+    return src
+
+
+def _count(keys, pattern) -> int:
+    found = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
+    return max(found) + 1 if found else 0
+
+
+def unet_config(src, family: str, heads=None, upcast=False) -> UNetConfig:
+    keys = src.keys()
+    mc = src.shape("input_blocks.0.0.weight")[0]
+    levels = 1 + sum(1 for k in keys if re.match(r"input_blocks\.\d+\.0\.op\.weight$", k))
+    blocks = _count(keys, r"input_blocks\.(\d+)\.")
+    nrb = (blocks - 1 - (levels - 1)) // levels
+    first = [1 + level * (nrb + 1) for level in range(levels)]
+    mult = tuple(src.shape(f"input_blocks.{b}.0.in_layers.2.weight")[0] // mc for b in first)
+    attn = tuple(level for level, b in enumerate(first) if f"input_blocks.{b}.1.proj_in.weight" in keys)
+    context = src.shape("middle_block.1.transformer_blocks.0.attn2.to_k.weight")[1]
+    if heads is None:  # not stored in a single file: SD1 uses 8 heads, SD2 a head dim of 64
+        heads = [8] * levels if family == "sd1" else [m * mc // 64 for m in mult]
+    return UNetConfig(in_channels=src.shape("input_blocks.0.0.weight")[1], out_channels=src.shape("out.2.weight")[0],
+                      model_channels=mc, channel_mult=mult, num_res_blocks=nrb, attention_levels=attn,
+                      heads=tuple(heads), context_dim=context,
+                      linear_proj=len(src.shape("middle_block.1.proj_in.weight")) == 2, upcast_attention=upcast)
+
+
+def vae_config(src, scale=0.18215) -> VAEConfig:
+    keys = src.keys()
+    ch = src.shape("encoder.conv_in.weight")[0]
+    levels = _count(keys, r"encoder\.down\.(\d+)\.")
+    mult = tuple(src.shape(f"encoder.down.{level}.block.0.conv1.weight")[0] // ch for level in range(levels))
+    return VAEConfig(ch=ch, ch_mult=mult, num_res_blocks=_count(keys, r"encoder\.down\.0\.block\.(\d+)\."),
+                     z_channels=src.shape("post_quant_conv.weight")[0], scale=scale)
+
+
+def text_config(src, family: str, layers: int, heads=None, activation=None) -> TextConfig:
+    vocab, width = src.shape("embeddings.token_embedding.weight")
+    return TextConfig(vocab_size=vocab, max_length=src.shape("embeddings.position_embedding.weight")[0],
+                      width=width, layers=layers, heads=heads or width // 64,
+                      mlp_width=src.shape("encoder.layers.0.mlp.fc1.weight")[0],
+                      activation=activation or ("quick_gelu" if family == "sd1" else "gelu"))
+
+
+# --- building modules ---------------------------------------------------------------------------
+
+
+def build(cls, cfg, src, what: str, path: Path, device, dtype):
+    """Instantiate `cls(cfg)` without allocating, then fill every parameter from `src`."""
+    with torch.device("meta"):
+        module = cls(cfg)
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in src.keys()]
+    if missing:
+        raise CheckpointError(f"{path}: the {what} weights are incomplete ({len(missing)} missing, e.g. {missing[0]})")
+    state = {}
+    for name, ref in expected.items():
+        if tuple(src.shape(name)) != tuple(ref.shape):
+            raise CheckpointError(f"{path}: {what} tensor {name} has shape {tuple(src.shape(name))}, "
+                                  f"expected {tuple(ref.shape)}")
+        state[name] = src[name].to(device=device, dtype=dtype)
+    module.load_state_dict(state, assign=True)
+    return module.eval().requires_grad_(False)
+
+
+def load_checkpoint(path, device="cpu", dtype=torch.float32, prediction="auto") -> Checkpoint:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return _load_folder(path, device, dtype)
+    if path.suffix not in SINGLE_FILE_SUFFIXES:
+        raise CheckpointError(f"{path}: unknown checkpoint type; expected a .safetensors or .ckpt file, "
+                              "or a diffusers folder")
+    return _load_single_file(path, device, dtype, prediction)
+
+
+def _load_single_file(path: Path, device, dtype, prediction: str) -> Checkpoint:
+    with ExitStack() as stack:
+        source = TensorSource(path, stack)
+        unet_src, vae_src = Prefixed(source, UNET_PREFIX), Prefixed(source, VAE_PREFIX)
+        if OPEN_CLIP_PREFIX + "token_embedding.weight" in source.keys():
+            family = "sd2"
+            raw = Prefixed(source, OPEN_CLIP_PREFIX)
+            # The file holds all 24 blocks; SD2 reads the penultimate, so we keep one fewer.
+            layers = _count(raw.keys(), r"transformer\.resblocks\.(\d+)\.") - 1
+            text_src = open_clip_tensors(raw, layers)
+        else:
+            family = "sd1"
+            text_src = _without_text_model(Prefixed(source, CLIP_PREFIX))
+            layers = _count(text_src.keys(), r"encoder\.layers\.(\d+)\.")
+        for src, what in ((unet_src, "UNet"), (vae_src, "VAE"), (text_src, "text encoder")):
+            if not src.keys():
+                raise CheckpointError(f"{path}: has no {what} weights, so it is not a Stable Diffusion 1.x/2.x "
+                                      "checkpoint (LoRA, VAE-only and SDXL files are not supported)")
+        try:
+            ucfg = unet_config(unet_src, family, upcast=(family == "sd2" and dtype != torch.float32))
+            vcfg, tcfg = vae_config(vae_src), text_config(text_src, family, layers)
+        except KeyError as e:
+            raise CheckpointError(f"{path}: not a Stable Diffusion 1.x/2.x checkpoint (no tensor {e})") from None
+        pred, reason = _single_file_prediction(path, family, prediction)
+        unet = build(UNet, ucfg, unet_src, "UNet", path, device, dtype)
+        vae = build(AutoencoderKL, vcfg, vae_src, "VAE", path, device, dtype)
+        text = build(TextEncoder, tcfg, text_src, "text encoder", path, device, dtype)
+    native = 768 if (family == "sd2" and pred == "v") else 512
+    return Checkpoint(path, family, unet, vae, text, pred, reason, native, None, {})
+
+
+def _single_file_prediction(path: Path, family: str, prediction: str):
+    if prediction in ("epsilon", "v"):
+        return prediction, "--prediction"
+    name = path.name.lower()
+    if re.search(r"768-v|v-pred|vpred|v_pred", name) or (family == "sd2" and "768" in name):
+        return "v", f"auto: the file name '{path.name}' names a 768 v-prediction model"
+    yaml = path.with_suffix(".yaml")
+    if yaml.exists() and re.search(r"parameterization:\s*['\"]?v['\"]?\s*$", yaml.read_text(errors="ignore"), re.M):
+        return "v", f"auto: {yaml.name} says parameterization: v"
+    return "epsilon", "auto: epsilon unless the file name says v-prediction (use --prediction v for v models)"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; a diffusers folder needs unet/, vae/, text_encoder/ "
+                              "and their config.json files") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({_first_line(e)})") from None
+
+
+def _weights_file(folder: Path) -> Path:
+    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors",
+                 "diffusion_pytorch_model.bin", "pytorch_model.bin"):
+        if (folder / name).exists():
+            return folder / name
+    raise CheckpointError(f"{folder}: no weights file (expected diffusion_pytorch_model.safetensors "
+                          "or model.safetensors)")
+
+
+def _load_folder(path: Path, device, dtype) -> Checkpoint:
+    if not (path / "unet").is_dir():
+        if not any(path.iterdir()):
+            raise CheckpointError(f"{path}: the folder is empty; put a checkpoint (.safetensors) or a diffusers "
+                                  "folder there")
+        raise CheckpointError(f"{path}: a folder that is not a diffusers Stable Diffusion folder (no unet/ inside); "
+                              "pass the .safetensors file itself, or a folder with unet/, vae/, text_encoder/")
+    ucfg_json = _read_json(path / "unet" / "config.json")
+    vcfg_json = _read_json(path / "vae" / "config.json")
+    tcfg_json = _read_json(path / "text_encoder" / "config.json")
+    sched = _read_json(path / "scheduler" / "scheduler_config.json") if (path / "scheduler").is_dir() else {}
+    family = "sd2" if tcfg_json.get("hidden_act") == "gelu" else "sd1"
+    with ExitStack() as stack:
+        raw_unet = TensorSource(_weights_file(path / "unet"), stack)
+        levels = len(ucfg_json["block_out_channels"])
+        attn_levels = [i for i, t in enumerate(ucfg_json["down_block_types"]) if "CrossAttn" in t]
+        nrb = ucfg_json.get("layers_per_block", 2)
+        unet_src = _renamed(raw_unet, lambda k: diffusers_unet_name(k, nrb, levels, attn_levels))
+        raw_vae = TensorSource(_weights_file(path / "vae"), stack)
+        vae_levels = len(vcfg_json["block_out_channels"])
+        vae_src = _renamed(raw_vae, lambda k: diffusers_vae_name(k, vae_levels), reshape_vae_attention=True)
+        text_src = _without_text_model(TensorSource(_weights_file(path / "text_encoder"), stack))
+
+        # diffusers' "attention_head_dim" is really the number of heads (unless num_attention_heads is set).
+        heads = ucfg_json.get("num_attention_heads") or ucfg_json.get("attention_head_dim", 8)
+        heads = [heads] * levels if isinstance(heads, int) else list(heads)
+        upcast = bool(ucfg_json.get("upcast_attention")) or (family == "sd2" and dtype != torch.float32)
+        try:
+            ucfg = unet_config(unet_src, family, heads=heads, upcast=upcast)
+            vcfg = vae_config(vae_src, scale=vcfg_json.get("scaling_factor", 0.18215))
+            tcfg = text_config(text_src, family, tcfg_json["num_hidden_layers"], tcfg_json["num_attention_heads"],
+                               tcfg_json.get("hidden_act"))
+        except KeyError as e:
+            raise CheckpointError(f"{path}: the diffusers folder lacks {e}; is it a Stable Diffusion 1.x/2.x model?") from None
+        unet = build(UNet, ucfg, unet_src, "UNet", path / "unet", device, dtype)
+        vae = build(AutoencoderKL, vcfg, vae_src, "VAE", path / "vae", device, dtype)
+        text = build(TextEncoder, tcfg, text_src, "text encoder", path / "text_encoder", device, dtype)
+    pred = "v" if sched.get("prediction_type") == "v_prediction" else "epsilon"
+    native = ucfg_json.get("sample_size", 64) * vae.downscale
+    tok = path / "tokenizer" if (path / "tokenizer" / "vocab.json").exists() else None
+    return Checkpoint(path, family, unet, vae, text, pred, "scheduler/scheduler_config.json", native, tok, sched)

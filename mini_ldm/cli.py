@@ -1,0 +1,40 @@
+"""What train.py and sample.py share: finding the model, and turning errors into one line."""
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+WEIGHTS = REPO / "weights"
+DOWNLOAD_HINT = ("download a checkpoint, e.g. 512-base-ema.safetensors from "
+                 "https://huggingface.co/stabilityai/stable-diffusion-2-base (the paper's model), put it in "
+                 f"{WEIGHTS}/ and run again, or pass --model PATH (see weights/README.md)")
+
+
+def find_default_model(folder: Path = WEIGHTS) -> Path:
+    """The one checkpoint in weights/: a .safetensors/.ckpt file or a diffusers folder."""
+    found = []
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.suffix in (".safetensors", ".ckpt"):
+                found.append(p)
+            elif p.is_dir() and (p / "unet").is_dir():
+                found.append(p)
+    if not found:
+        raise UserError(f"--model not given and no checkpoint in {folder}/: {DOWNLOAD_HINT}")
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise UserError(f"--model not given and {folder}/ holds several checkpoints ({names}); choose one with --model")
+    return found[0]
+
+
+def run(main) -> None:
+    """Run a CLI main(); a UserError becomes 'error: ...' on stderr and exit status 2, Ctrl-C exit 130."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

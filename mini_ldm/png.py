@@ -1,0 +1,43 @@
+"""PNG files that remember how they were made.
+
+Each image carries a `parameters` text chunk in AUTOMATIC1111's format, so the web UI's "PNG Info"
+tab, and a person with a text viewer, can read the prompt, seed and settings back.
+"""
+from pathlib import Path
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+# Our scheduler names -> AUTOMATIC1111's sampler names.
+A1111_SAMPLERS = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "dpm++2m": "DPM++ 2M",
+                  "dpm++2m_karras": "DPM++ 2M Karras"}
+
+
+def parameters_text(settings, model_name: str, extra: dict | None = None) -> str:
+    """The three-line A1111 'parameters' text: prompt, negative prompt, then 'Key: value' pairs."""
+    fields = {"Steps": settings.steps, "Sampler": A1111_SAMPLERS.get(settings.scheduler, settings.scheduler),
+              "CFG scale": settings.cfg, "Seed": settings.seed, "Size": f"{settings.width}x{settings.height}",
+              "Model": model_name, **settings.extra, **(extra or {})}
+    lines = [settings.prompt]
+    if settings.negative_prompt:
+        lines.append(f"Negative prompt: {settings.negative_prompt}")
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields.items()))
+    return "\n".join(lines)
+
+
+def _quote(value) -> str:
+    text = str(value)
+    return f'"{text}"' if ("," in text or ":" in text) else text
+
+
+def save_png(image: Image.Image, path: Path, parameters: str) -> Path:
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, pnginfo=info)
+    return path
+
+
+def read_parameters(path) -> str | None:
+    with Image.open(path) as im:
+        return im.info.get("parameters")

@@ -1,0 +1,1 @@
+"""Textual Inversion on top of mini_ldm: learned-token files, data, training."""

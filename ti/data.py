@@ -1,0 +1,297 @@
+"""Image folders -> training tensors -> a cached latent distribution per image.
+
+Medical exports are awkward (16-bit grayscale PNG/TIFF, RGBA, palette, CMYK), so `load_image`
+turns all of them into plain 8-bit RGB, the only thing the SD VAE was trained on. Training then
+encodes every image once (`LatentCache`) and samples latents from the cached mean/std each step,
+so the VAE never runs inside the training loop.
+"""
+import hashlib
+import json
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+CACHE_FORMAT = "mini-ldm-latents-1"  # part of the cache key: bump it when the stored layout changes
+
+Warn = Callable[[str], None]
+
+
+class DataError(ValueError):
+    """A problem with the user's images; the message is one line that says what to do."""
+
+
+def warn_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- finding and reading images
+
+def find_images(root, warn: Warn = warn_stderr) -> list[Path]:
+    """All images under `root` (recursively), sorted by relative path so every run sees the same order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a folder; pass the folder holding your images")
+    files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
+    # Hidden files and folders (.DS_Store, .ipynb_checkpoints/) are tool clutter, not user data: skip them silently.
+    files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    stems = {p.with_suffix("") for p in images}
+    for p in files:
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            continue
+        if p.suffix.lower() == ".txt" and p.with_suffix("") in stems:
+            continue  # a caption beside its image, read by load_dataset
+        warn(f"skipping {p.relative_to(root)}: not an image")
+    if not images:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise DataError(f"no images found in {root} (looked for {exts}, subfolders included); put the concept's images there")
+    return images
+
+
+def load_image(path) -> Image.Image:
+    """Read any supported image as 8-bit RGB. Raises DataError naming the file if it cannot be read."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()  # multi-page TIFF: the first page
+            im = ImageOps.exif_transpose(im)  # phone/camera photos (e.g. of slides) store rotation in EXIF
+            return to_rgb(im)
+    except UnidentifiedImageError as e:  # its own message repeats the path
+        raise DataError(f"cannot read image {path}: not a readable image (empty, corrupt or wrong extension)") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # PIL reports truncated/damaged files as OSError or SyntaxError
+        raise DataError(f"cannot read image {path}: {e}") from e
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode.startswith("I") or im.mode == "F":
+        return _high_bit_depth_to_rgb(im)
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
+        # Composite on black, not white: medical images have black backgrounds (outside the body, empty
+        # slide regions after export), so transparent padding should look like what surrounds the anatomy.
+        black = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, im.convert("RGBA")).convert("RGB")
+    return im.convert("RGB")  # L, P, 1, CMYK, YCbCr, RGB
+
+
+def _high_bit_depth_to_rgb(im: Image.Image) -> Image.Image:
+    """16-bit / 32-bit / float grayscale -> 8-bit by stretching the image's own min..max to 0..255.
+
+    There is no shared display window we could know (DICOM exports put values anywhere in 0..65535),
+    and a plain `convert("L")` clips everything above 255 to white, so per-image min/max is the
+    safest choice. A constant image has no contrast to stretch and becomes black.
+    """
+    arr = np.asarray(im).astype(np.float64)
+    finite = np.isfinite(arr)
+    if not finite.any():
+        return Image.new("RGB", im.size)
+    lo, hi = arr[finite].min(), arr[finite].max()
+    arr = np.where(finite, arr, lo)
+    if hi > lo:
+        arr = (arr - lo) * (255.0 / (hi - lo))
+    else:
+        arr = np.zeros_like(arr)
+    arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, mode="L").convert("RGB")
+
+
+# --------------------------------------------------------------------------- images -> tensors
+
+def prepare(image: Image.Image, resolution: int, crop: str = "center", rng: random.Random | None = None) -> torch.Tensor:
+    """Resize the shorter side to `resolution`, crop a square -> float tensor (3, R, R) in [-1, 1]."""
+    if crop not in ("center", "random"):
+        raise ValueError(f"crop must be 'center' or 'random', not {crop!r}")
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    w, h = image.size
+    scale = resolution / min(w, h)
+    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+    if size != (w, h):
+        image = image.resize(size, Image.LANCZOS)
+    w, h = size
+    if crop == "center":
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+    else:
+        rng = rng or random.Random()
+        left, top = rng.randint(0, w - resolution), rng.randint(0, h - resolution)
+    image = image.crop((left, top, left + resolution, top + resolution))
+    arr = np.asarray(image, dtype=np.float32)  # (R, R, 3) in 0..255
+    return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
+
+
+@dataclass
+class Item:
+    path: Path
+    image: torch.Tensor  # (3, R, R) in [-1, 1]
+    caption: str  # from <stem>.txt beside the image, "" if there is none
+    flipped: bool = False
+
+
+def read_caption(image_path: Path) -> str:
+    txt = image_path.with_suffix(".txt")
+    if not txt.is_file():
+        return ""
+    return " ".join(txt.read_text(encoding="utf-8", errors="replace").split())  # one line for the prompt
+
+
+def load_dataset(root, resolution: int, crop: str = "center", flip: bool = False, warn: Warn = warn_stderr,
+                 seed: int = 0, paths: Sequence[Path] | None = None) -> list[Item]:
+    """Load every readable image under `root` as an Item; unreadable ones are skipped with a warning.
+
+    flip=True also adds each image's horizontal mirror. Off by default: in chest X-rays laterality
+    is anatomy (the heart is on the left), so a mirror is a different, implausible image.
+    `seed` drives the random crop. `paths` skips the folder search when the caller already did it.
+    """
+    paths = find_images(root, warn) if paths is None else list(paths)
+    rng = random.Random(seed)
+    items = []
+    for path in paths:
+        try:
+            image = prepare(load_image(path), resolution, crop, rng)
+        except DataError as e:
+            warn(f"{e}; skipping it")
+            continue
+        caption = read_caption(path)
+        items.append(Item(path, image, caption))
+        if flip:
+            items.append(Item(path, image.flip(-1), caption, flipped=True))
+    if not items:
+        raise DataError(f"none of the {len(paths)} image files in {root} could be read; check that they open in an image viewer")
+    return items
+
+
+# --------------------------------------------------------------------------- latent cache
+
+class LatentCache:
+    """The VAE's latent distribution (mean, std) of every training image, computed once.
+
+    `sample` draws mean + std * noise, a fresh latent each step, exactly as encoding every step would,
+    but without the VAE. Latents are *unscaled*: multiply by the VAE scale (0.18215) before the UNet.
+
+    With crop="random" the cache fixes ONE crop per image, chosen once with the seeded rng when the
+    images were loaded; it is not per-step crop augmentation (that would need the VAE in the loop).
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, captions: list[str], names: list[str]):
+        assert mean.shape == std.shape and mean.ndim == 4, (mean.shape, std.shape)
+        assert len(captions) == len(names) == mean.shape[0]
+        self.mean, self.std = mean, std  # (N, 4, r, r) each
+        self.captions = captions
+        self.names = names  # image path, with " (flipped)" for mirrors; for messages only
+        self.file: Path | None = None  # the .safetensors file this cache was saved to / loaded from
+        self.reused = False  # True when loaded from disk instead of encoded in this run
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, items: Sequence[Item], encode: Callable, batch_size: int = 4, device="cpu",
+              progress: bool = True) -> "LatentCache":
+        """`encode(images (B, 3, R, R) float32 CPU in [-1, 1]) -> (mean, logvar)`, each (B, 4, r, r).
+
+        The callable moves the batch to the model's device and dtype itself.
+        """
+        means, stds = [], []
+        with tqdm(total=len(items), desc="encoding images", unit="img", disable=not progress) as bar:
+            for i in range(0, len(items), batch_size):
+                batch = torch.stack([it.image for it in items[i:i + batch_size]])
+                mean, logvar = encode(batch)
+                if mean.shape != logvar.shape or mean.ndim != 4 or mean.shape[0] != batch.shape[0]:
+                    raise ValueError(f"encode returned mean {tuple(mean.shape)} and logvar {tuple(logvar.shape)} "
+                                     f"for {batch.shape[0]} images; expected two (B, C, h, w) tensors")
+                means.append(mean.float().to(device))
+                # same clamp as LDM's DiagonalGaussianDistribution, so std never under/overflows
+                stds.append(torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0)).to(device))
+                bar.update(batch.shape[0])
+        names = [str(it.path) + (" (flipped)" if it.flipped else "") for it in items]
+        return cls(torch.cat(means), torch.cat(stds), [it.caption for it in items], names)
+
+    def sample(self, indices, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents (B, 4, r, r) = mean + std * N(0, 1) for the given item indices (noise drawn on the cache's device)."""
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.mean.device).reshape(-1)
+        mean, std = self.mean[idx], self.std[idx]
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + std * noise
+
+    def caption(self, index: int) -> str:
+        return self.captions[index]
+
+    def save(self, file, key: str = "") -> None:
+        file = Path(file)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": CACHE_FORMAT, "key": key,
+                "captions": json.dumps(self.captions), "names": json.dumps(self.names)}
+        tmp = file.with_name(file.name + ".tmp")
+        save_file({"mean": self.mean.contiguous().cpu(), "std": self.std.contiguous().cpu()}, str(tmp), metadata=meta)
+        os.replace(tmp, file)  # an interrupted run never leaves a half-written cache behind
+        self.file = file
+
+    @classmethod
+    def load(cls, file, key: str | None = None, device="cpu") -> "LatentCache":
+        """Read a saved cache; with `key`, refuse a file whose stored key differs (renamed or stale file)."""
+        file = Path(file)
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                mean, std = f.get_tensor("mean"), f.get_tensor("std")
+            if meta.get("format") != CACHE_FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, expected {CACHE_FORMAT!r}")
+            if key is not None and meta.get("key") != key:
+                raise ValueError("its key does not match these images and settings")
+            cache = cls(mean.to(device), std.to(device), json.loads(meta["captions"]), json.loads(meta["names"]))
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise DataError(f"cannot use latent cache {file}: {e}") from e
+        cache.file, cache.reused = file, True
+        return cache
+
+
+def _file_stamp(path: Path) -> list:
+    st = path.stat()
+    return [str(path.resolve()), st.st_mtime_ns, st.st_size]
+
+
+def cache_key(paths: Sequence[Path], resolution: int, crop: str, flip: bool, model_id: str, seed: int = 0) -> str:
+    """Hash of everything that changes the cached latents: the image files (and their caption files),
+    resolution, crop, flip, the model, and the crop seed when the crop is random."""
+    files = []
+    for p in paths:
+        txt = Path(p).with_suffix(".txt")
+        files.append(_file_stamp(Path(p)) + (_file_stamp(txt) if txt.is_file() else []))
+    spec = {"format": CACHE_FORMAT, "files": files, "resolution": resolution, "crop": crop, "flip": flip,
+            "model": model_id, "seed": seed if crop == "random" else None}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def cached_latents(root, encode: Callable, model_id: str, cache_dir, resolution: int, crop: str = "center",
+                   flip: bool = False, seed: int = 0, batch_size: int = 4, warn: Warn = warn_stderr,
+                   device="cpu", progress: bool = True) -> LatentCache:
+    """The latent cache for the images under `root`: loaded from `cache_dir` if this exact
+    (images, settings, model) was encoded before, else encoded now and saved there.
+
+    `model_id` must change whenever the encoder's output would (checkpoint path + mtime, dtype, ...).
+    `cache.reused` tells a hit from a miss; `cache.file` is where it lives.
+    """
+    paths = find_images(root, warn)
+    key = cache_key(paths, resolution, crop, flip, model_id, seed)
+    file = Path(cache_dir) / f"latents-{key[:24]}.safetensors"
+    if file.is_file():
+        try:
+            return LatentCache.load(file, key=key, device=device)
+        except DataError as e:
+            warn(f"{e}; re-encoding")
+    items = load_dataset(root, resolution, crop, flip, warn, seed, paths=paths)
+    cache = LatentCache.build(items, encode, batch_size, device, progress)
+    cache.save(file, key)
+    return cache

@@ -1,0 +1,281 @@
+"""Learned-token files: read ours, diffusers, AUTOMATIC1111, kohya and legacy embeddings; write ours or A1111.
+
+One learned token is a float32 tensor [vectors, width]; width is 768 for SD1 and 1024 for SD2.
+
+Formats read, told apart by content rather than by extension:
+  ours       .safetensors: one tensor keyed by the token, string metadata with format="mini-ldm-ti"
+  diffusers  .safetensors or .bin: {token: tensor [n, w] or [w]}
+  A1111      .pt: {'string_to_param': {'*': tensor}, 'name', 'step', ...}; token = file stem
+  kohya      .safetensors: {'emb_params': tensor}; token = file stem
+  legacy     a bare tensor saved with torch.save; token = file stem
+Pickles are only ever opened with torch.load(weights_only=True), so a file cannot run code here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import safetensors.torch
+import torch
+from safetensors import safe_open
+
+FORMAT = "mini-ldm-ti"  # the metadata "format" value that marks our own files
+SUFFIXES = (".safetensors", ".pt", ".bin")  # what load_embeddings picks up from a folder
+MAX_BYTES = 64 << 20  # embeddings are kilobytes; anything this big is a model checkpoint put in the wrong place
+FAMILY_OF_WIDTH = {768: "sd1", 1024: "sd2"}
+A1111_STAR_ID = 265  # CLIP's id for "*": A1111 writes it as the placeholder in 'string_to_token'
+
+
+class EmbeddingError(ValueError):
+    """A file that is not a usable embedding; the message is one line and names the file."""
+
+
+@dataclass
+class Embedding:
+    """One learned token. Holds its own detached float32 cpu copy of the vectors, [num_vectors, width]."""
+
+    token: str
+    vectors: torch.Tensor
+    source: Path | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        where = self.source or self.token
+        t = self.vectors
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            kind = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise EmbeddingError(f"{where}: embedding is {kind}, expected a floating point tensor")
+        if t.ndim == 1:  # old diffusers and legacy files store a single vector as [width]
+            t = t[None]
+        if t.ndim != 2 or t.numel() == 0:
+            raise EmbeddingError(f"{where}: embedding has shape {list(self.vectors.shape)}, expected [vectors, width]")
+        # clone: never keep a view into a training parameter or into a bigger loaded tensor
+        t = t.detach().to("cpu", torch.float32).clone()
+        if not torch.isfinite(t).all():
+            raise EmbeddingError(f"{where}: embedding contains NaN or infinite values")
+        self.vectors = t
+        self.source = Path(self.source) if self.source is not None else None
+        self.metadata = {str(k): str(v) for k, v in self.metadata.items()}
+
+    @property
+    def num_vectors(self) -> int:
+        return self.vectors.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.vectors.shape[1]
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_embedding(path) -> Embedding:
+    """Read one embedding file of any supported format."""
+    path = Path(path)
+    if not path.is_file():
+        raise EmbeddingError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise EmbeddingError(f"{path}: file is empty")
+    if size > MAX_BYTES:
+        raise EmbeddingError(f"{path}: {size / 2**20:.0f} MB is far too big for an embedding (is it a model checkpoint?)")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors: u64 little-endian header length, then the JSON header; torch zip: "PK"; old torch.save: a pickle
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        data, meta = _read_safetensors(path)
+    elif head[:2] == b"PK" or head[:1] == b"\x80":
+        data, meta = _torch_load(path), {}
+    else:
+        raise EmbeddingError(f"{path}: not a safetensors or torch file")
+    token, vectors, meta = _parse(path, data, meta)
+    return Embedding(token, vectors, path, meta)
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # SafetensorError, or a bad header that still parsed as JSON
+        raise EmbeddingError(f"{path}: corrupt or truncated safetensors file ({_first_line(e)})") from e
+
+
+def _torch_load(path: Path):
+    # The original textual_inversion repo (and early A1111) stored string_to_param as an nn.ParameterDict;
+    # allowing that one class lets weights_only load it without allowing anything that runs code.
+    allow = getattr(torch.serialization, "safe_globals", None)
+    try:
+        # an open file, not a name: newer torch.load hands any "*.safetensors" name to safetensors instead
+        with open(path, "rb") as f:
+            if allow is None:  # torch < 2.5
+                return torch.load(f, map_location="cpu", weights_only=True)
+            with allow([torch.nn.ParameterDict]):
+                return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise EmbeddingError(f"{path}: corrupt or truncated torch file ({_first_line(e)})") from e
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" (it asks for {found.group(1)})" if found else ""
+        raise EmbeddingError(
+            f"{path}: refused: the pickle holds code or objects other than tensors and plain data{what}; "
+            "files are only opened with weights_only=True"
+        ) from e
+    except Exception as e:  # RuntimeError from a broken zip, EOFError / struct.error from a cut-off pickle
+        raise EmbeddingError(f"{path}: corrupt or truncated torch file ({_first_line(e)})") from e
+
+
+def _parse(path: Path, data, meta: dict) -> tuple[str, torch.Tensor, dict]:
+    """Pick (token, tensor, metadata) out of whatever the file held."""
+    if isinstance(data, torch.Tensor):  # legacy: a bare tensor, named after the file
+        return path.stem, data, {**meta, "format": "legacy"}
+    if not isinstance(data, dict):
+        raise EmbeddingError(f"{path}: holds a {type(data).__name__}, not a tensor or a dict of tensors")
+
+    if "string_to_param" in data:  # A1111 (and the original textual_inversion repo)
+        params = data["string_to_param"]
+        params = getattr(params, "_parameters", params)  # nn.ParameterDict keeps its tensors here
+        if not isinstance(params, dict) or len(params) != 1:
+            n = len(params) if isinstance(params, dict) else type(params).__name__
+            raise EmbeddingError(f"{path}: expected one tensor under 'string_to_param', found {n}")
+        info = {k: v for k, v in data.items() if isinstance(v, (str, int, float)) and k != "string_to_token"}
+        # A1111 names the prompt word after the file; 'name' inside is often stale (e.g. "pcam_pos-50000")
+        return path.stem, next(iter(params.values())), {**meta, **info, "format": "a1111"}
+
+    if "clip_l" in data or "clip_g" in data:
+        raise EmbeddingError(f"{path}: SDXL embedding (clip_l/clip_g) is not supported; mini-ldm runs SD1 and SD2 models")
+    if len(data) != 1:
+        keys = ", ".join(repr(k) for k in list(data)[:4]) + (", ..." if len(data) > 4 else "")
+        raise EmbeddingError(
+            f"{path}: not an embedding: expected one tensor (diffusers), 'string_to_param' (A1111) "
+            f"or 'emb_params' (kohya), found keys {keys}"
+        )
+    key, tensor = next(iter(data.items()))
+    if key == "emb_params":  # kohya: a generic key, so the prompt word is the file name
+        return path.stem, tensor, {**meta, "format": "kohya"}
+    fmt = FORMAT if meta.get("format") == FORMAT else "diffusers"
+    return str(key), tensor, {**meta, "format": fmt}
+
+
+def _first_line(e: Exception) -> str:
+    """The gist of a library error: its first sentence, so our messages stay one line."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text.split(". ")[0][:200]
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_embedding(path, emb: Embedding, format: str = "ours") -> Path:
+    """Write `emb` atomically as ours (.safetensors) or A1111 (.pt); returns the path."""
+    path = Path(path)
+    if not emb.token or any(c.isspace() for c in emb.token):
+        raise EmbeddingError(f"{path}: token {emb.token!r} must be one word")
+    if format == "ours":
+        # every key present, empty when unknown; an A1111 source still names its base model
+        meta = {"step": "", "base_model": emb.metadata.get("sd_checkpoint_name", ""), "init_text": "", "lr": ""}
+        meta.update(emb.metadata)
+        meta.update(
+            token=emb.token,
+            vectors=str(emb.num_vectors),
+            width=str(emb.width),
+            family=emb.metadata.get("family") or FAMILY_OF_WIDTH.get(emb.width, ""),
+            format=FORMAT,
+        )
+        # one tensor keyed by the token is exactly what diffusers' load_textual_inversion expects
+        data = safetensors.torch.save({emb.token: emb.vectors.contiguous()}, metadata=meta)
+    elif format == "a1111":
+        m = emb.metadata
+        step = m.get("step", "")
+        obj = {
+            "string_to_token": {"*": A1111_STAR_ID},
+            "string_to_param": {"*": emb.vectors.clone()},
+            "name": emb.token,
+            "step": int(step) if step.lstrip("-").isdigit() else None,  # None is A1111's own "unknown"
+            "sd_checkpoint": m.get("sd_checkpoint") or None,
+            "sd_checkpoint_name": m.get("sd_checkpoint_name") or m.get("base_model") or None,
+        }
+        data = _torch_bytes(obj)
+    else:
+        raise EmbeddingError(f"{path}: unknown format {format!r} (use 'ours' or 'a1111')")
+    _write_atomic(path, data)
+    return path
+
+
+def _torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never half of one, even if we crash mid-write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a temp file in the same folder, so os.replace is a rename on one file system
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself survive a power cut
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------- registry and checks
+
+
+def load_embeddings(paths: Iterable) -> dict[str, Embedding]:
+    """Read files and folders (a folder: its .safetensors/.pt/.bin files, not recursive) into {token: Embedding}."""
+    if isinstance(paths, (str, os.PathLike)):  # one path, not an iterable of characters
+        paths = [paths]
+    found: dict[str, Embedding] = {}
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in SUFFIXES and f.is_file())
+        elif p.exists():
+            files = [p]
+        else:
+            raise EmbeddingError(f"{p}: no such file or folder")
+        for f in files:
+            emb = read_embedding(f)
+            if emb.token in found:
+                raise EmbeddingError(f"token {emb.token!r} is defined twice: in {found[emb.token].source} and in {f}")
+            found[emb.token] = emb
+    return found
+
+
+def check_width(emb: Embedding, width: int, family: str) -> None:
+    """Raise if `emb` cannot be used with a text encoder of this width (family: 'sd1' or 'sd2')."""
+    if emb.width == width:
+        return
+    theirs = FAMILY_OF_WIDTH.get(emb.width)
+    why = (
+        f"{theirs} embeddings do not work on {family} models"
+        if theirs and theirs != family
+        else "an embedding must be as wide as the model's text encoder"
+    )
+    raise EmbeddingError(
+        f"{emb.source or emb.token}: embedding is {emb.width} wide but the {family} model "
+        f"expects {width}-wide vectors ({why})"
+    )
+
+
+def intermediate_path(output_path, step: int) -> Path:
+    """Where a training snapshot goes: out/effusion.safetensors, 500 -> out/effusion-500.safetensors."""
+    p = Path(output_path)
+    return p.with_name(f"{p.stem}-{step}.safetensors")
