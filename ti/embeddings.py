@@ -240,7 +240,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def load_embeddings(paths: Iterable) -> dict[str, Embedding]:
-    """Read files and folders (a folder: its .safetensors/.pt/.bin files, not recursive) into {token: Embedding}."""
+    """Read files and folders (a folder: its .safetensors/.pt/.bin files, not recursive) into {token: Embedding}.
+
+    A training run leaves snapshots (`<token>-<step>.safetensors`) beside its final file; within one
+    folder a token defined by several files resolves to the final file, else to the latest snapshot.
+    """
     if isinstance(paths, (str, os.PathLike)):  # one path, not an iterable of characters
         paths = [paths]
     found: dict[str, Embedding] = {}
@@ -251,12 +255,31 @@ def load_embeddings(paths: Iterable) -> dict[str, Embedding]:
             files = [p]
         else:
             raise EmbeddingError(f"{p}: no such file or folder")
+        in_folder: dict[str, Embedding] = {}
         for f in files:
             emb = read_embedding(f)
             if emb.token in found:
                 raise EmbeddingError(f"token {emb.token!r} is defined twice: in {found[emb.token].source} and in {f}")
-            found[emb.token] = emb
+            other = in_folder.get(emb.token)
+            if other is not None and _snapshot_rank(other) is None and _snapshot_rank(emb) is None:
+                raise EmbeddingError(f"token {emb.token!r} is defined twice: in {other.source} and in {f}")
+            if other is None or _prefer(emb, other):
+                in_folder[emb.token] = emb
+        found.update(in_folder)
     return found
+
+
+def _snapshot_rank(emb: Embedding):
+    """The step of a training snapshot (`<stem>-<step>` file name), None for a final file."""
+    m = re.fullmatch(r".+-(\d+)", emb.source.stem) if emb.source else None
+    return int(m.group(1)) if m else None
+
+
+def _prefer(new: Embedding, old: Embedding) -> bool:
+    new_step, old_step = _snapshot_rank(new), _snapshot_rank(old)
+    if new_step is None or old_step is None:
+        return new_step is None  # a final file beats any snapshot
+    return new_step > old_step
 
 
 def check_width(emb: Embedding, width: int, family: str) -> None:

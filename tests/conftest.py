@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random SD models (see tiny_models.py), built once per test session."""
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = str(Path(__file__).parent)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+from tiny_models import make_diffusers_folder, make_single_file  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sd1_folder(tmp_path_factory):
+    return make_diffusers_folder(tmp_path_factory.mktemp("sd1") / "stable-diffusion-v1-5", "sd1", "epsilon", seed=0)
+
+
+@pytest.fixture(scope="session")
+def sd2_folder(tmp_path_factory):
+    return make_diffusers_folder(tmp_path_factory.mktemp("sd2") / "stable-diffusion-2-base", "sd2", "epsilon", seed=1)
+
+
+@pytest.fixture(scope="session")
+def sd2v_folder(tmp_path_factory):
+    return make_diffusers_folder(tmp_path_factory.mktemp("sd2v") / "stable-diffusion-2-1", "sd2", "v_prediction", seed=2)
+
+
+@pytest.fixture(scope="session")
+def sd1_single(tmp_path_factory, sd1_folder):
+    return make_single_file(sd1_folder, tmp_path_factory.mktemp("sd1_single") / "v1-5-pruned-emaonly.safetensors")
+
+
+@pytest.fixture(scope="session")
+def sd2_single(tmp_path_factory, sd2_folder):
+    return make_single_file(sd2_folder, tmp_path_factory.mktemp("sd2_single") / "512-base-ema.safetensors", seed=1)
+
+
+@pytest.fixture(scope="session")
+def sd2v_single(tmp_path_factory, sd2v_folder):
+    return make_single_file(sd2v_folder, tmp_path_factory.mktemp("sd2v_single") / "v2-1_768-ema-pruned.safetensors", seed=2)
