@@ -14,9 +14,9 @@ import torch
 import mini_ldm
 from mini_ldm import cli
 from mini_ldm.errors import UserError
-from ti.data import DataError, cached_latents
+from ti.data import DataError, cached_latents, find_images
 from ti.templates import BUILTIN_TEMPLATES, TemplateError, load_templates
-from ti.trainer import TrainConfig, Trainer
+from ti.trainer import TrainConfig, Trainer, check_resumable, check_vectors
 
 DEMO_DIR = Path("demo-output")
 
@@ -83,10 +83,33 @@ def file_name(token: str) -> str:
     return re.sub(r"[<>:\"/\\|?*\s]+", "_", token).strip("_.") or "embedding"
 
 
+def model_stamp(path) -> str:
+    """What identifies the VAE weights for the latent cache key: file names, sizes and modification times
+    (not os.stat() as a whole: its access time changes on reads, which would miss the cache for nothing)."""
+    if path is None:
+        return "demo"
+    path = Path(path).resolve()
+    files = sorted((path / "vae").glob("diffusion_pytorch_model.*")) if path.is_dir() else [path]
+    return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files or [path])
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = args.device or mini_ldm.loading.default_device()
     precision = args.precision or default_precision(device)
+    # Checks that need no model come first: a typo should not cost loading gigabytes and encoding every image.
+    for flag, value in (("--steps", args.steps), ("--batch", args.batch), ("--grad-accum", args.grad_accum)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
+    if not args.lr > 0:  # AdamW refuses <= 0 (with a traceback); nan fails this test too
+        raise UserError(f"--lr {args.lr}: must be a positive number, e.g. 0.005")
+    check_vectors(args.vectors)
+    try:
+        templates = load_templates(args.template)
+    except TemplateError as e:
+        raise UserError(f"--template: {e}") from None
+    if args.token is not None and (not args.token or any(c.isspace() for c in args.token)):
+        raise UserError(f"--token {args.token!r}: must be one word, without spaces (e.g. <chest-xray>)")
     if args.demo:
         from mini_ldm.demo import tiny_model
         from ti.phantoms import write_phantoms
@@ -98,37 +121,36 @@ def main(argv=None):
         args.preview_every, args.save_every, preview_steps = args.steps, 0, 8
         print("demo: a tiny random model and synthetic phantoms; this checks the install, it does not learn "
               "anything useful (real runs need a real checkpoint in weights/, see README)")
-    else:
-        if args.data is None:
-            raise UserError("--data: give the folder of training images (or --demo to check the install)")
-        if not args.data.is_dir():
-            raise UserError(f"--data {args.data}: no such folder")
+    elif args.data is None:
+        raise UserError("--data: give the folder of training images (or --demo to check the install)")
+    try:
+        find_images(args.data, warn=lambda message: None)  # no images: say so now (warnings come with the encoding)
+    except DataError as e:
+        raise UserError(str(e)) from None
+    # the folder name is the default token; a prompt word cannot hold spaces, so "chest xr/" gives <chest_xr>
+    token = args.token or "<" + re.sub(r"\s+", "_", args.data.resolve().name) + ">"
+    output = args.output or Path("embeddings") / f"{file_name(token)}.safetensors"
+    resume_from = None if args.resume is None else output if args.resume is True else args.resume
+    if resume_from is not None:
+        check_resumable(resume_from)
+    if not args.demo:
         model_path = args.model or cli.find_default_model()
         sd = mini_ldm.load(model_path, device=device, dtype=precision, prediction=args.prediction)
         model_name, preview_steps = Path(model_path).name, 20
         print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
               f"on {device} in {precision}")
-    token = args.token or f"<{args.data.resolve().name}>"
-    output = args.output or Path("embeddings") / f"{file_name(token)}.safetensors"
-    for flag, value in (("--steps", args.steps), ("--batch", args.batch), ("--grad-accum", args.grad_accum)):
-        if value < 1:
-            raise UserError(f"{flag} {value}: must be at least 1")
 
-    resolution = args.resolution or sd.native_size
+    resolution = sd.native_size if args.resolution is None else args.resolution
     multiple = sd.vae.downscale * 2 ** (len(sd.unet.cfg.channel_mult) - 1)
     if resolution < multiple or resolution % multiple:
         raise UserError(f"--resolution {resolution}: must be a positive multiple of {multiple}")
-    try:
-        templates = load_templates(args.template)
-    except TemplateError as e:
-        raise UserError(f"--template: {e}") from None
 
     def encode(images):  # CPU float32 in [-1, 1] -> the VAE's latent distribution, on the CPU
         with torch.no_grad():
             mean, logvar = sd.vae.encode(images.to(sd.device, sd.dtype))
         return mean.float().cpu(), logvar.float().cpu()
 
-    model_id = f"{model_name}:{getattr(sd.checkpoint.path, 'stat', lambda: '')() if sd.checkpoint.path else 'demo'}:{precision}"
+    model_id = f"{model_name}:{model_stamp(sd.checkpoint.path)}:{precision}"
     try:
         cache = cached_latents(args.data, encode, model_id, output.parent / ".latent-cache", resolution,
                                crop=args.crop, flip=args.flip, seed=args.seed)
@@ -144,8 +166,7 @@ def main(argv=None):
                       save_every=args.save_every, preview_every=args.preview_every,
                       preview_prompt=args.preview_prompt, preview_steps=preview_steps, base_model=model_name)
     trainer = Trainer(sd, cache, templates, cfg)
-    if args.resume is not None:
-        resume_from = output if args.resume is True else args.resume
+    if resume_from is not None:
         trainer.resume(resume_from)
         print(f"resuming {resume_from} at step {trainer.step}")
     path = trainer.run()

@@ -11,7 +11,9 @@ Memory: modules are built on the meta device (no allocation), then every tensor 
 memory-mapped file, cast and moved on its own, and assigned in place: the weights exist once.
 """
 import json
+import pickle
 import re
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,13 +87,25 @@ class TensorSource:
 def _torch_load(path: Path) -> dict:
     """A .ckpt/.bin state dict, refusing anything but plain tensors: pickled code never runs."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            try:
+                obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                # Only zip-format files (torch >= 1.6) can be memory-mapped; read the legacy format whole.
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        msg = _first_line(e)
-        if "weights_only" in msg or "Unsupported global" in msg or "Unpickler" in msg:
+        # The weights-only unpickler names a blocked class as "GLOBAL module.name"; anything else it stops
+        # on (an unknown opcode, a bad load key) means the file is not a PyTorch checkpoint at all.
+        if re.search(r"\bGLOBAL\b|Unsupported global", str(e)):
             raise CheckpointError(f"{path}: refused to load, the file contains pickled objects other than tensors "
                                   "(it may run code); convert it to .safetensors from a trusted source") from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+        if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in str(e):
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a corrupt one (it cannot be read as a "
+                                  "dict of tensors)") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -307,8 +321,12 @@ def text_config(src, family: str, layers: int, heads=None, activation=None) -> T
 
 def build(cls, cfg, src, what: str, path: Path, device, dtype):
     """Instantiate `cls(cfg)` without allocating, then fill every parameter from `src`."""
-    with torch.device("meta"):
-        module = cls(cfg)
+    try:
+        with torch.device("meta"):
+            module = cls(cfg)
+    except (ValueError, RuntimeError) as e:  # e.g. channels that GroupNorm(32) cannot split
+        raise CheckpointError(f"{path}: the {what} weights have shapes no Stable Diffusion 1.x/2.x model has "
+                              f"({_first_line(e)})") from None
     expected = module.state_dict()
     missing = [k for k in expected if k not in src.keys()]
     if missing:
@@ -358,6 +376,9 @@ def _load_single_file(path: Path, device, dtype, prediction: str) -> Checkpoint:
             vcfg, tcfg = vae_config(vae_src), text_config(text_src, family, layers)
         except KeyError as e:
             raise CheckpointError(f"{path}: not a Stable Diffusion 1.x/2.x checkpoint (no tensor {e})") from None
+        except (ValueError, IndexError, ZeroDivisionError):  # a tensor of an unexpected rank or size
+            raise CheckpointError(f"{path}: not a Stable Diffusion 1.x/2.x checkpoint "
+                                  "(unexpected tensor shapes)") from None
         pred, reason = _single_file_prediction(path, family, prediction)
         unet = build(UNet, ucfg, unet_src, "UNet", path, device, dtype)
         vae = build(AutoencoderKL, vcfg, vae_src, "VAE", path, device, dtype)
@@ -410,27 +431,30 @@ def _load_folder(path: Path, device, dtype) -> Checkpoint:
     sched = _read_json(path / "scheduler" / "scheduler_config.json") if (path / "scheduler").is_dir() else {}
     family = "sd2" if tcfg_json.get("hidden_act") == "gelu" else "sd1"
     with ExitStack() as stack:
-        raw_unet = TensorSource(_weights_file(path / "unet"), stack)
-        levels = len(ucfg_json["block_out_channels"])
-        attn_levels = [i for i, t in enumerate(ucfg_json["down_block_types"]) if "CrossAttn" in t]
-        nrb = ucfg_json.get("layers_per_block", 2)
-        unet_src = _renamed(raw_unet, lambda k: diffusers_unet_name(k, nrb, levels, attn_levels))
-        raw_vae = TensorSource(_weights_file(path / "vae"), stack)
-        vae_levels = len(vcfg_json["block_out_channels"])
-        vae_src = _renamed(raw_vae, lambda k: diffusers_vae_name(k, vae_levels), reshape_vae_attention=True)
-        text_src = _without_text_model(TensorSource(_weights_file(path / "text_encoder"), stack))
-
-        # diffusers' "attention_head_dim" is really the number of heads (unless num_attention_heads is set).
-        heads = ucfg_json.get("num_attention_heads") or ucfg_json.get("attention_head_dim", 8)
-        heads = [heads] * levels if isinstance(heads, int) else list(heads)
-        upcast = bool(ucfg_json.get("upcast_attention")) or (family == "sd2" and dtype != torch.float32)
         try:
+            raw_unet = TensorSource(_weights_file(path / "unet"), stack)
+            levels = len(ucfg_json["block_out_channels"])
+            attn_levels = [i for i, t in enumerate(ucfg_json["down_block_types"]) if "CrossAttn" in t]
+            nrb = ucfg_json.get("layers_per_block", 2)
+            unet_src = _renamed(raw_unet, lambda k: diffusers_unet_name(k, nrb, levels, attn_levels))
+            raw_vae = TensorSource(_weights_file(path / "vae"), stack)
+            vae_levels = len(vcfg_json["block_out_channels"])
+            vae_src = _renamed(raw_vae, lambda k: diffusers_vae_name(k, vae_levels), reshape_vae_attention=True)
+            text_src = _without_text_model(TensorSource(_weights_file(path / "text_encoder"), stack))
+
+            # diffusers' "attention_head_dim" is really the number of heads (unless num_attention_heads is set).
+            heads = ucfg_json.get("num_attention_heads") or ucfg_json.get("attention_head_dim", 8)
+            heads = [heads] * levels if isinstance(heads, int) else list(heads)
+            upcast = bool(ucfg_json.get("upcast_attention")) or (family == "sd2" and dtype != torch.float32)
             ucfg = unet_config(unet_src, family, heads=heads, upcast=upcast)
             vcfg = vae_config(vae_src, scale=vcfg_json.get("scaling_factor", 0.18215))
             tcfg = text_config(text_src, family, tcfg_json["num_hidden_layers"], tcfg_json["num_attention_heads"],
                                tcfg_json.get("hidden_act"))
         except KeyError as e:
             raise CheckpointError(f"{path}: the diffusers folder lacks {e}; is it a Stable Diffusion 1.x/2.x model?") from None
+        except (ValueError, IndexError, ZeroDivisionError, TypeError):
+            raise CheckpointError(f"{path}: not a Stable Diffusion 1.x/2.x diffusers folder (unexpected config "
+                                  "values or tensor shapes)") from None
         unet = build(UNet, ucfg, unet_src, "UNet", path / "unet", device, dtype)
         vae = build(AutoencoderKL, vcfg, vae_src, "VAE", path / "vae", device, dtype)
         text = build(TextEncoder, tcfg, text_src, "text encoder", path / "text_encoder", device, dtype)

@@ -1,4 +1,5 @@
 """What train.py and sample.py share: finding the model, and turning errors into one line."""
+import os
 import sys
 from pathlib import Path
 
@@ -11,8 +12,14 @@ DOWNLOAD_HINT = ("download a checkpoint, e.g. 512-base-ema.safetensors from "
                  f"{WEIGHTS}/ and run again, or pass --model PATH (see weights/README.md)")
 
 
-def find_default_model(folder: Path = WEIGHTS) -> Path:
+def weights_folder() -> Path:
+    """Where checkpoints are looked for without --model: $MINI_LDM_WEIGHTS if set, else the repo's weights/."""
+    return Path(os.environ.get("MINI_LDM_WEIGHTS") or WEIGHTS)
+
+
+def find_default_model(folder: Path | None = None) -> Path:
     """The one checkpoint in weights/: a .safetensors/.ckpt file or a diffusers folder."""
+    folder = weights_folder() if folder is None else Path(folder)
     found = []
     if folder.is_dir():
         for p in sorted(folder.iterdir()):
@@ -21,7 +28,8 @@ def find_default_model(folder: Path = WEIGHTS) -> Path:
             elif p.is_dir() and (p / "unet").is_dir():
                 found.append(p)
     if not found:
-        raise UserError(f"--model not given and no checkpoint in {folder}/: {DOWNLOAD_HINT}")
+        hint = DOWNLOAD_HINT if folder == WEIGHTS else DOWNLOAD_HINT.replace(str(WEIGHTS), str(folder))
+        raise UserError(f"--model not given and no checkpoint in {folder}/: {hint}")
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
         raise UserError(f"--model not given and {folder}/ holds several checkpoints ({names}); choose one with --model")
@@ -29,10 +37,11 @@ def find_default_model(folder: Path = WEIGHTS) -> Path:
 
 
 def run(main) -> None:
-    """Run a CLI main(); a UserError becomes 'error: ...' on stderr and exit status 2, Ctrl-C exit 130."""
+    """Run a CLI main(); a UserError or a file-system error (permission denied, disk full) becomes
+    'error: ...' on stderr and exit status 2, Ctrl-C exit status 130."""
     try:
         main()
-    except UserError as e:
+    except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 import torch
 
 from .checkpoint import load_checkpoint
-from .errors import UserError
+from .errors import CheckpointError, UserError
 from .pipeline import StableDiffusion
 from .tokenizer import CLIPTokenizer
 
@@ -11,6 +11,21 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> torch.device:
+    """A device string that this machine can use, or a one-line error."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device}: not a device name; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this PyTorch build sees no CUDA GPU; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available here; use --device cpu")
+    return dev
 
 
 def resolve_dtype(dtype, device) -> torch.dtype:
@@ -30,11 +45,15 @@ def load(path, device=None, dtype=None, prediction="auto") -> StableDiffusion:
     prediction: "auto", "epsilon" or "v"; only used for single files (a folder's scheduler config says).
     """
     device = device or default_device()
+    check_device(device)
     if prediction not in ("auto", "epsilon", "v"):
         raise UserError(f"--prediction {prediction}: choose auto, epsilon or v")
     ckpt = load_checkpoint(path, device=device, dtype=resolve_dtype(dtype, device), prediction=prediction)
     if ckpt.tokenizer_dir is not None:
-        tokenizer = CLIPTokenizer.from_folder(ckpt.tokenizer_dir)
+        try:
+            tokenizer = CLIPTokenizer.from_folder(ckpt.tokenizer_dir)
+        except (ValueError, OSError) as e:  # a broken tokenizer/ folder: missing merges.txt, bad JSON
+            raise CheckpointError(f"{ckpt.tokenizer_dir}: not a usable CLIP tokenizer ({e})") from None
     else:  # SD1 pads the 77-token window with EOS, SD2 (OpenCLIP) with id 0
         tokenizer = CLIPTokenizer.default(pad_id=49407 if ckpt.family == "sd1" else 0)
     return StableDiffusion(ckpt, tokenizer, device, resolve_dtype(dtype, device))

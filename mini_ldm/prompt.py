@@ -4,11 +4,19 @@ A learned token (Textual Inversion) is not in CLIP's vocabulary. Instead of addi
 find it in the prompt as a whole word and let its vectors take that many positions of the
 77-token window, in the token-embedding output, before the transformer (AUTOMATIC1111's approach).
 The vocabulary and the embedding matrix are never modified.
+
+Two prompt forms on top of that, both as in AUTOMATIC1111:
+  composable prompts  "A:0.7 AND B:0.3" -> [("A", 0.7), ("B", 0.3)], one guidance term each (parse_and);
+  long prompts        more than 75 tokens become several 77-token windows, encoded one by one and
+                      concatenated along the sequence (tokenize_chunks / encode_chunks). A prompt that
+                      fits in 75 tokens is exactly one window, so it matches diffusers.
 """
 import re
 from dataclasses import dataclass
 
 import torch
+
+from .errors import UserError
 
 
 @dataclass
@@ -34,7 +42,8 @@ def split_learned(text: str, learned: dict) -> list:
 
 
 def tokenize(tokenizer, text: str, learned: dict) -> Tokens:
-    """Frame one prompt into a single 77-token window, truncating what does not fit (as diffusers does)."""
+    """Frame one prompt into a single 77-token window, truncating what does not fit (as diffusers does).
+    Training uses this; sampling uses tokenize_chunks, which gives the same window up to 75 tokens."""
     body, vectors = [], []
     room = tokenizer.max_length - 2
     for i, piece in enumerate(split_learned(text, learned)):
@@ -59,3 +68,77 @@ def encode(text_encoder, tokens: Tokens, device) -> torch.Tensor:
         for pos, vecs in tokens.vectors:
             embeds[0, pos:pos + len(vecs)] = vecs.to(embeds)
     return text_encoder(token_embeds=embeds)
+
+
+# --- composable prompts -------------------------------------------------------------------------
+
+# "AND" in capitals, as a word of its own between whitespace; "android", "And" and "x-AND-y" are text.
+_AND = re.compile(r"(?<=\s)AND(?=\s)")
+# A trailing ":number" is the weight ("chexpert_pleural_effusion:0.5", "x : -1", "a:.5", "a:2."). Only the
+# last colon counts and only when a plain number follows it, so "view: PA" and "<ptx>" stay text.
+_WEIGHT = re.compile(r"^(.*?)\s*:\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*$", re.DOTALL)
+
+
+def parse_and(text: str) -> list:
+    """"A:w1 AND B:w2 AND C" -> [("A", w1), ("B", w2), ("C", 1.0)]; a prompt without AND is one sub-prompt.
+
+    As in AUTOMATIC1111, a trailing ":number" is a weight even without AND: "a cat:0.5" is "a cat" at half
+    the guidance. (To keep a literal "16:9" at the end of a prompt, end the prompt with a comma.)
+    """
+    parts = []
+    for part in _AND.split(text):
+        m = _WEIGHT.match(part)
+        parts.append((m.group(1).strip(), float(m.group(2))) if m else (part.strip(), 1.0))
+    return parts
+
+
+def format_and(parts: list) -> str:
+    """[("A", 0.7), ("B", 0.3)] -> "A:0.7 AND B:0.3" (weight 1 written out too), which parse_and reads back."""
+    return " AND ".join(f"{text}:{format_weight(w)}" for text, w in parts)
+
+
+def format_weight(w: float) -> str:
+    """Short and exact enough to read back: 0.7, 1, 0.25 (rounded to 6 decimals, as 1 - 0.3 is 0.69999...)."""
+    text = repr(round(float(w), 6))
+    return text[:-2] if text.endswith(".0") else text
+
+
+# --- long prompts --------------------------------------------------------------------------------
+
+def tokenize_chunks(tokenizer, text: str, learned: dict) -> list:
+    """Pack a prompt of any length into 77-token windows (a list of Tokens, at least one).
+
+    Greedy: plain tokens fill a window up to 75; a learned token's vectors are never split across two
+    windows, so when they do not fit, the window closes early (padded) and they open the next one. For
+    up to 75 tokens this is exactly `tokenize` (one window).
+    """
+    room = tokenizer.max_length - 2
+    chunks, body, vectors = [], [], []
+
+    def close():
+        nonlocal body, vectors
+        chunks.append(Tokens(tokenizer.frame(body), vectors))
+        body, vectors = [], []
+
+    for i, piece in enumerate(split_learned(text, learned)):
+        if i % 2 == 0:  # plain text
+            for token_id in tokenizer.encode(piece):
+                if len(body) == room:
+                    close()
+                body.append(token_id)
+        else:
+            vecs = learned[piece]
+            if len(vecs) > room:
+                raise UserError(f"learned token {piece} has {len(vecs)} vectors; at most {room} fit in one "
+                                f"{tokenizer.max_length}-token window")
+            if len(body) + len(vecs) > room:
+                close()
+            vectors.append((1 + len(body), vecs))
+            body += [tokenizer.pad_id] * len(vecs)  # placeholders, overwritten by the vectors
+    close()
+    return chunks
+
+
+def encode_chunks(text_encoder, chunks: list, device) -> torch.Tensor:
+    """Windows -> context (1, 77 * len(chunks), width): each window encoded on its own, then concatenated."""
+    return torch.cat([encode(text_encoder, tokens, device) for tokens in chunks], dim=1)

@@ -76,10 +76,12 @@ class CLIPTokenizer:
 
     max_length = MAX_LENGTH
 
-    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], pad_id: int = 49407,
-                 specials: tuple[str, ...] = ()):
-        # specials: extra tokens matched whole in the raw text before BPE (see from_folder).
-        self._tok = _build(vocab, merges, tuple(specials))
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], pad_id: int = 49407):
+        # transformers makes the pad token special, so with SD2's pad "!" every "!" typed in a prompt
+        # becomes id 0 rather than BPE's "!</w>" (diffusers issue #4153). OpenCLIP and AUTOMATIC1111 do
+        # not do this, but diffusers is our reference for "same seed, same image", so we follow it.
+        pad = next(token for token, i in vocab.items() if i == pad_id)
+        self._tok = _build(vocab, merges, (pad,) if pad not in (BOS, EOS) else ())
         self.bos_id, self.eos_id = vocab[BOS], vocab[EOS]
         # What fills the slots after EOS. SD1 (and OpenAI CLIP) pad with EOS = 49407. SD2's diffusers folders
         # say pad_token "!", which is id 0: OpenCLIP, which SD2 was trained with, pads with zeros. The text
@@ -112,11 +114,7 @@ class CLIPTokenizer:
                 pad = value["content"] if isinstance(value, dict) else value  # AddedToken dicts or plain strings
         if pad not in vocab:
             raise ValueError(f"tokenizer folder {path}: pad_token {pad!r} is not in vocab.json")
-        # transformers makes the pad token special, so in a diffusers SD2 folder (pad "!") every "!" typed
-        # in a prompt becomes id 0 rather than BPE's "!</w>" (diffusers issue #4153). OpenCLIP and
-        # AUTOMATIC1111 do not do this; `default(pad_id=0)` follows them. A folder follows diffusers.
-        specials = (pad,) if pad not in (BOS, EOS) else ()
-        return cls(vocab, merges, vocab[pad], specials)
+        return cls(vocab, merges, vocab[pad])
 
     def encode(self, text: str) -> list[int]:
         """Raw BPE ids of `text`: no BOS/EOS, no truncation."""

@@ -105,32 +105,22 @@ def test_sd1_matches_transformers(hf_sd1):
         assert tok.encode(text) == hf_sd1(text, add_special_tokens=False).input_ids, text
 
 
-def test_sd2_single_file_tokenizer_follows_open_clip(hf_sd1, hf_sd2):
-    # transformers registers SD2's pad token "!" as a *special* token, so every "!" typed in a prompt turns into
-    # pad id 0 ("!!" gives 0 0 instead of the merged 748). OpenCLIP, which SD2 was trained with (and A1111),
-    # treat "!" as ordinary text; so does the tokenizer we use for single files. See huggingface/diffusers#4153.
-    # Without "!", ids are identical; with it, ours are SD1's content ids padded with zeros.
-    tok = CLIPTokenizer.default(pad_id=0)
-    assert tok.pad_id == 0
-    for text in ALL:
-        if "!" not in text:
+def test_sd2_tokenizer_follows_transformers(hf_sd2, sd2_folder):
+    # SD2 pads with "!" (id 0) and transformers makes the pad token special, so every "!" typed in a prompt
+    # becomes id 0 ("!!" gives 0 0 instead of the merged 748; huggingface/diffusers#4153). OpenCLIP and
+    # A1111 do not, but diffusers is the reference for our images, so both the shipped tokenizer with
+    # pad 0 (single files) and a folder's tokenizer follow transformers, "!" included.
+    for tok in (CLIPTokenizer.default(pad_id=0), CLIPTokenizer.from_folder(sd2_folder)):
+        assert tok.pad_id == 0
+        for text in ALL + ["hello !!", "wow! a lung!", "!"]:
             assert tok(text) == hf_ids(hf_sd2, text), text
-        content = [49406, *hf_sd1(text, add_special_tokens=False).input_ids[:75], 49407]
-        assert tok(text) == content + [0] * (77 - len(content)), text
-
-
-def test_sd2_folder_tokenizer_follows_transformers(hf_sd2, sd2_folder):
-    # A diffusers folder is tokenized as diffusers does, "!" quirk included, so images match diffusers'.
-    tok = CLIPTokenizer.from_folder(sd2_folder)
-    assert tok.pad_id == 0
-    for text in ALL + ["hello !!", "wow! a lung!", "!"]:
-        assert tok(text) == hf_ids(hf_sd2, text), text
 
 
 def test_sd2_exclamation_mark_quirk(hf_sd1, hf_sd2):
-    tok = CLIPTokenizer.default(pad_id=0)
-    assert tok.encode("hello !!") == hf_sd1("hello !!", add_special_tokens=False).input_ids == [3306, 748]
+    assert CLIPTokenizer.default(pad_id=0).encode("hello !!") == [3306, 0, 0]
     assert hf_sd2("hello !!", add_special_tokens=False).input_ids == [3306, 0, 0]  # the transformers quirk
+    assert CLIPTokenizer.default().encode("hello !!") == hf_sd1("hello !!", add_special_tokens=False).input_ids \
+        == [3306, 748]  # SD1 pads with EOS, so "!" stays ordinary text
 
 
 def test_from_folder_sd1(sd1_folder, hf_sd1):

@@ -11,6 +11,9 @@ with the vectors and the optimiser: an interrupted run, resumed, ends exactly wh
 uninterrupted one would.
 """
 import csv
+import signal
+import threading
+from contextlib import contextmanager
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +29,7 @@ from tqdm.auto import tqdm
 from mini_ldm import prompt as prompting
 from mini_ldm.errors import UserError
 from mini_ldm.png import parameters_text, save_png
+from mini_ldm.tokenizer import MAX_LENGTH
 
 from .embeddings import Embedding, intermediate_path, write_embedding
 from .templates import render
@@ -51,8 +55,11 @@ class TrainConfig:
 
 
 def state_path(output: Path) -> Path:
-    """The optimiser and RNG state saved beside an embedding, for --resume."""
-    return output.with_name(output.stem + ".state.safetensors")
+    """The optimiser and RNG state saved beside an embedding, for --resume (a safetensors file).
+
+    Not named *.safetensors: sample.py loads every .safetensors/.pt/.bin in an embeddings folder,
+    and a state file there would be refused as "not an embedding"."""
+    return output.with_name(output.stem + ".state")
 
 
 def loss_csv_path(output: Path) -> Path:
@@ -72,11 +79,24 @@ def initial_vectors(sd, cfg: TrainConfig, generator) -> torch.Tensor:
     return torch.stack([table[i * len(ids) // cfg.vectors] for i in range(cfg.vectors)])
 
 
+def check_vectors(vectors: int, max_length: int = MAX_LENGTH):
+    room = max_length - 2
+    if not 1 <= vectors <= room:
+        raise UserError(f"--vectors {vectors}: must be between 1 and {room} (one {max_length}-token window)")
+
+
+def check_resumable(path: Path):
+    """--resume needs the state file that every save writes beside the embedding."""
+    state = state_path(Path(path))
+    if not state.is_file():
+        raise UserError(f"--resume {path}: no {state.name} beside it (it is written with every save of a "
+                        "training run), so there is no step count or optimiser state to continue from; "
+                        "start a new run without --resume")
+
+
 class Trainer:
     def __init__(self, sd, cache, templates: list, cfg: TrainConfig, log=print):
-        room = sd.tokenizer.max_length - 2
-        if not 1 <= cfg.vectors <= room:
-            raise UserError(f"--vectors {cfg.vectors}: must be between 1 and {room} (one 77-token window)")
+        check_vectors(cfg.vectors, sd.tokenizer.max_length)
         self.sd, self.cache, self.templates, self.cfg, self.log = sd, cache, templates, cfg, log
         self.generator = torch.Generator("cpu").manual_seed(cfg.seed)
         self.vectors = torch.nn.Parameter(initial_vectors(sd, cfg, self.generator).to(sd.device))
@@ -84,6 +104,7 @@ class Trainer:
         # fp16 needs loss scaling (small gradients underflow); bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler(sd.device.type, enabled=cfg.precision == "fp16")
         self.step = 0
+        self.rng_state = self.generator.get_state()  # the generator as step `self.step + 1` begins
         self.alphas_cumprod = sd.alphas_cumprod.to(sd.device)
 
     # --- one optimisation step ----------------------------------------------------------------
@@ -113,10 +134,14 @@ class Trainer:
             loss = self._batch_loss() / self.cfg.grad_accum
             self.scaler.scale(loss).backward()
             total += loss.item()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+        # The update, the step count and the random state move together: a Ctrl-C arriving in between
+        # would otherwise save an update without its count, and a resume would not replay exactly.
+        with _sigint_deferred():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.rng_state = self.generator.get_state()
         return total
 
     # --- saving and resuming --------------------------------------------------------------------
@@ -127,16 +152,18 @@ class Trainer:
                 "base_model": c.base_model, "init_text": c.init_text or "", "lr": c.lr}
         return Embedding(c.token, self.vectors.detach(), None, {k: str(v) for k, v in meta.items()})
 
-    def save(self, path: Path, rng_state: torch.Tensor):
+    def save(self, path: Path):
         """The embedding, then its resume state; both written atomically (temporary file, then rename)."""
         write_embedding(path, self.embedding())
         adam = self.optimizer.state.get(self.vectors, {})
-        tensors = {"rng_state": rng_state, "step": torch.tensor(self.step)}
+        tensors = {"rng_state": self.rng_state, "step": torch.tensor(self.step)}
         if adam:
             tensors |= {"exp_avg": adam["exp_avg"].cpu(), "exp_avg_sq": adam["exp_avg_sq"].cpu(),
                         "adam_step": torch.as_tensor(adam["step"]).float().reshape(())}
-        if self.scaler.is_enabled():
-            tensors["loss_scale"] = torch.tensor(self.scaler.get_scale())
+        if self.scaler.is_enabled():  # the scale and its growth counter: both decide the next steps
+            scaler = self.scaler.state_dict()
+            tensors["loss_scale"] = torch.tensor(scaler["scale"], dtype=torch.float32)
+            tensors["growth_tracker"] = torch.tensor(scaler["_growth_tracker"], dtype=torch.int64)
         state = state_path(path)
         tmp = state.with_name(f".{state.name}.tmp")
         save_file(tensors, str(tmp), metadata={"config": repr(asdict(self.cfg))})
@@ -145,10 +172,8 @@ class Trainer:
     def resume(self, path: Path):
         """Continue from a saved embedding and the state file beside it."""
         from .embeddings import EmbeddingError, read_embedding
+        check_resumable(path)
         state = state_path(path)
-        if not state.is_file():
-            raise UserError(f"--resume {path}: no {state.name} beside it, so the optimiser state is lost; "
-                            "start a new run with --init, or train on from it by passing it as --init-from")
         try:
             emb = read_embedding(path)
             with safe_open(str(state), "pt") as f:
@@ -158,28 +183,37 @@ class Trainer:
         if tuple(emb.vectors.shape) != tuple(self.vectors.shape):
             raise UserError(f"--resume {path}: it holds {emb.num_vectors}x{emb.width} vectors, but this run has "
                             f"--vectors {self.cfg.vectors} on a {self.sd.width}-wide model")
+        saved_step = emb.metadata.get("step", "")
+        if saved_step.isdigit() and int(saved_step) != int(t["step"]):  # a save cut short between the two files
+            raise UserError(f"--resume {path}: the embedding is at step {saved_step} but {state.name} at step "
+                            f"{int(t['step'])}; resume from one of the <name>-<step>.safetensors snapshots instead")
         with torch.no_grad():
             self.vectors.copy_(emb.vectors.to(self.vectors.device))
         self.step = int(t["step"])
         self.generator.set_state(t["rng_state"])
+        self.rng_state = t["rng_state"]
         if "exp_avg" in t:
             self.optimizer.state[self.vectors] = {
                 "step": t["adam_step"].clone(), "exp_avg": t["exp_avg"].to(self.vectors.device),
                 "exp_avg_sq": t["exp_avg_sq"].to(self.vectors.device)}
         if "loss_scale" in t and self.scaler.is_enabled():
-            self.scaler.update(float(t["loss_scale"]))
+            # load_state_dict, not update(): update() before the first scale() fails (the scale is made lazily)
+            self.scaler.load_state_dict({**self.scaler.state_dict(), "scale": float(t["loss_scale"]),
+                                         "_growth_tracker": int(t.get("growth_tracker", torch.tensor(0)))})
 
     # --- the loop ---------------------------------------------------------------------------------
 
     def preview(self, path: Path):
         sd, c = self.sd, self.cfg
         sd.learned[c.token] = self.vectors.detach().float().cpu()
-        prompt = render(c.preview_prompt, c.token, "")
-        images, settings = sd.sample(prompt, seed=c.seed, steps=c.preview_steps, n=4, progress=False,
-                                     height=self.cache.mean.shape[-2] * sd.vae.downscale,
-                                     width=self.cache.mean.shape[-1] * sd.vae.downscale)
+        try:
+            prompt = render(c.preview_prompt, c.token, "")
+            images, settings = sd.sample(prompt, seed=c.seed, steps=c.preview_steps, n=4, progress=False,
+                                         height=self.cache.mean.shape[-2] * sd.vae.downscale,
+                                         width=self.cache.mean.shape[-1] * sd.vae.downscale)
+        finally:
+            del sd.learned[c.token]
         save_png(_grid(images), path, parameters_text(settings, c.base_model, {"Training step": self.step}))
-        del sd.learned[c.token]
 
     def run(self, progress=True) -> Path:
         c = self.cfg
@@ -187,18 +221,17 @@ class Trainer:
         out.parent.mkdir(parents=True, exist_ok=True)
         log_file = loss_csv_path(out)
         new_log = self.step == 0 or not log_file.exists()
-        with open(log_file, "w" if new_log else "a", newline="") as fh:
+        # line-buffered: every row is on disk as soon as its step ends (for live plots, and after a crash)
+        with open(log_file, "w" if new_log else "a", newline="", buffering=1) as fh:
             writer = csv.writer(fh)
             if new_log:
                 writer.writerow(["step", "loss", "seconds"])
             bar = tqdm(total=c.steps, initial=self.step, desc=f"training {c.token}", disable=not progress,
                        dynamic_ncols=True)
-            rng_state = self.generator.get_state()
             start = time.time()
             try:
                 while self.step < c.steps:
-                    loss = self.train_step()  # interrupted inside: rng_state still holds its start
-                    rng_state = self.generator.get_state()
+                    loss = self.train_step()  # interrupted inside: self.rng_state still holds its start
                     if not math.isfinite(loss) and not self.scaler.is_enabled():
                         raise UserError(f"the loss became {loss} at step {self.step}; try a lower --lr "
                                         "or --precision fp32")
@@ -206,8 +239,8 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}")
                     if c.save_every and self.step % c.save_every == 0 and self.step < c.steps:
-                        self.save(intermediate_path(out, self.step), rng_state)
-                        self.save(out, rng_state)
+                        self.save(intermediate_path(out, self.step))
+                        self.save(out)
                     if c.preview_every and self.step % c.preview_every == 0:
                         fh.flush()
                         self.preview(out.with_name(f"{out.stem}-preview-{self.step}.png"))
@@ -215,11 +248,11 @@ class Trainer:
                 bar.close()
                 # The step in flight is dropped: vectors and optimiser are as after self.step steps,
                 # and rng_state is the generator as that step began, so a resume replays it exactly.
-                self.save(out, rng_state)
+                self.save(out)
                 self.log(f"\ninterrupted at step {self.step}: saved {out}; continue with --resume")
                 raise
             bar.close()
-        self.save(out, rng_state)
+        self.save(out)
         return out
 
 
@@ -230,3 +263,19 @@ def _grid(images):
     for i, im in enumerate(images):
         sheet.paste(im, (i * w, 0))
     return sheet
+
+
+@contextmanager
+def _sigint_deferred():
+    """Hold a Ctrl-C until the block has run, then raise it (only the main thread receives signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
