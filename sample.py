@@ -22,6 +22,8 @@ from mini_ldm.png import parameters_text, save_png
 from ti.embeddings import EmbeddingError, check_width, load_embeddings
 
 DEFAULT_EMBEDDINGS = Path("embeddings")
+DEFAULT_OUTPUT = Path("outputs")
+DEMO_DIR = Path("demo-output")
 
 
 def parse_args(argv=None):
@@ -42,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's native size)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's native size)")
     p.add_argument("--n", type=int, default=1, help="images to draw in one batch from the seed (default: 1)")
-    p.add_argument("--output", type=Path, default=Path("outputs"),
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                    help="a .png file, or a folder where numbered PNGs are written (default: outputs/)")
     p.add_argument("--no-grid", action="store_true", help="with --n > 1, do not also save the images as one grid PNG")
     p.add_argument("--init-image", type=Path, default=None,
@@ -72,6 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu, mps (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
                    help="weights and activations precision (default: fp16 on CUDA, fp32 elsewhere)")
+    p.add_argument("--demo", action="store_true", help="check the install: a tiny random model made on the spot "
+                   "(with the embedding of `train.py --demo` if present), writing to demo-output/")
     return p.parse_args(argv)
 
 
@@ -119,17 +123,36 @@ def load_learned_tokens(sd, paths):
         print("learned tokens: " + ", ".join(f"{t} ({e.num_vectors} vectors)" for t, e in found.items()))
 
 
+def demo_defaults(args):
+    """--demo: the tiny random model, and the embedding `train.py --demo` left in demo-output/, if any."""
+    print("demo: a tiny random model; this checks the install, its images are noise (real images need a real "
+          "checkpoint in weights/, see README)")
+    trained = DEMO_DIR / "phantom.safetensors"
+    if args.embeddings is None:
+        args.embeddings = [trained] if trained.is_file() else []
+    if args.prompt is None and args.interpolate is None:
+        args.prompt = "<phantom>, a chest x-ray" if trained.is_file() else "a chest x-ray"
+    if args.output == DEFAULT_OUTPUT:
+        args.output = DEMO_DIR
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.demo:
+        demo_defaults(args)
     if args.prompt is None and args.interpolate is None:
         raise UserError("--prompt is required (or --interpolate A B)")
     alphas = parse_alphas(args.alphas) if args.interpolate else None
-    model_path = args.model or cli.find_default_model()
     device = args.device or mini_ldm.loading.default_device()
-    t0 = time.time()
-    sd = mini_ldm.load(model_path, device=device, dtype=args.dtype, prediction=args.prediction)
-    print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
-          f"on {device} as {str(sd.dtype).removeprefix('torch.')} in {time.time() - t0:.1f}s")
+    if args.demo:
+        from mini_ldm.demo import tiny_model
+        sd, model_path = tiny_model(mini_ldm.loading.check_device(device)), Path("tiny-random-demo-model")
+    else:
+        model_path = args.model or cli.find_default_model()
+        t0 = time.time()
+        sd = mini_ldm.load(model_path, device=device, dtype=args.dtype, prediction=args.prediction)
+        print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
+              f"on {device} as {str(sd.dtype).removeprefix('torch.')} in {time.time() - t0:.1f}s")
     load_learned_tokens(sd, args.embeddings)
     options = dict(seed=args.seed, steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, height=args.height,
                    width=args.width, init_image=args.init_image, strength=args.strength, mask=args.mask,

@@ -3,12 +3,40 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 TESTS = str(Path(__file__).parent)
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 
 from tiny_models import make_diffusers_folder, make_single_file  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """The tiny models run no slower on one thread, and two threads stall badly on a busy shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny(request):
+    """tiny(stem, layout, dtype="fp32", prediction="auto") -> mini_ldm's StableDiffusion loaded from the
+    `<stem>_<layout>` fixture (e.g. "sd2v", "single"), cached for the session. Tests must not modify it."""
+    import mini_ldm
+
+    cache = {}
+
+    def get(stem, layout, dtype="fp32", prediction="auto"):
+        key = (stem, layout, dtype, prediction)
+        if key not in cache:
+            path = request.getfixturevalue(f"{stem}_{layout}")
+            cache[key] = mini_ldm.load(path, device="cpu", dtype=dtype, prediction=prediction)
+        return cache[key]
+
+    return get
 
 
 @pytest.fixture(scope="session")

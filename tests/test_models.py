@@ -28,34 +28,10 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models run no slower on one thread, and two threads stall badly on a busy shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def rel_err(ours, ref) -> float:
     """Largest absolute difference relative to the reference's largest magnitude."""
     assert ours.shape == ref.shape
     return ((ours.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-
-
-@pytest.fixture(scope="module")
-def models(request):
-    """models(stem, layout, dtype="fp32", prediction="auto") -> a loaded StableDiffusion, cached per module."""
-    cache = {}
-
-    def get(stem, layout, dtype="fp32", prediction="auto"):
-        key = (stem, layout, dtype, prediction)
-        if key not in cache:
-            path = request.getfixturevalue(f"{stem}_{layout}")
-            cache[key] = mini_ldm.load(path, device="cpu", dtype=dtype, prediction=prediction)
-        return cache[key]
-
-    return get
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +61,8 @@ def oracles(request):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("stem", STEMS)
-def test_unet_matches_diffusers(stem, layout, models, oracles):
-    sd, ref = models(stem, layout), oracles(stem, "unet")
+def test_unet_matches_diffusers(stem, layout, tiny, oracles):
+    sd, ref = tiny(stem, layout), oracles(stem, "unet")
     assert sd.unet.cfg.context_dim == ref.config.cross_attention_dim
     if stem == "sd2v" and layout == "folder":  # SD2.1-768's config asks for fp32 attention; we honour it
         assert ref.config.upcast_attention and sd.unet.cfg.upcast_attention
@@ -107,9 +83,9 @@ def test_unet_matches_diffusers(stem, layout, models, oracles):
             assert err < 1e-5, (t, err)
 
 
-def test_unet_timestep_changes_output(models):
+def test_unet_timestep_changes_output(tiny):
     """Guard against the parity test passing because timesteps are ignored on both sides."""
-    sd = models("sd1", "single")
+    sd = tiny("sd1", "single")
     gen = torch.Generator().manual_seed(3)
     x, context = torch.randn(1, 4, 16, 16, generator=gen), torch.randn(1, 77, 128, generator=gen)
     with torch.no_grad():
@@ -123,8 +99,8 @@ def test_unet_timestep_changes_output(models):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("stem", ["sd1", "sd2v"])
-def test_vae_matches_diffusers(stem, layout, models, oracles):
-    sd, ref = models(stem, layout), oracles(stem, "vae")
+def test_vae_matches_diffusers(stem, layout, tiny, oracles):
+    sd, ref = tiny(stem, layout), oracles(stem, "vae")
     gen = torch.Generator().manual_seed(5)
     images = torch.rand(2, 3, 32, 48, generator=gen) * 2 - 1
     latents = torch.randn(2, 4, 16, 24, generator=gen)
@@ -150,9 +126,9 @@ def hf_ids(tokenizer, prompts):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("stem", STEMS)
-def test_text_encoder_matches_transformers(stem, layout, models, oracles):
+def test_text_encoder_matches_transformers(stem, layout, tiny, oracles):
     """SD1: CLIP layout in both. SD2 single file: OpenCLIP layout with one block more than SD reads."""
-    sd, ref, tok = models(stem, layout), oracles(stem, "text_encoder"), oracles(stem, "tokenizer")
+    sd, ref, tok = tiny(stem, layout), oracles(stem, "text_encoder"), oracles(stem, "tokenizer")
     assert sd.text_encoder.cfg.layers == ref.config.num_hidden_layers
     ids = hf_ids(tok, PROMPTS)
     # Our own framing (BOS, 75 ids, EOS, SD1/SD2 padding) gives the same 77 ids as transformers.
@@ -166,20 +142,20 @@ def test_text_encoder_matches_transformers(stem, layout, models, oracles):
     assert rel_err(got[0], got[1]) > 1e-2
 
 
-def test_sd2_single_file_skips_the_last_open_clip_block(models, sd2_single):
+def test_sd2_single_file_skips_the_last_open_clip_block(tiny, sd2_single):
     """The file holds three blocks, SD2 reads the penultimate one: the extra block must not be loaded."""
     from safetensors import safe_open
 
     with safe_open(str(sd2_single), "pt") as f:
         blocks = {k.split(".")[4] for k in f.keys() if k.startswith("cond_stage_model.model.transformer.resblocks.")}
     assert len(blocks) == 3
-    assert models("sd2", "single").text_encoder.cfg.layers == 2
+    assert tiny("sd2", "single").text_encoder.cfg.layers == 2
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("stem", ["sd1", "sd2"])
-def test_tokenizer_encode_matches_transformers(stem, layout, models, oracles):
-    sd, tok = models(stem, layout), oracles(stem, "tokenizer")
+def test_tokenizer_encode_matches_transformers(stem, layout, tiny, oracles):
+    sd, tok = tiny(stem, layout), oracles(stem, "tokenizer")
     for text in PROMPTS + ["", "x-ray", "  CT   scan\n\tof the\u00a0chest  "]:
         want = tok(text, add_special_tokens=False).input_ids
         got = sd.tokenizer.encode(text)
@@ -188,12 +164,12 @@ def test_tokenizer_encode_matches_transformers(stem, layout, models, oracles):
     assert len(sd.tokenizer.encode(PROMPTS[-1])) > 75  # encode does not truncate
 
 
-def test_sd2_folder_tokenizer_follows_diffusers_on_exclamation_mark(models, oracles):
+def test_sd2_folder_tokenizer_follows_diffusers_on_exclamation_mark(tiny, oracles):
     """A diffusers SD2 folder makes "!" its pad token (id 0); the loaded folder model follows diffusers."""
     text = "no effusion! really!"
     want = oracles("sd2", "tokenizer")(text, add_special_tokens=False).input_ids
     assert 0 in want
-    assert models("sd2", "folder").tokenizer.encode(text) == want
+    assert tiny("sd2", "folder").tokenizer.encode(text) == want
 
 
 # --- loading: formats, dtypes, detection, memory ------------------------------------------------
@@ -205,11 +181,11 @@ def state(sd):
 
 
 @pytest.mark.parametrize("stem", ["sd1", "sd2v"])
-def test_ckpt_loads_like_safetensors(stem, models, request, tmp_path):
+def test_ckpt_loads_like_safetensors(stem, tiny, request, tmp_path):
     seed = {"sd1": 0, "sd2v": 2}[stem]
     single = request.getfixturevalue(f"{stem}_single")
     ckpt = make_ckpt(request.getfixturevalue(f"{stem}_folder"), tmp_path / single.with_suffix(".ckpt").name, seed=seed)
-    a, b = mini_ldm.load(ckpt, device="cpu", dtype="fp32"), models(stem, "single")
+    a, b = mini_ldm.load(ckpt, device="cpu", dtype="fp32"), tiny(stem, "single")
     assert (a.family, a.prediction, a.native_size) == (b.family, b.prediction, b.native_size)
     assert a.unet.cfg == b.unet.cfg and a.vae.cfg == b.vae.cfg and a.text_encoder.cfg == b.text_encoder.cfg
     sa, sb = state(a), state(b)
@@ -218,9 +194,9 @@ def test_ckpt_loads_like_safetensors(stem, models, request, tmp_path):
         assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
 
 
-def test_folder_and_single_file_hold_the_same_weights(models):
+def test_folder_and_single_file_hold_the_same_weights(tiny):
     for stem in STEMS:
-        a, b = models(stem, "folder"), models(stem, "single")
+        a, b = tiny(stem, "folder"), tiny(stem, "single")
         sa, sb = state(a), state(b)
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), stem
@@ -228,8 +204,8 @@ def test_folder_and_single_file_hold_the_same_weights(models):
 
 @pytest.mark.parametrize("dtype,torch_dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_half_precision_casts_every_parameter(dtype, torch_dtype, layout, models):
-    sd = models("sd2v", layout, dtype)
+def test_half_precision_casts_every_parameter(dtype, torch_dtype, layout, tiny):
+    sd = tiny("sd2v", layout, dtype)
     assert sd.dtype == torch_dtype
     for part in ("unet", "vae", "text_encoder"):
         tensors = dict(getattr(sd, part).named_parameters()) | dict(getattr(sd, part).named_buffers())
@@ -240,8 +216,8 @@ def test_half_precision_casts_every_parameter(dtype, torch_dtype, layout, models
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_bf16_unet_is_close_to_fp32(layout, models):
-    full, half = models("sd2v", layout), models("sd2v", layout, "bf16")
+def test_bf16_unet_is_close_to_fp32(layout, tiny):
+    full, half = tiny("sd2v", layout), tiny("sd2v", layout, "bf16")
     gen = torch.Generator().manual_seed(9)
     x, context = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 77, 192, generator=gen)
     t = torch.tensor([700, 30])
@@ -270,8 +246,8 @@ def test_bad_dtype_and_prediction_are_user_errors(sd1_single):
     ("sd2", "folder", "auto", "sd2", "epsilon", 32),
     ("sd2v", "folder", "auto", "sd2", "v", 32),
 ])
-def test_family_prediction_and_native_size(stem, layout, prediction, family, want, native, models):
-    sd = models(stem, layout, prediction=prediction)
+def test_family_prediction_and_native_size(stem, layout, prediction, family, want, native, tiny):
+    sd = tiny(stem, layout, prediction=prediction)
     assert (sd.family, sd.prediction, sd.native_size) == (family, want, native)
     reason = sd.checkpoint.prediction_reason
     if prediction != "auto":
@@ -282,8 +258,8 @@ def test_family_prediction_and_native_size(stem, layout, prediction, family, wan
         assert "v2-1_768-ema-pruned" in reason
 
 
-def test_family_shapes(models):
-    sd1, sd2 = models("sd1", "single"), models("sd2", "single")
+def test_family_shapes(tiny):
+    sd1, sd2 = tiny("sd1", "single"), tiny("sd2", "single")
     assert (sd1.unet.cfg.heads, sd1.unet.cfg.linear_proj, sd1.unet.cfg.context_dim) == ((8, 8, 8), False, 128)
     assert (sd2.unet.cfg.heads, sd2.unet.cfg.linear_proj, sd2.unet.cfg.context_dim) == ((1, 2, 2), True, 192)
     assert (sd1.text_encoder.cfg.activation, sd2.text_encoder.cfg.activation) == ("quick_gelu", "gelu")
@@ -311,8 +287,8 @@ def test_prediction_from_file_name_and_yaml(name, yaml, want, sd2v_single, tmp_p
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("stem", STEMS)
-def test_loaded_weights_are_real_and_held_once(stem, layout, models, oracles):
-    sd = models(stem, layout)
+def test_loaded_weights_are_real_and_held_once(stem, layout, tiny, oracles):
+    sd = tiny(stem, layout)
     counts = {"unet": oracles(stem, "unet"), "vae": oracles(stem, "vae"), "text_encoder": oracles(stem, "text_encoder")}
     for part, ref in counts.items():
         module = getattr(sd, part)
@@ -340,11 +316,11 @@ def test_ckpt_weights_are_held_once(dtype, sd2v_folder, tmp_path):
         assert sum(n for _, n in storages) == expected, part
 
 
-def test_legacy_format_ckpt_loads(sd1_folder, models, tmp_path):
+def test_legacy_format_ckpt_loads(sd1_folder, tiny, tmp_path):
     """A .ckpt in torch's pre-1.6 (non-zip) format cannot be memory-mapped; it is still read, safely."""
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": single_file_state_dict(sd1_folder)}, path, _use_new_zipfile_serialization=False)
-    a, b = mini_ldm.load(path, device="cpu", dtype="fp32"), models("sd1", "single")
+    a, b = mini_ldm.load(path, device="cpu", dtype="fp32"), tiny("sd1", "single")
     sa, sb = state(a), state(b)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 

@@ -26,15 +26,6 @@ PROMPT, NEGATIVE = "a frontal chest x-ray, PA view", "blurry, text"
 SEED, STEPS, N = 7, 4, 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models run no slower on one thread, and two threads stall badly on a busy shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def reference(request):
     """reference(stem, scheduler, **settings) -> diffusers' uint8 images (n, H, W, 3); one pipeline per stem."""
@@ -61,20 +52,6 @@ def reference(request):
     return get
 
 
-@pytest.fixture(scope="module")
-def ours(request):
-    """ours(stem, layout) -> our StableDiffusion loaded from the folder or the single file, cached."""
-    cache = {}
-
-    def get(stem, layout):
-        if (stem, layout) not in cache:
-            path = request.getfixturevalue(f"{stem}_{layout}")
-            cache[(stem, layout)] = mini_ldm.load(path, device="cpu", dtype="fp32")
-        return cache[(stem, layout)]
-
-    return get
-
-
 def sample(sd, scheduler, cfg=3.0, negative=NEGATIVE, height=64, width=64, seed=SEED, n=N):
     images, settings = sd.sample(PROMPT, negative, seed=seed, steps=STEPS, cfg=cfg, scheduler=scheduler,
                                  height=height, width=width, n=n, progress=False)
@@ -93,8 +70,8 @@ def assert_same_image(got, want):
 @pytest.mark.parametrize("layout", ["folder", "single"])
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
 @pytest.mark.parametrize("stem", STEMS)
-def test_same_image_as_diffusers(stem, scheduler, layout, ours, reference):
-    sd = ours(stem, layout)
+def test_same_image_as_diffusers(stem, scheduler, layout, tiny, reference):
+    sd = tiny(stem, layout)
     assert sd.prediction == ("v" if stem == "sd2v" else "epsilon")
     got, settings = sample(sd, scheduler)
     assert (settings.seed, settings.steps, settings.scheduler, settings.height, settings.width) == (
@@ -103,22 +80,22 @@ def test_same_image_as_diffusers(stem, scheduler, layout, ours, reference):
 
 
 @pytest.mark.parametrize("stem,cfg", [("sd1", 1.0), ("sd2v", 0.0)])
-def test_no_guidance_matches_diffusers(stem, cfg, ours, reference):
+def test_no_guidance_matches_diffusers(stem, cfg, tiny, reference):
     """cfg <= 1 runs the prompt alone, as diffusers does (the negative prompt is then unused)."""
-    got, _ = sample(ours(stem, "single"), "euler_a", cfg=cfg)
+    got, _ = sample(tiny(stem, "single"), "euler_a", cfg=cfg)
     assert_same_image(got, reference(stem, "euler_a", cfg=cfg))
     guided = reference(stem, "euler_a", cfg=3.0)
     assert np.abs(got.astype(int) - guided.astype(int)).max() > 3  # guidance really was off
 
 
-def test_empty_negative_prompt_and_non_square_size(ours, reference):
-    got, settings = sample(ours("sd2", "single"), "dpm++2m", negative="", height=64, width=96)
+def test_empty_negative_prompt_and_non_square_size(tiny, reference):
+    got, settings = sample(tiny("sd2", "single"), "dpm++2m", negative="", height=64, width=96)
     assert got.shape == (N, 64, 96, 3) and (settings.height, settings.width) == (64, 96)
     assert_same_image(got, reference("sd2", "dpm++2m", negative="", height=64, width=96))
 
 
-def test_a_seed_gives_the_same_image_twice(ours):
-    sd = ours("sd2v", "folder")
+def test_a_seed_gives_the_same_image_twice(tiny):
+    sd = tiny("sd2v", "folder")
     a, _ = sample(sd, "euler_a", seed=123, n=1)
     b, _ = sample(sd, "euler_a", seed=123, n=1)
     c, _ = sample(sd, "euler_a", seed=124, n=1)
@@ -126,8 +103,8 @@ def test_a_seed_gives_the_same_image_twice(ours):
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 1  # and another seed another image
 
 
-def test_random_seed_is_reported_and_reproduces(ours):
-    sd = ours("sd1", "folder")
+def test_random_seed_is_reported_and_reproduces(tiny):
+    sd = tiny("sd1", "folder")
     images, settings = sd.sample(PROMPT, seed=None, steps=2, cfg=2.0, scheduler="euler", height=64, width=64,
                                  progress=False)
     assert isinstance(settings.seed, int) and 0 <= settings.seed < 2**32
@@ -136,14 +113,14 @@ def test_random_seed_is_reported_and_reproduces(ours):
     assert np.array_equal(np.asarray(images[0]), np.asarray(again[0]))
 
 
-def test_default_size_is_the_native_size(ours):
-    sd = ours("sd1", "folder")  # the tiny folder's native size: unet sample_size 16 x VAE factor 2
+def test_default_size_is_the_native_size(tiny):
+    sd = tiny("sd1", "folder")  # the tiny folder's native size: unet sample_size 16 x VAE factor 2
     images, settings = sd.sample(PROMPT, seed=1, steps=1, scheduler="ddim", progress=False)
     assert sd.native_size == 32 and images[0].size == (32, 32) and (settings.height, settings.width) == (32, 32)
 
 
-def test_bad_settings_are_user_errors(ours):
-    sd = ours("sd1", "single")
+def test_bad_settings_are_user_errors(tiny):
+    sd = tiny("sd1", "single")
     with pytest.raises(mini_ldm.UserError, match="--height"):
         sd.sample(PROMPT, seed=1, steps=1, height=60, width=64, progress=False)
     with pytest.raises(mini_ldm.UserError, match="--scheduler"):
@@ -152,8 +129,8 @@ def test_bad_settings_are_user_errors(ours):
         sd.sample(PROMPT, seed=1, steps=0, height=64, width=64, progress=False)
 
 
-def test_png_parameters(ours, tmp_path):
-    sd = ours("sd1", "single")
+def test_png_parameters(tiny, tmp_path):
+    sd = tiny("sd1", "single")
     images, settings = sd.sample(PROMPT, NEGATIVE, seed=42, steps=2, cfg=2.5, scheduler="dpm++2m_karras",
                                  height=64, width=64, progress=False)
     text = parameters_text(settings, "v1-5-pruned-emaonly", {"Prediction": sd.prediction})

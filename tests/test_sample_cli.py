@@ -208,3 +208,18 @@ def test_bad_input_is_one_line_and_exit_2(name, bad_runs):
         assert needle in lines[0], (needle, lines[0])
     assert not out.exists() or not pngs(out)  # nothing written
     assert not (d / "pwned").exists()  # the pickled program never ran, in any of the runs
+
+
+def test_demo_runs_with_nothing_downloaded(tmp_path):
+    """`sample.py --demo` from an empty folder: a tiny random model, a PNG with its parameters in
+    demo-output/, and no checkpoint needed (weights/ is pointed at an empty folder)."""
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    result = subprocess.run([sys.executable, str(REPO / "sample.py"), "--demo", "--steps", "3", "--seed", "11"],
+                            cwd=tmp_path, env=environment(empty), capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    written = pngs(tmp_path / "demo-output")
+    assert len(written) == 1
+    text = parameters(written[0])
+    assert "Seed: 11" in text and "Steps: 3" in text and "a chest x-ray" in text
+    assert np.asarray(Image.open(written[0])).std() > 0  # an image, not a blank

@@ -37,16 +37,8 @@ TRAIN = ROOT / "train.py"
 TOKEN = "<phantom>"  # not in CLIP's vocabulary (diffusers refuses tokens that are)
 RES = 32  # pixels: the tiny VAE halves it and the 3-level UNet needs multiples of 8 -> 16x16 latents
 # Tiny models gain nothing from a second thread, and on a busy machine OpenMP threads thrash; results do not
-# depend on it. (In process the setting is restored after this module, see `one_thread`.)
+# depend on it. (In process, conftest.py sets one thread for the session.)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

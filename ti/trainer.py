@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 
 from mini_ldm import prompt as prompting
 from mini_ldm.errors import UserError
+from mini_ldm.images import grid
 from mini_ldm.png import parameters_text, save_png
 from mini_ldm.tokenizer import MAX_LENGTH
 
@@ -213,7 +213,7 @@ class Trainer:
                                          width=self.cache.mean.shape[-1] * sd.vae.downscale)
         finally:
             del sd.learned[c.token]
-        save_png(_grid(images), path, parameters_text(settings, c.base_model, {"Training step": self.step}))
+        save_png(grid(images, cols=len(images)), path, parameters_text(settings, c.base_model, {"Training step": self.step}))
 
     def run(self, progress=True) -> Path:
         c = self.cfg
@@ -254,15 +254,6 @@ class Trainer:
             bar.close()
         self.save(out)
         return out
-
-
-def _grid(images):
-    """Images side by side in one row (the preview draws four)."""
-    w, h = images[0].size
-    sheet = Image.new("RGB", (w * len(images), h))
-    for i, im in enumerate(images):
-        sheet.paste(im, (i * w, 0))
-    return sheet
 
 
 @contextmanager
