@@ -11,7 +11,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
 
 import mini_ldm
 from mini_ldm import cli, samplers

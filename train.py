@@ -6,7 +6,6 @@
 """
 import argparse
 import re
-import tempfile
 from pathlib import Path
 
 import torch

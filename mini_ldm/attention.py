@@ -4,7 +4,6 @@ Everything goes through torch's fused `scaled_dot_product_attention`, which pick
 memory-efficient kernel on CUDA and a fused C++ kernel on CPU, so no model file carries its own
 softmax(QK^T)V.
 """
-import torch
 import torch.nn.functional as F
 
 

@@ -6,7 +6,6 @@ so that they have roughly unit variance, which the UNet was trained on.
 """
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
