@@ -140,7 +140,7 @@ def main(argv=None):
               f"on {device} in {precision}")
 
     resolution = sd.native_size if args.resolution is None else args.resolution
-    multiple = sd.vae.downscale * 2 ** (len(sd.unet.cfg.channel_mult) - 1)
+    multiple = sd.vae.downscale
     if resolution < multiple or resolution % multiple:
         raise UserError(f"--resolution {resolution}: must be a positive multiple of {multiple}")
 

@@ -100,14 +100,14 @@ class StableDiffusion:
     # --- sampling ------------------------------------------------------------------------------
 
     def _check_size(self, height, width):
-        # Each UNet level halves the latent, and the up path must meet the skips at equal sizes.
+        # Whole latent pixels; the UNet's up path resizes to meet its skips when a level halved an odd size.
         for name, value in (("--height", height), ("--width", width)):
             if value <= 0 or value % self._size_step:
                 raise UserError(f"{name} {value}: must be a positive multiple of {self._size_step}")
 
     @property
     def _size_step(self) -> int:
-        return self.vae.downscale * 2 ** (len(self.unet.cfg.channel_mult) - 1)
+        return self.vae.downscale
 
     @property
     def is_inpainting_model(self) -> bool:

@@ -155,19 +155,23 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x, size=None):
+        # `size`: the skip connection's size, which is not twice ours when a stride-2 conv met an odd size.
+        up = F.interpolate(x, scale_factor=2.0, mode="nearest") if size is None else F.interpolate(x, size=size, mode="nearest")
+        return self.conv(up)
 
 
 class TimestepSequential(nn.Sequential):
     """One numbered entry of input_blocks/output_blocks: layers that take (x, emb, context) as needed."""
 
-    def forward(self, x, emb, context):
+    def forward(self, x, emb, context, upsample_size=None):
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, upsample_size)
             else:
                 x = layer(x)
         return x
@@ -227,5 +231,6 @@ class UNet(nn.Module):
             skips.append(h)
         h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = block(h, emb, context, upsample_size=skips[-1].shape[-2:] if skips else None)
         return self.out(h)

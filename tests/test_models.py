@@ -59,6 +59,21 @@ def oracles(request):
 # --- UNet ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("stem", ["sd1", "sd2"])
+def test_unet_meets_its_skips_at_odd_sizes(stem, tiny, oracles):
+    """A latent of 18x14 halves to 9x7, then to 5x4: the up path must resize to 9x7, not double to 10x8,
+    as diffusers does (so pixel sizes need only be multiples of the VAE's factor, 8 for SD)."""
+    sd, ref = tiny(stem, "single"), oracles(stem, "unet")
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(1, 4, 18, 14, generator=gen)
+    context = torch.randn(1, 77, sd.unet.cfg.context_dim, generator=gen)
+    with torch.no_grad():
+        want = ref(x, torch.tensor([321]), encoder_hidden_states=context).sample
+        got = sd.unet(x, torch.tensor([321]), context)
+    assert got.shape == (1, 4, 18, 14)
+    assert rel_err(got, want) < 1e-5
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("stem", STEMS)
 def test_unet_matches_diffusers(stem, layout, tiny, oracles):

@@ -122,7 +122,7 @@ def test_default_size_is_the_native_size(tiny):
 def test_bad_settings_are_user_errors(tiny):
     sd = tiny("sd1", "single")
     with pytest.raises(mini_ldm.UserError, match="--height"):
-        sd.sample(PROMPT, seed=1, steps=1, height=60, width=64, progress=False)
+        sd.sample(PROMPT, seed=1, steps=1, height=61, width=64, progress=False)
     with pytest.raises(mini_ldm.UserError, match="--scheduler"):
         sd.sample(PROMPT, seed=1, steps=1, scheduler="plms", height=64, width=64, progress=False)
     with pytest.raises(mini_ldm.UserError, match="--steps"):

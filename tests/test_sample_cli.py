@@ -179,7 +179,7 @@ def bad_runs(tmp_path_factory, sd1_single):
         "empty_folder": (["--model", d / "empty"], [str(d / "empty"), "empty"], None),
         "random_bytes": (["--model", d / "noise.ckpt"], ["noise.ckpt"], None),
         "pickled_program": (["--model", d / "program.ckpt"], ["program.ckpt", "refused"], None),
-        "bad_height": (["--model", sd1_single, "--height", 60], ["--height 60", "multiple of 8"], None),
+        "bad_height": (["--model", sd1_single, "--height", 61], ["--height 61", "multiple of 2"], None),
         "no_model": ([], ["--model", str(d / "empty-weights"), "huggingface.co"], d / "empty-weights"),
     }
     procs = {}
