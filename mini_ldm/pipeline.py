@@ -15,6 +15,7 @@ On top of that, the paper's workflows (it ran them in AUTOMATIC1111):
                       A 9-channel inpainting UNet gets mask + masked-image latents as extra input instead.
   interpolate         one image per alpha between two prompts (weights) or two learned tokens (vectors)
 """
+import inspect
 import secrets
 from dataclasses import dataclass, field
 
@@ -289,8 +290,10 @@ class StableDiffusion:
         if not alphas:
             raise UserError("--alphas: give at least one value, e.g. 0,0.5,1")
         seed = secrets.randbelow(2**32) if seed is None else int(seed)  # one seed for the whole strip
-        options = dict(seed=seed, steps=30, cfg=3.0, scheduler="euler_a", height=None, width=None, n=1,
-                       progress=True, init_image=None, strength=0.75, mask=None, mask_blur=4)
+        # sample()'s own keyword defaults, so the two cannot drift apart
+        options = {name: p.default for name, p in inspect.signature(StableDiffusion.sample).parameters.items()
+                   if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        options["seed"] = seed
         unknown = set(kwargs) - set(options)
         if unknown:
             raise TypeError(f"interpolate() got unexpected keyword arguments {sorted(unknown)}")

@@ -59,14 +59,15 @@ def tokenize(tokenizer, text: str, learned: dict) -> Tokens:
     return Tokens(ids, vectors)
 
 
-def encode(text_encoder, tokens: Tokens, device) -> torch.Tensor:
-    """Tokens -> context (1, 77, width)."""
-    ids = torch.tensor([tokens.ids], device=device)
-    embeds = text_encoder.embed_tokens(ids)  # (1, 77, width)
-    if tokens.vectors:
+def encode(text_encoder, batch: list, device) -> torch.Tensor:
+    """Several Tokens (prompts, or the windows of one prompt) -> contexts (B, 77, width), in one call."""
+    ids = torch.tensor([tokens.ids for tokens in batch], device=device)
+    embeds = text_encoder.embed_tokens(ids)  # (B, 77, width)
+    if any(tokens.vectors for tokens in batch):
         embeds = embeds.clone()
-        for pos, vecs in tokens.vectors:
-            embeds[0, pos:pos + len(vecs)] = vecs.to(embeds)
+        for row, tokens in enumerate(batch):
+            for pos, vecs in tokens.vectors:
+                embeds[row, pos:pos + len(vecs)] = vecs.to(embeds)
     return text_encoder(token_embeds=embeds)
 
 
@@ -141,4 +142,4 @@ def tokenize_chunks(tokenizer, text: str, learned: dict) -> list:
 
 def encode_chunks(text_encoder, chunks: list, device) -> torch.Tensor:
     """Windows -> context (1, 77 * len(chunks), width): each window encoded on its own, then concatenated."""
-    return torch.cat([encode(text_encoder, tokens, device) for tokens in chunks], dim=1)
+    return encode(text_encoder, chunks, device).flatten(0, 1)[None]

@@ -122,10 +122,10 @@ class Trainer:
         target = noise if sd.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
 
         learned = {self.cfg.token: self.vectors}
-        contexts = [prompting.encode(sd.text_encoder, prompting.tokenize(
-            sd.tokenizer, render(self.templates[c], self.cfg.token, self.cache.caption(i)), learned), sd.device)
-            for c, i in zip(choice, index.tolist())]
-        out = sd.unet(noisy.to(sd.dtype), t, torch.cat(contexts))
+        prompts = [render(self.templates[c], self.cfg.token, self.cache.caption(i)) for c, i in zip(choice, index.tolist())]
+        context = prompting.encode(sd.text_encoder, [prompting.tokenize(sd.tokenizer, text, learned)
+                                                     for text in prompts], sd.device)  # one batched call
+        out = sd.unet(noisy.to(sd.dtype), t, context)
         return F.mse_loss(out.float(), target)
 
     def train_step(self) -> float:
