@@ -13,7 +13,6 @@ memory-mapped file, cast and moved on its own, and assigned in place: the weight
 import json
 import pickle
 import re
-import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from safetensors import safe_open
 from .clip import TextConfig, TextEncoder
 from .diffusers_names import diffusers_unet_name, diffusers_vae_name
 from .errors import CheckpointError
+from .io import UnsafePickle, first_line, torch_load
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
 
@@ -62,7 +62,7 @@ class TensorSource:
             try:
                 self._file = stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
             except Exception as e:  # safetensors raises its own error types for bad headers
-                raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+                raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
             self._keys = set(self._file.keys())
             self._shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self._keys}
             self._get = self._file.get_tensor
@@ -82,41 +82,28 @@ class TensorSource:
         try:
             return self._get(key)
         except Exception as e:
-            raise CheckpointError(f"{self.path}: tensor {key} cannot be read, the file may be truncated ({_first_line(e)})") from None
+            raise CheckpointError(f"{self.path}: tensor {key} cannot be read, the file may be truncated ({first_line(e)})") from None
 
 
 def _torch_load(path: Path) -> dict:
     """A .ckpt/.bin state dict, refusing anything but plain tensors: pickled code never runs."""
     try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
-            warnings.simplefilter("ignore")
-            try:
-                obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if "mmap" not in str(e):
-                    raise
-                # Only zip-format files (torch >= 1.6) can be memory-mapped; read the legacy format whole.
-                obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch_load(path, mmap=True)
+    except UnsafePickle:
+        raise CheckpointError(f"{path}: refused to load, the file contains pickled objects other than tensors "
+                              "(it may run code); convert it to .safetensors from a trusted source") from None
     except Exception as e:
-        # The weights-only unpickler names a blocked class as "GLOBAL module.name"; anything else it stops
-        # on (an unknown opcode, a bad load key) means the file is not a PyTorch checkpoint at all.
-        if re.search(r"\bGLOBAL\b|Unsupported global", str(e)):
-            raise CheckpointError(f"{path}: refused to load, the file contains pickled objects other than tensors "
-                                  "(it may run code); convert it to .safetensors from a trusted source") from None
+        # anything else the weights-only unpickler stops on (an unknown opcode, a bad load key) means the
+        # file is not a PyTorch checkpoint at all
         if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in str(e):
             raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a corrupt one (it cannot be read as a "
                                   "dict of tensors)") from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: holds no state dict of tensors, so it is not a Stable Diffusion checkpoint")
     return obj
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:200]
 
 
 class Prefixed:
@@ -260,7 +247,7 @@ def build(cls, cfg, src, what: str, path: Path, device, dtype):
             module = cls(cfg)
     except (ValueError, RuntimeError) as e:  # e.g. channels that GroupNorm(32) cannot split
         raise CheckpointError(f"{path}: the {what} weights have shapes no Stable Diffusion 1.x/2.x model has "
-                              f"({_first_line(e)})") from None
+                              f"({first_line(e)})") from None
     expected = module.state_dict()
     missing = [k for k in expected if k not in src.keys()]
     if missing:
@@ -340,7 +327,7 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: missing; a diffusers folder needs unet/, vae/, text_encoder/ "
                               "and their config.json files") from None
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not valid JSON ({first_line(e)})") from None
 
 
 def _weights_file(folder: Path) -> Path:

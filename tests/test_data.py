@@ -320,4 +320,5 @@ def test_template_errors(tmp_path):
     empty.write_text("# nothing\n\n")
     with pytest.raises(TemplateError, match="no templates"):
         load_templates(empty)
-    assert issubclass(TemplateError, ValueError) and issubclass(DataError, ValueError)
+    from mini_ldm.errors import UserError
+    assert issubclass(TemplateError, UserError) and issubclass(DataError, UserError)  # the CLIs print them as one line

@@ -21,13 +21,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from mini_ldm.errors import UserError
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 CACHE_FORMAT = "mini-ldm-latents-1"  # part of the cache key: bump it when the stored layout changes
 
 Warn = Callable[[str], None]
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A problem with the user's images; the message is one line that says what to do."""
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -26,6 +24,9 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
+from mini_ldm.errors import UserError
+from mini_ldm.io import UnsafePickle, first_line, torch_load, write_bytes_atomic
+
 FORMAT = "mini-ldm-ti"  # the metadata "format" value that marks our own files
 SUFFIXES = (".safetensors", ".pt", ".bin")  # what load_embeddings picks up from a folder
 MAX_BYTES = 64 << 20  # embeddings are kilobytes; anything this big is a model checkpoint put in the wrong place
@@ -33,7 +34,7 @@ FAMILY_OF_WIDTH = {768: "sd1", 1024: "sd2"}
 A1111_STAR_ID = 265  # CLIP's id for "*": A1111 writes it as the placeholder in 'string_to_token'
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(UserError):
     """A file that is not a usable embedding; the message is one line and names the file."""
 
 
@@ -104,31 +105,22 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
         with safe_open(path, framework="pt", device="cpu") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as e:  # SafetensorError, or a bad header that still parsed as JSON
-        raise EmbeddingError(f"{path}: corrupt or truncated safetensors file ({_first_line(e)})") from e
+        raise EmbeddingError(f"{path}: corrupt or truncated safetensors file ({first_line(e)})") from e
 
 
 def _torch_load(path: Path):
     # The original textual_inversion repo (and early A1111) stored string_to_param as an nn.ParameterDict;
     # allowing that one class lets weights_only load it without allowing anything that runs code.
-    allow = getattr(torch.serialization, "safe_globals", None)
     try:
-        # an open file, not a name: newer torch.load hands any "*.safetensors" name to safetensors instead
-        with open(path, "rb") as f:
-            if allow is None:  # torch < 2.5
-                return torch.load(f, map_location="cpu", weights_only=True)
-            with allow([torch.nn.ParameterDict]):
-                return torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise EmbeddingError(f"{path}: corrupt or truncated torch file ({_first_line(e)})") from e
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f" (it asks for {found.group(1)})" if found else ""
+        return torch_load(path, allow=(torch.nn.ParameterDict,))
+    except UnsafePickle as e:
+        what = f" (it asks for {e.what})" if e.what else ""
         raise EmbeddingError(
             f"{path}: refused: the pickle holds code or objects other than tensors and plain data{what}; "
             "files are only opened with weights_only=True"
-        ) from e
+        ) from None
     except Exception as e:  # RuntimeError from a broken zip, EOFError / struct.error from a cut-off pickle
-        raise EmbeddingError(f"{path}: corrupt or truncated torch file ({_first_line(e)})") from e
+        raise EmbeddingError(f"{path}: corrupt or truncated torch file ({first_line(e)})") from None
 
 
 def _parse(path: Path, data, meta: dict) -> tuple[str, torch.Tensor, dict]:
@@ -161,12 +153,6 @@ def _parse(path: Path, data, meta: dict) -> tuple[str, torch.Tensor, dict]:
         return path.stem, tensor, {**meta, "format": "kohya"}
     fmt = FORMAT if meta.get("format") == FORMAT else "diffusers"
     return str(key), tensor, {**meta, "format": fmt}
-
-
-def _first_line(e: Exception) -> str:
-    """The gist of a library error: its first sentence, so our messages stay one line."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text.split(". ")[0][:200]
 
 
 # ---------------------------------------------------------------- writing
@@ -204,7 +190,7 @@ def write_embedding(path, emb: Embedding, format: str = "ours") -> Path:
         data = _torch_bytes(obj)
     else:
         raise EmbeddingError(f"{path}: unknown format {format!r} (use 'ours' or 'a1111')")
-    _write_atomic(path, data)
+    write_bytes_atomic(path, data)
     return path
 
 
@@ -212,28 +198,6 @@ def _torch_bytes(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never half of one, even if we crash mid-write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a temp file in the same folder, so os.replace is a rename on one file system
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself survive a power cut
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # ---------------------------------------------------------------- registry and checks

@@ -6,6 +6,8 @@ concepts are whole image types (a chest X-ray with effusion), so a phrase like "
 """
 from pathlib import Path
 
+from mini_ldm.errors import UserError
+
 BUILTIN_TEMPLATES: dict[str, list[str]] = {
     "name": ["[name]"],
     "object": [
@@ -47,7 +49,7 @@ BUILTIN_TEMPLATES: dict[str, list[str]] = {
 }
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError):
     """A bad template name or template file; the message says which and what is valid."""
 
 

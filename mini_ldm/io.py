@@ -1,0 +1,105 @@
+"""File helpers every part of the project shares: atomic writes, safe torch loading, one-line error text.
+
+Three rules live here so that no caller has to remember them:
+- a file we write is either the old one or the complete new one, never half of one (`atomic_write`);
+- a pickle is only ever opened with `weights_only=True`, so loading a file never runs its code (`torch_load`);
+- a library's multi-line error becomes the first line of a message of ours (`first_line`).
+"""
+import os
+import pickle
+import re
+import secrets
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+
+def first_line(e: BaseException) -> str:
+    """The gist of a library error: its first sentence, so our messages stay one line."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    return text.splitlines()[0].split(". ")[0][:200]
+
+
+@contextmanager
+def atomic_write(path, mode: str = "wb"):
+    """Open a temporary file beside `path` for writing; on success it replaces `path` in one rename.
+
+    Readers see the old file or the new one, never half of one, even if we crash mid-write. On error the
+    temporary file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a temp file in the same folder, so os.replace is a rename on one file system
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, mode.replace("w", "x")) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself survive a power cut
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bytes_atomic(path, data: bytes) -> Path:
+    with atomic_write(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+def write_text_atomic(path, text: str) -> Path:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+class UnsafePickle(Exception):
+    """The weights-only unpickler met a class it will not build (`what` names it when it says)."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
+def torch_load(path, allow: tuple = (), mmap: bool = False):
+    """`torch.load` with weights_only=True, on CPU. Raises UnsafePickle when the file asks for code or
+    objects beyond tensors and plain data (and the classes in `allow`), or the library's own error when
+    the file is damaged; callers turn both into messages of their own."""
+    path = Path(path)
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the caller's message says it all
+            warnings.simplefilter("ignore")
+            if allow and safe_globals is not None:
+                with safe_globals(list(allow)):
+                    return _load(path, mmap)
+            return _load(path, mmap)
+    except (pickle.UnpicklingError, RuntimeError) as e:
+        if re.search(r"\bGLOBAL\b|Unsupported global", str(e)):
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            raise UnsafePickle(found.group(1) if found else "") from None
+        raise
+
+
+def _load(path: Path, mmap: bool):
+    if mmap:  # memory-mapping needs a file name
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            # Only zip-format files (torch >= 1.6) can be memory-mapped; read the legacy format whole.
+    # an open file, not a name: newer torch.load hands any "*.safetensors" name to safetensors instead
+    with open(path, "rb") as f:
+        return torch.load(f, map_location="cpu", weights_only=True)
