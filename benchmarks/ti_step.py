@@ -189,7 +189,8 @@ class OursTI:
         import mini_ldm
         from ti.data import cached_latents
         from ti.templates import load_templates
-        from ti.trainer import TrainConfig, Trainer
+        from ti.train_settings import TrainSettings
+        from ti.trainer import Trainer
 
         sd = mini_ldm.load(folder, device="cpu", dtype="fp32")
 
@@ -202,8 +203,8 @@ class OursTI:
         cache = cached_latents(images_dir, encode, f"bench:{folder}", workdir / "latent-cache", resolution,
                                seed=seed, progress=False)
         self.cache_seconds = time.perf_counter() - t0
-        cfg = TrainConfig(token=TOKEN, output=workdir / "bench.safetensors", vectors=vectors, init_text=INIT_TOKEN,
-                          steps=10**9, lr=0.005, batch=batch, seed=seed, precision="fp32", save_every=0)
+        cfg = TrainSettings(token=TOKEN, output=workdir / "bench.safetensors", vectors=vectors, init_text=INIT_TOKEN,
+                          steps=10**9, lr=0.005, batch=batch, seed=seed, dtype="fp32", save_every=0)
         self.sd, self.trainer = sd, Trainer(sd, cache, load_templates(template), cfg, log=lambda *a: None)
 
     def step(self, mark=None) -> float:

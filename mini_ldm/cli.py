@@ -36,6 +36,22 @@ def find_default_model(folder: Path | None = None) -> Path:
     return found[0]
 
 
+def check_writable(path: Path, flag: str, is_file: bool) -> None:
+    """Refuse, before any work, an output that could not be written after it: a folder where a file must go
+    (or the reverse), a path under a file, a folder we may not write to."""
+    path = Path(path)
+    if path.exists() and path.is_dir() == is_file:
+        what = "a folder" if is_file else "a file"
+        raise UserError(f"{flag} {path}: is {what}; give {'a .png file name' if is_file else 'a folder'}")
+    existing = path if path.exists() and not is_file else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, so nothing can be written under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {existing} is not writable; choose another place")
+
+
 def run(main) -> None:
     """Run a CLI main(); a UserError or a file-system error (permission denied, disk full) becomes
     'error: ...' on stderr and exit status 2, Ctrl-C exit status 130."""

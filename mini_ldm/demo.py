@@ -4,6 +4,8 @@ It has the real architecture at toy sizes and the real CLIP tokenizer, so every 
 seconds on a CPU with nothing downloaded. Its images are noise-like: it checks an installation,
 it does not draw anything.
 """
+from pathlib import Path
+
 import torch
 
 from .checkpoint import Checkpoint
@@ -15,6 +17,10 @@ from .vae import AutoencoderKL, VAEConfig
 
 DEMO_SIZE = 64  # pixels; the tiny VAE downsamples by 2, so latents are 32x32
 DEMO_SEED = 1234  # fixed, so `train.py --demo` and `sample.py --demo` build the same model
+DEMO_DIR = Path("demo-output")  # where both demos write, relative to the current folder
+DEMO_TOKEN = "<phantom>"  # the token `train.py --demo` learns from synthetic phantoms ...
+DEMO_EMBEDDING = DEMO_DIR / "phantom.safetensors"  # ... and where it goes, for `sample.py --demo` to use
+DEMO_TRAINING = {"vectors": 4, "steps": 60, "lr": 0.02, "preview_steps": 8}  # upper bounds for vectors, steps
 
 
 def tiny_model(device="cpu") -> StableDiffusion:

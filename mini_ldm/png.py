@@ -13,11 +13,15 @@ A1111_SAMPLERS = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "dpm++
                   "dpm++2m_karras": "DPM++ 2M Karras"}
 
 
-def parameters_text(settings, model_name: str, extra: dict | None = None) -> str:
-    """The three-line A1111 'parameters' text: prompt, negative prompt, then 'Key: value' pairs."""
+def parameters_text(settings, model_name: str | None = None, extra: dict | None = None) -> str:
+    """The three-line A1111 'parameters' text of a SampleSettings: prompt, negative prompt, then 'Key: value'
+    pairs. The model's name comes from settings.extra["Model"] (sample() fills it in) unless given here."""
+    more = dict(settings.extra)
+    model = model_name if model_name is not None else more.pop("Model", "")
+    more.pop("Model", None)
     fields = {"Steps": settings.steps, "Sampler": A1111_SAMPLERS.get(settings.scheduler, settings.scheduler),
               "CFG scale": settings.cfg, "Seed": settings.seed, "Size": f"{settings.width}x{settings.height}",
-              "Model": model_name, **settings.extra, **(extra or {})}
+              "Model": model, **more, **(extra or {})}
     lines = [settings.prompt]
     if settings.negative_prompt:
         lines.append(f"Negative prompt: {settings.negative_prompt}")

@@ -8,11 +8,11 @@ The vocabulary and the embedding matrix are never modified.
 Two prompt forms on top of that, both as in AUTOMATIC1111:
   composable prompts  "A:0.7 AND B:0.3" -> [("A", 0.7), ("B", 0.3)], one guidance term each (parse_and);
   long prompts        more than 75 tokens become several 77-token windows, encoded one by one and
-                      concatenated along the sequence (tokenize_chunks / encode_chunks). A prompt that
+                      concatenated along the sequence (tokenize / encode_windows). A prompt that
                       fits in 75 tokens is exactly one window, so it matches diffusers.
 """
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,7 @@ class Tokens:
 
     ids: list  # len 77: BOS, tokens, EOS, padding
     vectors: list  # (position, tensor [n, width]) pairs that replace the embeddings at those positions
+    names: list = field(default_factory=list)  # the learned tokens placed in this window, in order
 
 
 def split_learned(text: str, learned: dict) -> list:
@@ -41,22 +42,16 @@ def split_learned(text: str, learned: dict) -> list:
     return pieces + [text[start:]]
 
 
-def tokenize(tokenizer, text: str, learned: dict) -> Tokens:
-    """Frame one prompt into a single 77-token window, truncating what does not fit (as diffusers does).
-    Training uses this; sampling uses tokenize_chunks, which gives the same window up to 75 tokens."""
-    body, vectors = [], []
-    room = tokenizer.max_length - 2
-    for i, piece in enumerate(split_learned(text, learned)):
-        if i % 2 == 0:  # plain text
-            body += tokenizer.encode(piece)[: room - len(body)]
-        else:
-            vecs = learned[piece]
-            if len(body) + len(vecs) > room:
-                break  # an embedding is never cut in half
-            vectors.append((1 + len(body), vecs))
-            body += [tokenizer.pad_id] * len(vecs)  # placeholders, overwritten by the vectors
-    ids = tokenizer.frame(body)
-    return Tokens(ids, vectors)
+def first_window(tokenizer, text: str, learned: dict) -> Tokens:
+    """One prompt in a single 77-token window, as training needs (one context per image): plain text past
+    75 tokens is cut off, as diffusers does, but a learned token that does not fit is an error, never a
+    silent drop, because without it the step would train nothing."""
+    windows = tokenize(tokenizer, text, learned)
+    dropped = [name for window in windows[1:] for name in window.names]
+    if dropped:
+        raise UserError(f"the training prompt {text!r} is too long: learned token {dropped[0]} does not fit in "
+                        f"its {tokenizer.max_length}-token window; shorten the template or the caption")
+    return windows[0]
 
 
 def encode(text_encoder, batch: list, device) -> torch.Tensor:
@@ -106,20 +101,20 @@ def format_weight(w: float) -> str:
 
 # --- long prompts --------------------------------------------------------------------------------
 
-def tokenize_chunks(tokenizer, text: str, learned: dict) -> list:
+def tokenize(tokenizer, text: str, learned: dict) -> list:
     """Pack a prompt of any length into 77-token windows (a list of Tokens, at least one).
 
     Greedy: plain tokens fill a window up to 75; a learned token's vectors are never split across two
-    windows, so when they do not fit, the window closes early (padded) and they open the next one. For
-    up to 75 tokens this is exactly `tokenize` (one window).
+    windows, so when they do not fit, the window closes early (padded) and they open the next one. A prompt
+    of up to 75 tokens is one window, exactly diffusers' framing.
     """
     room = tokenizer.max_length - 2
-    chunks, body, vectors = [], [], []
+    windows, body, vectors, names = [], [], [], []
 
     def close():
-        nonlocal body, vectors
-        chunks.append(Tokens(tokenizer.frame(body), vectors))
-        body, vectors = [], []
+        nonlocal body, vectors, names
+        windows.append(Tokens(tokenizer.frame(body), vectors, names))
+        body, vectors, names = [], [], []
 
     for i, piece in enumerate(split_learned(text, learned)):
         if i % 2 == 0:  # plain text
@@ -135,11 +130,12 @@ def tokenize_chunks(tokenizer, text: str, learned: dict) -> list:
             if len(body) + len(vecs) > room:
                 close()
             vectors.append((1 + len(body), vecs))
+            names.append(piece)
             body += [tokenizer.pad_id] * len(vecs)  # placeholders, overwritten by the vectors
     close()
-    return chunks
+    return windows
 
 
-def encode_chunks(text_encoder, chunks: list, device) -> torch.Tensor:
-    """Windows -> context (1, 77 * len(chunks), width): each window encoded on its own, then concatenated."""
-    return encode(text_encoder, chunks, device).flatten(0, 1)[None]
+def encode_windows(text_encoder, windows: list, device) -> torch.Tensor:
+    """Windows -> context (1, 77 * len(windows), width): each window encoded on its own, then concatenated."""
+    return encode(text_encoder, windows, device).flatten(0, 1)[None]

@@ -154,6 +154,21 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
     return x0 + noise * sigma
 
 
+def noised_for_training(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The forward process in the VP form the UNet is trained on: sqrt(a) x0 + sqrt(1 - a) noise,
+    a = alpha_bar at each sample's timestep, shaped to broadcast (B, 1, 1, 1). It is add_noise's sample
+    divided by sqrt(1 + sigma^2), sigma^2 = (1 - a) / a."""
+    return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+
+
+def training_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, prediction: str) -> torch.Tensor:
+    """What the UNet should output for noised_for_training(x0, noise, alpha_bar): the noise for an epsilon
+    model, v = sqrt(a) noise - sqrt(1 - a) x0 for a v model."""
+    if prediction == "epsilon":
+        return noise
+    return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+
+
 # ---------------------------------------------------------------------------------------------------
 # The model wrapper: what the caller does around its UNet.
 

@@ -6,10 +6,17 @@ so that they have roughly unit variance, which the UNet was trained on.
 """
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import attention
+
+
+def posterior_std(logvar: torch.Tensor) -> torch.Tensor:
+    """The standard deviation of the encoder's latent distribution, float32 (logvar is clamped by encode).
+    A posterior sample is mean + posterior_std(logvar) * noise."""
+    return torch.exp(0.5 * logvar.float())
 
 
 @dataclass

@@ -30,7 +30,9 @@ import mini_ldm
 from ti.data import cached_latents
 from ti.embeddings import load_embeddings, read_embedding
 from ti.phantoms import write_phantoms
-from ti.trainer import TrainConfig, Trainer, loss_csv_path, state_path
+from ti.run_files import loss_csv_path, state_path
+from ti.train_settings import TrainSettings
+from ti.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "train.py"
@@ -63,7 +65,7 @@ def make_trainer(sd, data, output: Path, **config) -> Trainer:
 
     cache = cached_latents(data, encode, f"{output.parent}:{sd.dtype}", output.parent / ".latent-cache", RES,
                            progress=False)
-    cfg = TrainConfig(token=TOKEN, output=output, **{"vectors": 4, "steps": 30, "lr": 0.05, "save_every": 0,
+    cfg = TrainSettings(token=TOKEN, output=output, **{"vectors": 4, "steps": 30, "lr": 0.05, "save_every": 0,
                                                      **config})
     return Trainer(sd, cache, ["[name]"], cfg, log=lambda *a: None)
 
@@ -198,7 +200,7 @@ def test_init_vector_i_is_token_i_times_len_over_vectors(trained, sd1_folder, ve
         "text_model.embeddings.token_embedding.weight"]
     assert 3 < len(ids) < 16  # fewer vectors than tokens, and more (tokens repeat)
     sd = trained("sd1").sd
-    trainer = Trainer(sd, None, ["[name]"], TrainConfig(token=TOKEN, output=Path("unused"), vectors=vectors,
+    trainer = Trainer(sd, None, ["[name]"], TrainSettings(token=TOKEN, output=Path("unused"), vectors=vectors,
                                                         init_text=text))
     expected = torch.stack([table[ids[i * len(ids) // vectors]] for i in range(vectors)])
     assert trainer.vectors.dtype == torch.float32
@@ -209,7 +211,7 @@ def test_no_init_gives_small_random_vectors(trained):
     sd = trained("sd1").sd
 
     def initial(seed):
-        cfg = TrainConfig(token=TOKEN, output=Path("unused"), vectors=6, seed=seed)
+        cfg = TrainSettings(token=TOKEN, output=Path("unused"), vectors=6, seed=seed)
         return Trainer(sd, None, ["[name]"], cfg).vectors.detach()
 
     v = initial(0)
@@ -289,7 +291,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(sd1_folder, phantoms, tmp_
     sd = load(sd1_folder, precision)
     n, k, accum = (6, 3, 2) if precision == "fp32" else (4, 2, 2)  # fp16 is slow on a CPU: a shorter run
     config = dict(vectors=2, steps=n, lr=0.05, batch=2 if precision == "fp32" else 1, grad_accum=accum,
-                  precision=precision)
+                  dtype=precision)
     reference = make_trainer(sd, phantoms, tmp_path / "reference" / "phantom.safetensors", **config)
     reference.run(progress=False)
 
@@ -336,12 +338,12 @@ def test_resume_refuses_what_does_not_fit(trained, tmp_path):
     shutil.copy(state_path(run.file), state_path(out))
     emb = read_embedding(run.file)
     write_embedding(out, Embedding(emb.token, emb.vectors, None, {**emb.metadata, "step": "29"}))
-    cfg = TrainConfig(token=TOKEN, output=out, vectors=4)
+    cfg = TrainSettings(token=TOKEN, output=out, vectors=4)
     with pytest.raises(UserError, match="step 29 but"):
         Trainer(run.sd, None, ["[name]"], cfg).resume(out)
     write_embedding(out, emb)
     with pytest.raises(UserError, match="--vectors 5"):
-        Trainer(run.sd, None, ["[name]"], TrainConfig(token=TOKEN, output=out, vectors=5)).resume(out)
+        Trainer(run.sd, None, ["[name]"], TrainSettings(token=TOKEN, output=out, vectors=5)).resume(out)
     trainer = Trainer(run.sd, None, ["[name]"], cfg)
     trainer.resume(out)
     assert trainer.step == 30 and torch.equal(trainer.vectors.detach(), emb.vectors)

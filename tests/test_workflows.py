@@ -205,22 +205,26 @@ def test_parse_and_follows_automatic1111():
 def test_chunks(sd1):
     tok, learned = sd1.tokenizer, sd1.learned
     short = "a chest x-ray with <a> and chexpert_pneumonia"
-    [one] = prompting.tokenize_chunks(tok, short, learned)
-    single = prompting.tokenize(tok, short, learned)
+    [one] = prompting.tokenize(tok, short, learned)
+    single = prompting.first_window(tok, short, learned)
     assert one.ids == single.ids and [p for p, _ in one.vectors] == [p for p, _ in single.vectors]
+    assert one.names == ["<a>", "chexpert_pneumonia"]
+    # training needs one window: a learned token pushed out of it is an error, never silently dropped
+    with pytest.raises(UserError, match="<a> does not fit"):
+        prompting.first_window(tok, " ".join(["lung"] * 74) + " <a>", learned)
 
-    two = prompting.tokenize_chunks(tok, "<ptx> <effusion>", learned)  # 64 + 64 vectors: one window each
+    two = prompting.tokenize(tok, "<ptx> <effusion>", learned)  # 64 + 64 vectors: one window each
     assert [len(c.ids) for c in two] == [77, 77]
     assert [[p for p, _ in c.vectors] for c in two] == [[1], [1]]
     assert two[0].ids[65] == tok.eos_id  # the first window closed early: BOS + 64 + EOS + padding
 
     words = " ".join(["lung"] * 100)
-    plain = prompting.tokenize_chunks(tok, words, learned)
+    plain = prompting.tokenize(tok, words, learned)
     assert [c.ids.index(tok.eos_id) for c in plain] == [76, 26]  # 75 + 25 tokens
 
     wide = dict(learned, **{"<huge>": torch.randn(80, sd1.width)})
     with pytest.raises(UserError, match="<huge>"):
-        prompting.tokenize_chunks(tok, "<huge>", wide)
+        prompting.tokenize(tok, "<huge>", wide)
     assert sd1.encode_prompt(words).shape == (1, 154, sd1.width)
 
 
@@ -237,7 +241,7 @@ def test_composable_prompt_matches_reference(sd1, ref1):
 def test_long_prompt_matches_reference(sd1, ref1):
     """120 plain tokens and two 64-vector embeddings (4 windows: 75, 45, 64, 64), a 1-window negative."""
     prompt = "frontal chest x-ray, " * 20 + "<ptx> <effusion>"
-    assert len(prompting.tokenize_chunks(sd1.tokenizer, prompt, sd1.learned)) == 4
+    assert len(prompting.tokenize(sd1.tokenizer, prompt, sd1.learned)) == 4
     ours, _ = sd1.sample(prompt, "text", seed=5, scheduler="dpm++2m_karras", **FAST)
     ref = ref1.sample([(prompt, 1.0)], "text", seed=5, steps=3, scheduler="dpm++2m_karras")
     assert_close_images(ours, ref)
@@ -270,8 +274,7 @@ def test_interpolation_by_vectors(sd1):
     assert settings[0].extra["Alpha"] == 0.5 and settings[0].extra["Interpolate mode"] == "vectors"
     assert np.array_equal(np.asarray(images[1]), np.asarray(sd1.sample("x-ray of <b>", seed=4, **FAST)[0][0]))
     halfway = dict(sd1.learned, **{"<a>": 0.5 * sd1.learned["<a>"] + 0.5 * sd1.learned["<b>"]})
-    expected = sd1._sample("x-ray of <a>", "", seed=4, cfg=3.0, scheduler="euler_a", n=1, init_image=None,
-                           strength=0.75, mask=None, mask_blur=4, learned=halfway, **FAST)[0]
+    expected = sd1.sample("x-ray of <a>", seed=4, learned=halfway, **FAST)[0]
     assert np.array_equal(np.asarray(images[0]), np.asarray(expected[0]))
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
+from mini_ldm import cli
 from ti.embeddings import EmbeddingError, read_embedding, write_embedding
 
 SUFFIX = {"ours": ".safetensors", "a1111": ".pt"}
@@ -43,24 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     out = Path(args.output)
     fmt = args.format or ("a1111" if out.suffix.lower() == ".pt" else "ours")
-    try:
-        # a mismatched ending would make the file unreadable to tools that go by extension (A1111, diffusers)
-        if out.suffix.lower() != SUFFIX[fmt]:
-            raise EmbeddingError(f"{out}: the {fmt} format is a {SUFFIX[fmt]} file; name OUT accordingly")
-        emb = read_embedding(args.input)
-        if args.token is not None:
-            emb = dataclasses.replace(emb, token=args.token)
-        write_embedding(out, emb, format=fmt)
-    except (EmbeddingError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # a mismatched ending would make the file unreadable to tools that go by extension (A1111, diffusers)
+    if out.suffix.lower() != SUFFIX[fmt]:
+        raise EmbeddingError(f"{out}: the {fmt} format is a {SUFFIX[fmt]} file; name OUT accordingly")
+    emb = read_embedding(args.input)
+    if args.token is not None:
+        emb = dataclasses.replace(emb, token=args.token)
+    write_embedding(out, emb, format=fmt)
     print(f"wrote {out} ({fmt}): token {emb.token!r}, {emb.num_vectors} x {emb.width}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -7,7 +7,6 @@ so the VAE never runs inside the training loop.
 """
 import hashlib
 import json
-import os
 import random
 import sys
 from dataclasses import dataclass
@@ -17,11 +16,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+import safetensors.torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from mini_ldm.errors import UserError
+from mini_ldm.io import write_bytes_atomic
+from mini_ldm.vae import posterior_std
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 CACHE_FORMAT = "mini-ldm-latents-1"  # part of the cache key: bump it when the stored layout changes
@@ -214,8 +215,7 @@ class LatentCache:
                     raise ValueError(f"encode returned mean {tuple(mean.shape)} and logvar {tuple(logvar.shape)} "
                                      f"for {batch.shape[0]} images; expected two (B, C, h, w) tensors")
                 means.append(mean.float().to(device))
-                # same clamp as LDM's DiagonalGaussianDistribution, so std never under/overflows
-                stds.append(torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0)).to(device))
+                stds.append(posterior_std(logvar).to(device))
                 bar.update(batch.shape[0])
         names = [str(it.path) + (" (flipped)" if it.flipped else "") for it in items]
         return cls(torch.cat(means), torch.cat(stds), [it.caption for it in items], names)
@@ -235,9 +235,8 @@ class LatentCache:
         file.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": CACHE_FORMAT, "key": key,
                 "captions": json.dumps(self.captions), "names": json.dumps(self.names)}
-        tmp = file.with_name(file.name + ".tmp")
-        save_file({"mean": self.mean.contiguous().cpu(), "std": self.std.contiguous().cpu()}, str(tmp), metadata=meta)
-        os.replace(tmp, file)  # an interrupted run never leaves a half-written cache behind
+        tensors = {"mean": self.mean.contiguous().cpu(), "std": self.std.contiguous().cpu()}
+        write_bytes_atomic(file, safetensors.torch.save(tensors, metadata=meta))  # never half a cache on disk
         self.file = file
 
     @classmethod

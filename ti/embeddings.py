@@ -203,11 +203,13 @@ def _torch_bytes(obj) -> bytes:
 # ---------------------------------------------------------------- registry and checks
 
 
-def load_embeddings(paths: Iterable) -> dict[str, Embedding]:
+def load_embeddings(paths: Iterable, skip_unreadable=None) -> dict[str, Embedding]:
     """Read files and folders (a folder: its .safetensors/.pt/.bin files, not recursive) into {token: Embedding}.
 
     A training run leaves snapshots (`<token>-<step>.safetensors`) beside its final file; within one
     folder a token defined by several files resolves to the final file, else to the latest snapshot.
+    skip_unreadable: None to raise on a file that is not an embedding; else a function that is told
+    about the file (one line) while the rest load.
     """
     if isinstance(paths, (str, os.PathLike)):  # one path, not an iterable of characters
         paths = [paths]
@@ -221,11 +223,17 @@ def load_embeddings(paths: Iterable) -> dict[str, Embedding]:
             raise EmbeddingError(f"{p}: no such file or folder")
         in_folder: dict[str, Embedding] = {}
         for f in files:
-            emb = read_embedding(f)
+            try:
+                emb = read_embedding(f)
+            except EmbeddingError as e:
+                if skip_unreadable is None:
+                    raise
+                skip_unreadable(f"warning: skipping {f}: {e}")
+                continue
             if emb.token in found:
                 raise EmbeddingError(f"token {emb.token!r} is defined twice: in {found[emb.token].source} and in {f}")
             other = in_folder.get(emb.token)
-            if other is not None and _snapshot_rank(other) is None and _snapshot_rank(emb) is None:
+            if other is not None and _snapshot_step(other) is None and _snapshot_step(emb) is None:
                 raise EmbeddingError(f"token {emb.token!r} is defined twice: in {other.source} and in {f}")
             if other is None or _prefer(emb, other):
                 in_folder[emb.token] = emb
@@ -233,14 +241,14 @@ def load_embeddings(paths: Iterable) -> dict[str, Embedding]:
     return found
 
 
-def _snapshot_rank(emb: Embedding):
+def _snapshot_step(emb: Embedding):
     """The step of a training snapshot (`<stem>-<step>` file name), None for a final file."""
     m = re.fullmatch(r".+-(\d+)", emb.source.stem) if emb.source else None
     return int(m.group(1)) if m else None
 
 
 def _prefer(new: Embedding, old: Embedding) -> bool:
-    new_step, old_step = _snapshot_rank(new), _snapshot_rank(old)
+    new_step, old_step = _snapshot_step(new), _snapshot_step(old)
     if new_step is None or old_step is None:
         return new_step is None  # a final file beats any snapshot
     return new_step > old_step

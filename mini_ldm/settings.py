@@ -1,0 +1,109 @@
+"""Settings dataclasses as the one source of a tool's options.
+
+A field made with `option(...)` carries its default and its help text. From the dataclass alone we get:
+  - the command-line flags (`add_flags`: name, type, choices, default and help, nothing written twice),
+  - the settings object back from parsed flags (`from_flags`),
+  - the README's tables of defaults (`markdown_table`; a test checks the README against it).
+The Python API takes the same dataclasses, so a script and the command line cannot drift apart.
+"""
+import argparse
+import dataclasses
+import math
+import typing
+from pathlib import Path
+
+from .errors import UserError
+
+
+def option(default=None, help: str = "", *, flag: str | None = None, choices=None, metavar: str | None = None,
+           shown: str | None = None, aliases: tuple = ()):
+    """A dataclass field that is also a command-line flag.
+
+    flag: the flag's name (default: --field-name); shown: how the default reads in --help and the README
+    when the value itself says little (None -> "the model's native size"); aliases: older flag names.
+    """
+    meta = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "shown": shown, "aliases": aliases}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"option": meta})
+    return dataclasses.field(default=default, metadata={"option": meta})
+
+
+def options(cls) -> list:
+    """The fields of `cls` that are command-line options, in declaration order."""
+    return [f for f in dataclasses.fields(cls) if "option" in f.metadata]
+
+
+def flag_name(f) -> str:
+    return f.metadata["option"]["flag"] or "--" + f.name.replace("_", "-")
+
+
+def shown_default(f) -> str:
+    meta = f.metadata["option"]
+    if meta["shown"] is not None:
+        return meta["shown"]
+    if f.default is False:
+        return "off"
+    return "none" if f.default in (None, "") else str(f.default)
+
+
+def _value_type(f):
+    """What argparse converts a flag's text to, read off the field's annotation (`int | None` -> int)."""
+    kinds = [f.type] if isinstance(f.type, type) else list(typing.get_args(f.type))
+    return next((kind for kind in kinds if kind in (bool, int, float, Path)), str)
+
+
+def add_flags(parser: argparse.ArgumentParser, cls, skip: tuple = ()) -> None:
+    """One flag per option of `cls` (those named in `skip` left out), help ending in its default."""
+    for f in options(cls):
+        if f.name in skip:
+            continue
+        meta, kind = f.metadata["option"], _value_type(f)
+        names = [flag_name(f), *meta["aliases"]]
+        shown = shown_default(f)
+        text = f"{meta['help']} {shown}" if shown.startswith("(") else f"{meta['help']} (default: {shown})"
+        if kind is bool:
+            parser.add_argument(*names, dest=f.name, action="store_true", help=f"{meta['help']}")
+            continue
+        parser.add_argument(*names, dest=f.name, type=kind, default=f.default if not callable(f.default) else None,
+                            choices=meta["choices"], metavar=meta["metavar"], help=text)
+
+
+def from_flags(cls, args: argparse.Namespace, **more):
+    """An instance of `cls` from parsed flags: every option that was added as a flag, plus `more`."""
+    values = {f.name: getattr(args, f.name) for f in options(cls) if hasattr(args, f.name)}
+    return cls(**values, **more)
+
+
+def markdown_table(cls, skip: tuple = ()) -> str:
+    """The README table of `cls`'s flags: | flag | default | meaning |."""
+    rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
+    for f in options(cls):
+        if f.name not in skip:
+            meta = f.metadata["option"]
+            rows.append(f"| `{flag_name(f)}` | {shown_default(f)} | {meta['help']} |")
+    return "\n".join(rows)
+
+
+# --- checks shared by the settings classes ----------------------------------------------------------
+
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
+
+
+def check_seed(seed, flag: str = "--seed"):
+    """None or -1 (AUTOMATIC1111's 'random') -> None; else an int in the generator's range."""
+    if seed is None or seed == -1:
+        return None
+    if not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"{flag} {seed}: must be a whole number from 0 to {SEED_LIMIT - 1}, or -1 for a random seed")
+    return seed
+
+
+def check_positive(flag: str, value, allow_zero: bool = False):
+    low_ok = value >= 0 if allow_zero else value >= 1
+    if not low_ok:
+        raise UserError(f"{flag} {value}: must be {'0 or more' if allow_zero else 'at least 1'}")
+
+
+def check_finite(flag: str, value: float, example: str):
+    if not math.isfinite(value):
+        raise UserError(f"{flag} {value}: must be a finite number, e.g. {example}")

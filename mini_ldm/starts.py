@@ -1,0 +1,98 @@
+"""Where sampling starts, one function per workflow: text-to-image, img2img and inpainting.
+
+Each returns a `Start`: the first sample and the schedule to run from it, plus what the workflow adds to
+the denoiser (the 9-channel UNet's extra input, base-model inpainting's known latents) and to the final
+image (the init image pasted back outside the feathered mask). Random draws come in diffusers' order, so
+the same seed gives diffusers' image: txt2img draws the noise; img2img and inpainting draw the VAE posterior
+sample of the init image, then the noise, then (9-channel UNet only) the posterior of the masked image.
+"""
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import images as imaging
+from . import samplers
+from .denoisers import KeepKnownLatents
+from .samplers import Schedule
+
+
+@dataclass
+class Start:
+    x: torch.Tensor                            # (n, 4, h, w) VE sample at schedule.sigmas[0]
+    schedule: Schedule                         # the schedule left to run (img2img runs its last part)
+    unet_extra: torch.Tensor | None = None     # (n, 5, h, w) mask + masked-image latents, 9-channel UNet only
+    keep_known: partial | None = None          # KeepKnownLatents waiting for its denoiser (base-model inpainting)
+    init_image: Image.Image | None = None      # inpainting: pasted back where feathered_mask is 0
+    feathered_mask: torch.Tensor | None = None  # (1, 1, H, W) in [0, 1], 1 = generated pixels
+
+
+def txt2img(sd, shape: tuple, schedule: Schedule, generator) -> Start:
+    """Pure noise at the schedule's first noise level (drawn on the CPU: the same on any device)."""
+    noise = torch.randn(shape, generator=generator)
+    start = Start(noise.to(sd.device) * schedule.init_noise_sigma, schedule)
+    if sd.is_inpainting_model:  # text-to-image on an inpainting UNet: repaint everything
+        n, _, h, w = shape
+        f = sd.vae.downscale
+        blank = torch.ones((1, 1, h * f, w * f))
+        start.unet_extra = inpainting_channels(sd, torch.zeros((1, 3, h * f, w * f)), blank, generator, n)
+    return start
+
+
+def img2img(sd, image: Image.Image, strength: float, schedule: Schedule, generator, shape: tuple) -> Start:
+    """The init image's latents, noised to the level where the last `strength` of the schedule begins."""
+    pixels = imaging.to_tensor(image)
+    start, _, _ = _noised_init(sd, pixels, strength, schedule, generator, shape)
+    if sd.is_inpainting_model:  # no mask: the inpainting UNet is told to repaint everything
+        blank = torch.ones((1, 1, image.height, image.width))
+        start.unet_extra = inpainting_channels(sd, pixels, blank, generator, shape[0])
+    return start
+
+
+def inpaint(sd, image: Image.Image, mask: Image.Image, blur_px: int, strength: float, schedule: Schedule,
+            generator, shape: tuple) -> Start:
+    """img2img inside the mask. A 9-channel inpainting UNet sees the mask as input; a base model has the
+    known latents re-imposed outside it at every step (KeepKnownLatents). Either way the init image's own
+    pixels are pasted back outside the feathered mask after decoding."""
+    pixels = imaging.to_tensor(image)
+    binary = imaging.binary_mask(mask, image.height, image.width)
+    start, init, noise = _noised_init(sd, pixels, strength, schedule, generator, shape)
+    if sd.is_inpainting_model:
+        start.unet_extra = inpainting_channels(sd, pixels, binary, generator, shape[0])
+    else:
+        keep = 1.0 - imaging.latent_mask(binary, sd.vae.downscale).to(sd.device)
+        start.keep_known = partial(KeepKnownLatents, keep=keep, init_latents=init, noise=noise,
+                                   schedule=start.schedule)
+    start.init_image, start.feathered_mask = image, imaging.blur_mask(binary, blur_px)
+    return start
+
+
+def _noised_init(sd, pixels, strength, schedule, generator, shape):
+    """(Start, init latents or None, noise): the truncated schedule and its first sample.
+
+    An inpainting UNet at strength 1 starts from pure noise (it sees the image through its extra input),
+    as diffusers' StableDiffusionInpaintPipeline; everything else starts from the image.
+    """
+    truncated = samplers.truncate(schedule, strength)
+    whole_schedule = len(truncated.timesteps) == len(schedule.timesteps)
+    init = None
+    if not (sd.is_inpainting_model and whole_schedule):
+        init = sd.encode_image(pixels, generator).expand(shape[0], -1, -1, -1)
+    noise = torch.randn(shape, generator=generator).to(sd.device)
+    if init is None:
+        x = noise * truncated.init_noise_sigma
+    elif len(truncated.timesteps) == 0:
+        x = init  # strength 0 (or too small to re-run one step): the image through the VAE
+    else:
+        x = samplers.add_noise(init, noise, truncated.sigmas[0])
+    return Start(x, truncated), init, noise
+
+
+def inpainting_channels(sd, pixels, binary, generator, n: int) -> torch.Tensor:
+    """The 5 extra channels of an inpainting UNet: the mask at latent size (nearest) and the latents of
+    the image with the repainted part set to 0 (grey), as diffusers' StableDiffusionInpaintPipeline."""
+    masked = sd.encode_image(pixels * (binary < 0.5), generator)
+    small = F.interpolate(binary, size=masked.shape[-2:]).to(sd.device)
+    return torch.cat([small, masked], dim=1).to(sd.dtype).repeat(n, 1, 1, 1)

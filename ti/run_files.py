@@ -1,0 +1,107 @@
+"""The files of a training run, beside its embedding `<name>.safetensors`:
+
+    <name>.state        optimiser, loss scale and random state, for --resume (safetensors inside)
+    <name>-loss.csv     step, loss, seconds: one row per finished step, written as it ends
+    <name>.lock         the pid of the run writing these files, while it runs
+
+and the rules that keep them from being lost: a finished run is not overwritten without --overwrite,
+two runs never write the same files at once, and a resumed log holds each step once.
+"""
+import csv
+import io
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from mini_ldm.errors import UserError
+from mini_ldm.io import write_text_atomic
+
+
+def state_path(output: Path) -> Path:
+    """Not named *.safetensors: sample.py loads every .safetensors/.pt/.bin in an embeddings folder,
+    and a state file there would be refused as "not an embedding"."""
+    return output.with_name(output.stem + ".state")
+
+
+def loss_csv_path(output: Path) -> Path:
+    return output.with_name(output.stem + "-loss.csv")
+
+
+def lock_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".lock")
+
+
+def check_resumable(path: Path):
+    """--resume needs the state file that every save writes beside the embedding."""
+    state = state_path(Path(path))
+    if not state.is_file():
+        raise UserError(f"--resume {path}: no {state.name} beside it (it is written with every save of a "
+                        "training run), so there is no step count or optimiser state to continue from; "
+                        "start a new run without --resume")
+
+
+def check_fresh_output(output: Path):
+    """A new run must not silently replace an earlier one's embedding, state and log."""
+    for existing in (output, state_path(output)):
+        if existing.exists():
+            raise UserError(f"--output {output}: {existing.name} is already there from an earlier run; continue "
+                            "that run with --resume, replace it with --overwrite, or choose another --output")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+@contextmanager
+def output_lock(output: Path):
+    """Hold `<name>.lock` (holding our pid) while a run writes its files; a second run on the same output
+    stops at once. A lock whose process is gone (kill -9, a power cut) is stale and taken over."""
+    lock = lock_path(output)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None and holder != os.getpid() and _running(holder):
+                raise UserError(f"--output {output}: another training run (pid {holder}) is writing it; wait for "
+                                f"it to finish or choose another --output (remove {lock.name} if no such run "
+                                "exists)") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise UserError(f"--output {output}: cannot take {lock.name}; remove it if no other run is writing there")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def trim_loss_log(path: Path, step: int):
+    """Keep the header and the rows of steps 1..step: a run killed after its last save logged steps that a
+    resume will run again, and each step must appear once."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= step]
+    if len(kept) == len(rows):
+        return
+    text = io.StringIO()
+    csv.writer(text).writerows(kept)
+    write_text_atomic(path, text.getvalue())

@@ -1,0 +1,76 @@
+"""TrainSettings: everything that defines a Textual Inversion run; the input of `Trainer`, the source of
+train.py's flags, and what the embedding's metadata records. Defaults follow the paper (de Wilde et al.
+2024): 64 vectors, AdamW at lr 0.005, batch 1."""
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from mini_ldm.errors import UserError
+from mini_ldm.settings import check_positive, check_seed, option
+from mini_ldm.tokenizer import MAX_LENGTH
+
+from .templates import BUILTIN_TEMPLATES
+
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainSettings:
+    data: Path | None = option(None, "folder of training images, searched recursively (png, jpg, jpeg, bmp, "
+                                     "tif/tiff, webp; 8- or 16-bit grayscale, RGB(A), palette; 16-bit images are "
+                                     "scaled by their own min/max); a .txt beside an image is its caption for "
+                                     "--template filewords", metavar="DIR", shown="(required)")
+    token: str | None = option(None, "the new prompt word, one word without spaces", shown="<data-folder-name>")
+    vectors: int = option(64, "vectors per token (the paper's best)")
+    init_text: str | None = option(None, "initialise the vectors from this text's token embeddings (vector i from "
+                                         "token i*len/vectors)", flag="--init", metavar="TEXT",
+                                   shown="small random vectors")
+    steps: int = option(10_000, "optimisation steps in total (the paper trained 50k-100k)")
+    lr: float = option(0.005, "AdamW learning rate (the paper's)")
+    batch: int = option(1, "images per step")
+    grad_accum: int = option(1, "batches whose gradients add up to one step")
+    resolution: int | None = option(None, "training size in pixels; the shorter side is resized to it, then "
+                                          "cropped square", shown="the model's native size")
+    crop: str = option("center", "square crop; random picks one crop per image, fixed by --seed",
+                       choices=("center", "random"))
+    flip: bool = option(False, "also train on horizontal mirrors (off by default: laterality matters in chest X-rays)")
+    template: str = option("name", "prompt templates: " + ", ".join(BUILTIN_TEMPLATES) + " (name is the token "
+                                   "alone), or a file of lines with [name] and [filewords]")
+    seed: int = option(0, "seed for every random draw of the run")
+    dtype: str | None = option(None, "model precision; the vectors and AdamW state stay fp32; fp16 uses loss "
+                                     "scaling", choices=DTYPES, aliases=("--precision",),
+                               shown="bf16 on a CUDA GPU that has it, else fp32")
+    compile: bool = option(False, "compile the UNet with torch.compile (CUDA; the first steps are slow while it "
+                                  "compiles)")
+    save_every: int = option(500, "also save <token>-<step>.safetensors every N steps (0: only at the end)")
+    preview_every: int = option(0, "every N steps, draw a 4-image preview grid of the token with a fixed seed, "
+                                   "beside the output (0: off)")
+    preview_prompt: str = option("[name]", "prompt of the preview")
+    preview_steps: int = option(20, "sampling steps of the preview")
+    output: Path | None = option(None, "the embedding file; a loss CSV and the resume state go beside it",
+                                 metavar="FILE", shown="embeddings/<token>.safetensors")
+    base_model: str = ""  # the checkpoint's name, recorded in the embedding's metadata
+
+    def check(self) -> "TrainSettings":
+        """Refuse what cannot be honoured before a model is loaded or an image encoded. Returns self."""
+        for flag, value in (("--steps", self.steps), ("--batch", self.batch), ("--grad-accum", self.grad_accum),
+                            ("--preview-steps", self.preview_steps)):
+            check_positive(flag, value)
+        for flag, value in (("--save-every", self.save_every), ("--preview-every", self.preview_every)):
+            check_positive(flag, value, allow_zero=True)
+        if not (self.lr > 0 and math.isfinite(self.lr)):  # AdamW refuses <= 0 with a traceback; nan fails too
+            raise UserError(f"--lr {self.lr}: must be a positive number, e.g. 0.005")
+        check_vectors(self.vectors)
+        if check_seed(self.seed) is None:
+            raise UserError(f"--seed {self.seed}: training needs a fixed seed (a whole number, 0 or more)")
+        if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
+            raise UserError(f"--token {self.token!r}: must be one word, without spaces (e.g. <chest-xray>)")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise UserError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
+        return self
+
+
+def check_vectors(vectors: int, max_length: int = MAX_LENGTH):
+    room = max_length - 2
+    if not 1 <= vectors <= room:
+        raise UserError(f"--vectors {vectors}: must be between 1 and {room} (one {max_length}-token window)")
