@@ -1,9 +1,8 @@
 """Reading Stable Diffusion weights: single files (LDM key layout) and diffusers folders.
 
 The model classes are named after the single-file keys, so a single file loads by stripping a
-prefix. A diffusers folder is mapped onto those names by `diffusers_unet_name` and
-`diffusers_vae_name`; SD2's OpenCLIP text encoder onto the Hugging Face CLIP names by
-`open_clip_tensors`. Configs are read from the tensor shapes, so any SD 1.x/2.x-shaped model loads
+prefix. A diffusers folder's names and SD2's OpenCLIP names are mapped onto them by the lazy views of
+key_renames.py. Configs are read from the tensor shapes, so any SD 1.x/2.x-shaped model loads
 (also the tiny random ones the tests make); the few numbers shapes cannot tell (attention heads)
 come from the family or from the folder's config.json.
 
@@ -13,7 +12,7 @@ memory-mapped file, cast and moved on its own, and assigned in place: the weight
 import json
 import pickle
 import re
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +20,10 @@ import torch
 from safetensors import safe_open
 
 from .clip import TextConfig, TextEncoder
-from .diffusers_names import diffusers_unet_name, diffusers_vae_name
 from .errors import CheckpointError
 from .io import UnsafePickle, first_line, torch_load
+from .key_renames import diffusers_unet_tensors, diffusers_vae_tensors, open_clip_tensors
+from .samplers import alphas_cumprod_from_config
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
 
@@ -123,70 +123,6 @@ class Prefixed:
         return self.source[self.prefix + key]
 
 
-class Renamed:
-    """A view of a source under other names: new_name -> (old name, transform on the tensor)."""
-
-    def __init__(self, source, names: dict):
-        self.source, self.names = source, names
-
-    def keys(self):
-        return self.names.keys()
-
-    def shape(self, key):
-        old, fn, shape_fn = self.names[key]
-        return shape_fn(self.source.shape(old))
-
-    def __getitem__(self, key):
-        old, fn, _ = self.names[key]
-        return fn(self.source[old])
-
-
-def _same(x):
-    return x
-
-
-# --- renaming diffusers folders ------------------------------------------------------------------
-
-def _as_conv1x1(shape):
-    return tuple(shape) + (1, 1) if len(shape) == 2 else tuple(shape)
-
-
-def _renamed(source, rename, reshape_vae_attention=False) -> Renamed:
-    names = {}
-    for key in source.keys():
-        new = rename(key)
-        if reshape_vae_attention and re.search(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$", new):
-            names[new] = (key, lambda t: t.reshape(*t.shape, 1, 1) if t.ndim == 2 else t, _as_conv1x1)
-        else:
-            names[new] = (key, _same, tuple)
-    return Renamed(source, names)
-
-
-def open_clip_tensors(source, layers: int) -> Renamed:
-    """SD2's OpenCLIP text tower (cond_stage_model.model.*) under Hugging Face CLIP names.
-
-    Only the first `layers` resblocks are mapped: SD2 uses the penultimate block's output.
-    """
-    names = {"embeddings.token_embedding.weight": ("token_embedding.weight", _same, tuple),
-             "embeddings.position_embedding.weight": ("positional_embedding", _same, tuple),
-             "final_layer_norm.weight": ("ln_final.weight", _same, tuple),
-             "final_layer_norm.bias": ("ln_final.bias", _same, tuple)}
-    leaf = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
-            "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
-    for i in range(layers):
-        old, new = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
-        for a, b in leaf.items():
-            for p in ("weight", "bias"):
-                names[f"{new}{b}.{p}"] = (f"{old}{a}.{p}", _same, tuple)
-        # q, k and v are stored stacked in one in_proj tensor: rows [0:C], [C:2C], [2C:3C].
-        for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
-            for p in ("weight", "bias"):
-                pick = (lambda t, j=j: t.chunk(3, dim=0)[j])
-                third = (lambda s: (s[0] // 3,) + tuple(s[1:]))
-                names[f"{new}self_attn.{proj}.{p}"] = (f"{old}attn.in_proj_{p}", pick, third)
-    return Renamed(source, names)
-
-
 # --- configs from shapes ------------------------------------------------------------------------
 
 
@@ -204,19 +140,20 @@ def _count(keys, pattern) -> int:
 
 def unet_config(src, family: str, heads=None, upcast=False) -> UNetConfig:
     keys = src.keys()
-    mc = src.shape("input_blocks.0.0.weight")[0]
+    base_channels = src.shape("input_blocks.0.0.weight")[0]
     levels = 1 + sum(1 for k in keys if re.match(r"input_blocks\.\d+\.0\.op\.weight$", k))
     blocks = _count(keys, r"input_blocks\.(\d+)\.")
-    nrb = (blocks - 1 - (levels - 1)) // levels
-    first = [1 + level * (nrb + 1) for level in range(levels)]
-    mult = tuple(src.shape(f"input_blocks.{b}.0.in_layers.2.weight")[0] // mc for b in first)
+    # input_blocks: conv_in, then per level the ResBlocks, and a Downsample on all levels but the last
+    res_blocks_per_level = (blocks - 1 - (levels - 1)) // levels
+    first = [1 + level * (res_blocks_per_level + 1) for level in range(levels)]  # each level's first ResBlock
+    mult = tuple(src.shape(f"input_blocks.{b}.0.in_layers.2.weight")[0] // base_channels for b in first)
     attn = tuple(level for level, b in enumerate(first) if f"input_blocks.{b}.1.proj_in.weight" in keys)
     context = src.shape("middle_block.1.transformer_blocks.0.attn2.to_k.weight")[1]
     if heads is None:  # not stored in a single file: SD1 uses 8 heads, SD2 a head dim of 64
-        heads = [8] * levels if family == "sd1" else [m * mc // 64 for m in mult]
+        heads = [8] * levels if family == "sd1" else [m * base_channels // 64 for m in mult]
     return UNetConfig(in_channels=src.shape("input_blocks.0.0.weight")[1], out_channels=src.shape("out.2.weight")[0],
-                      model_channels=mc, channel_mult=mult, num_res_blocks=nrb, attention_levels=attn,
-                      heads=tuple(heads), context_dim=context,
+                      model_channels=base_channels, channel_mult=mult, num_res_blocks=res_blocks_per_level,
+                      attention_levels=attn, heads=tuple(heads), context_dim=context,
                       linear_proj=len(src.shape("middle_block.1.proj_in.weight")) == 2, upcast_attention=upcast)
 
 
@@ -262,6 +199,42 @@ def build(cls, cfg, src, what: str, path: Path, device, dtype):
     return module.eval().requires_grad_(False)
 
 
+_MODULES = ((UNet, "UNet"), (AutoencoderKL, "VAE"), (TextEncoder, "text encoder"))
+
+
+def _build_modules(configs, sources, places, device, dtype) -> tuple:
+    """UNet, VAE and text encoder from their configs and tensor sources; `places` name them in errors."""
+    return tuple(build(cls, cfg, src, what, place, device, dtype)
+                 for (cls, what), cfg, src, place in zip(_MODULES, configs, sources, places))
+
+
+@contextmanager
+def _unfit_inputs_as_errors(path: Path, missing: str, unexpected: str):
+    """The config readers assume SD's layout and fail with KeyError (a tensor or config key that is not
+    there: `missing`, formatted with {key}) or a ValueError-like error (a value of the wrong rank, size or
+    type: `unexpected`); either becomes one CheckpointError naming `path`."""
+    try:
+        yield
+    except KeyError as e:
+        raise CheckpointError(f"{path}: {missing.format(key=e)}") from None
+    except (ValueError, IndexError, ZeroDivisionError, TypeError):
+        raise CheckpointError(f"{path}: {unexpected}") from None
+
+
+def _upcast_attention(family: str, dtype) -> bool:
+    """SD2's attention logits can overflow fp16 (SD2.1-768's diffusers config sets upcast_attention for
+    that reason), so SD2 in half precision computes attention in fp32, whatever the file says."""
+    return family == "sd2" and dtype != torch.float32
+
+
+def _native_size(family: str, prediction: str, latent_size: int | None = None, downscale: int = 8) -> int:
+    """The image size (pixels) the model was trained at: a folder's unet config says so in latents
+    (sample_size); a single file cannot, and only SD2's v models (768-v) were trained above 512."""
+    if latent_size is not None:
+        return latent_size * downscale
+    return 768 if (family == "sd2" and prediction == "v") else 512
+
+
 def load_checkpoint(path, device="cpu", dtype=torch.float32, prediction="auto") -> Checkpoint:
     path = Path(path)
     if not path.exists():
@@ -274,38 +247,42 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, prediction="auto") 
     return _load_single_file(path, device, dtype, prediction)
 
 
+# --- single files -------------------------------------------------------------------------------
+
+SINGLE_FILE_ERRORS = dict(missing="not a Stable Diffusion 1.x/2.x checkpoint (no tensor {key})",
+                          unexpected="not a Stable Diffusion 1.x/2.x checkpoint (unexpected tensor shapes)")
+
+
 def _load_single_file(path: Path, device, dtype, prediction: str) -> Checkpoint:
     with ExitStack() as stack:
-        source = TensorSource(path, stack)
-        unet_src, vae_src = Prefixed(source, UNET_PREFIX), Prefixed(source, VAE_PREFIX)
-        if OPEN_CLIP_PREFIX + "token_embedding.weight" in source.keys():
-            family = "sd2"
-            raw = Prefixed(source, OPEN_CLIP_PREFIX)
-            # The file holds all 24 blocks; SD2 reads the penultimate, so we keep one fewer.
-            layers = _count(raw.keys(), r"transformer\.resblocks\.(\d+)\.") - 1
-            text_src = open_clip_tensors(raw, layers)
-        else:
-            family = "sd1"
-            text_src = _without_text_model(Prefixed(source, CLIP_PREFIX))
-            layers = _count(text_src.keys(), r"encoder\.layers\.(\d+)\.")
-        for src, what in ((unet_src, "UNet"), (vae_src, "VAE"), (text_src, "text encoder")):
-            if not src.keys():
-                raise CheckpointError(f"{path}: has no {what} weights, so it is not a Stable Diffusion 1.x/2.x "
-                                      "checkpoint (LoRA, VAE-only and SDXL files are not supported)")
-        try:
-            ucfg = unet_config(unet_src, family, upcast=(family == "sd2" and dtype != torch.float32))
-            vcfg, tcfg = vae_config(vae_src), text_config(text_src, family, layers)
-        except KeyError as e:
-            raise CheckpointError(f"{path}: not a Stable Diffusion 1.x/2.x checkpoint (no tensor {e})") from None
-        except (ValueError, IndexError, ZeroDivisionError):  # a tensor of an unexpected rank or size
-            raise CheckpointError(f"{path}: not a Stable Diffusion 1.x/2.x checkpoint "
-                                  "(unexpected tensor shapes)") from None
+        family, sources, text_layers = _single_file_sources(TensorSource(path, stack))
+        unet_src, vae_src, text_src = sources
+        with _unfit_inputs_as_errors(path, **SINGLE_FILE_ERRORS):
+            configs = (unet_config(unet_src, family, upcast=_upcast_attention(family, dtype)),
+                       vae_config(vae_src), text_config(text_src, family, text_layers))
         pred, reason = _single_file_prediction(path, family, prediction)
-        unet = build(UNet, ucfg, unet_src, "UNet", path, device, dtype)
-        vae = build(AutoencoderKL, vcfg, vae_src, "VAE", path, device, dtype)
-        text = build(TextEncoder, tcfg, text_src, "text encoder", path, device, dtype)
-    native = 768 if (family == "sd2" and pred == "v") else 512
-    return Checkpoint(path, family, unet, vae, text, pred, reason, native, None, {})
+        unet, vae, text = _build_modules(configs, sources, [path] * 3, device, dtype)
+    return Checkpoint(path, family, unet, vae, text, pred, reason, _native_size(family, pred), None, {})
+
+
+def _single_file_sources(source: TensorSource):
+    """(family, (UNet, VAE, text encoder tensors under our names), text encoder layers) of one file."""
+    if OPEN_CLIP_PREFIX + "token_embedding.weight" in source.keys():
+        family = "sd2"
+        raw = Prefixed(source, OPEN_CLIP_PREFIX)
+        # The file holds all 24 blocks; SD2 reads the penultimate, so we keep one fewer.
+        text_layers = _count(raw.keys(), r"transformer\.resblocks\.(\d+)\.") - 1
+        text_src = open_clip_tensors(raw, text_layers)
+    else:
+        family = "sd1"
+        text_src = _without_text_model(Prefixed(source, CLIP_PREFIX))
+        text_layers = _count(text_src.keys(), r"encoder\.layers\.(\d+)\.")
+    sources = (Prefixed(source, UNET_PREFIX), Prefixed(source, VAE_PREFIX), text_src)
+    for src, (_, what) in zip(sources, _MODULES):
+        if not src.keys():
+            raise CheckpointError(f"{source.path}: has no {what} weights, so it is not a Stable Diffusion 1.x/2.x "
+                                  "checkpoint (LoRA, VAE-only and SDXL files are not supported)")
+    return family, sources, text_layers
 
 
 def _single_file_prediction(path: Path, family: str, prediction: str):
@@ -318,6 +295,69 @@ def _single_file_prediction(path: Path, family: str, prediction: str):
     if yaml.exists() and re.search(r"parameterization:\s*['\"]?v['\"]?\s*$", yaml.read_text(errors="ignore"), re.M):
         return "v", f"auto: {yaml.name} says parameterization: v"
     return "epsilon", "auto: epsilon unless the file name says v-prediction (use --prediction v for v models)"
+
+
+# --- diffusers folders --------------------------------------------------------------------------
+
+FOLDER_PARTS = ("unet", "vae", "text_encoder")
+FOLDER_ERRORS = dict(missing="the diffusers folder lacks {key}; is it a Stable Diffusion 1.x/2.x model?",
+                     unexpected="not a Stable Diffusion 1.x/2.x diffusers folder "
+                                "(unexpected config values or tensor shapes)")
+
+
+def _load_folder(path: Path, device, dtype) -> Checkpoint:
+    _check_diffusers_folder(path)
+    unet_json, vae_json, text_json = (_read_json(path / part / "config.json") for part in FOLDER_PARTS)
+    scheduler_json = _scheduler_config(path)
+    family = "sd2" if text_json.get("hidden_act") == "gelu" else "sd1"
+    with ExitStack() as stack:
+        with _unfit_inputs_as_errors(path, **FOLDER_ERRORS):
+            raw_unet, raw_vae, raw_text = (TensorSource(_weights_file(path / part), stack) for part in FOLDER_PARTS)
+            sources = (diffusers_unet_tensors(raw_unet, unet_json), diffusers_vae_tensors(raw_vae, vae_json),
+                       _without_text_model(raw_text))
+            configs = _folder_configs(sources, family, unet_json, vae_json, text_json, dtype)
+        unet, vae, text = _build_modules(configs, sources, [path / part for part in FOLDER_PARTS], device, dtype)
+    pred = "v" if scheduler_json.get("prediction_type") == "v_prediction" else "epsilon"
+    native = _native_size(family, pred, unet_json.get("sample_size", 64), vae.downscale)
+    tok = path / "tokenizer" if (path / "tokenizer" / "vocab.json").exists() else None
+    return Checkpoint(path, family, unet, vae, text, pred, "scheduler/scheduler_config.json", native, tok,
+                      scheduler_json)
+
+
+def _folder_configs(sources, family: str, unet_json: dict, vae_json: dict, text_json: dict, dtype) -> tuple:
+    """UNet, VAE and text encoder configs: shapes from the tensors, the rest from the folder's config.json files."""
+    unet_src, vae_src, text_src = sources
+    # diffusers' "attention_head_dim" is really the number of heads (unless num_attention_heads is set).
+    heads = unet_json.get("num_attention_heads") or unet_json.get("attention_head_dim", 8)
+    heads = [heads] * len(unet_json["block_out_channels"]) if isinstance(heads, int) else list(heads)
+    upcast = bool(unet_json.get("upcast_attention")) or _upcast_attention(family, dtype)
+    return (unet_config(unet_src, family, heads=heads, upcast=upcast),
+            vae_config(vae_src, scale=vae_json.get("scaling_factor", 0.18215)),
+            text_config(text_src, family, text_json["num_hidden_layers"], text_json["num_attention_heads"],
+                        text_json.get("hidden_act")))
+
+
+def _check_diffusers_folder(path: Path):
+    if not (path / "unet").is_dir():
+        if not any(path.iterdir()):
+            raise CheckpointError(f"{path}: the folder is empty; put a checkpoint (.safetensors) or a diffusers "
+                                  "folder there")
+        raise CheckpointError(f"{path}: a folder that is not a diffusers Stable Diffusion folder (no unet/ inside); "
+                              "pass the .safetensors file itself, or a folder with unet/, vae/, text_encoder/")
+
+
+def _scheduler_config(path: Path) -> dict:
+    """scheduler/scheduler_config.json ({} if the folder has none), refused now if the samplers cannot
+    reproduce its noise schedule, rather than sampling with SD's schedule later."""
+    if not (path / "scheduler").is_dir():
+        return {}
+    config_path = path / "scheduler" / "scheduler_config.json"
+    config = _read_json(config_path)
+    try:
+        alphas_cumprod_from_config(config)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{config_path}: {first_line(e)}") from None
+    return config
 
 
 def _read_json(path: Path) -> dict:
@@ -337,49 +377,3 @@ def _weights_file(folder: Path) -> Path:
             return folder / name
     raise CheckpointError(f"{folder}: no weights file (expected diffusion_pytorch_model.safetensors "
                           "or model.safetensors)")
-
-
-def _load_folder(path: Path, device, dtype) -> Checkpoint:
-    if not (path / "unet").is_dir():
-        if not any(path.iterdir()):
-            raise CheckpointError(f"{path}: the folder is empty; put a checkpoint (.safetensors) or a diffusers "
-                                  "folder there")
-        raise CheckpointError(f"{path}: a folder that is not a diffusers Stable Diffusion folder (no unet/ inside); "
-                              "pass the .safetensors file itself, or a folder with unet/, vae/, text_encoder/")
-    ucfg_json = _read_json(path / "unet" / "config.json")
-    vcfg_json = _read_json(path / "vae" / "config.json")
-    tcfg_json = _read_json(path / "text_encoder" / "config.json")
-    sched = _read_json(path / "scheduler" / "scheduler_config.json") if (path / "scheduler").is_dir() else {}
-    family = "sd2" if tcfg_json.get("hidden_act") == "gelu" else "sd1"
-    with ExitStack() as stack:
-        try:
-            raw_unet = TensorSource(_weights_file(path / "unet"), stack)
-            levels = len(ucfg_json["block_out_channels"])
-            attn_levels = [i for i, t in enumerate(ucfg_json["down_block_types"]) if "CrossAttn" in t]
-            nrb = ucfg_json.get("layers_per_block", 2)
-            unet_src = _renamed(raw_unet, lambda k: diffusers_unet_name(k, nrb, levels, attn_levels))
-            raw_vae = TensorSource(_weights_file(path / "vae"), stack)
-            vae_levels = len(vcfg_json["block_out_channels"])
-            vae_src = _renamed(raw_vae, lambda k: diffusers_vae_name(k, vae_levels), reshape_vae_attention=True)
-            text_src = _without_text_model(TensorSource(_weights_file(path / "text_encoder"), stack))
-
-            # diffusers' "attention_head_dim" is really the number of heads (unless num_attention_heads is set).
-            heads = ucfg_json.get("num_attention_heads") or ucfg_json.get("attention_head_dim", 8)
-            heads = [heads] * levels if isinstance(heads, int) else list(heads)
-            upcast = bool(ucfg_json.get("upcast_attention")) or (family == "sd2" and dtype != torch.float32)
-            ucfg = unet_config(unet_src, family, heads=heads, upcast=upcast)
-            vcfg = vae_config(vae_src, scale=vcfg_json.get("scaling_factor", 0.18215))
-            tcfg = text_config(text_src, family, tcfg_json["num_hidden_layers"], tcfg_json["num_attention_heads"],
-                               tcfg_json.get("hidden_act"))
-        except KeyError as e:
-            raise CheckpointError(f"{path}: the diffusers folder lacks {e}; is it a Stable Diffusion 1.x/2.x model?") from None
-        except (ValueError, IndexError, ZeroDivisionError, TypeError):
-            raise CheckpointError(f"{path}: not a Stable Diffusion 1.x/2.x diffusers folder (unexpected config "
-                                  "values or tensor shapes)") from None
-        unet = build(UNet, ucfg, unet_src, "UNet", path / "unet", device, dtype)
-        vae = build(AutoencoderKL, vcfg, vae_src, "VAE", path / "vae", device, dtype)
-        text = build(TextEncoder, tcfg, text_src, "text encoder", path / "text_encoder", device, dtype)
-    pred = "v" if sched.get("prediction_type") == "v_prediction" else "epsilon"
-    native = ucfg_json.get("sample_size", 64) * vae.downscale
-    tok = path / "tokenizer" if (path / "tokenizer" / "vocab.json").exists() else None
-    return Checkpoint(path, family, unet, vae, text, pred, "scheduler/scheduler_config.json", native, tok, sched)

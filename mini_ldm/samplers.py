@@ -26,12 +26,38 @@ from dataclasses import dataclass, replace
 import torch
 
 SCHEDULERS = ("ddim", "euler", "euler_a", "dpm++2m", "dpm++2m_karras")
+BETA_SCHEDULES = ("scaled_linear", "linear")
+# SD's training schedule, as its scheduler_config.json says (also alphas_cumprod's defaults)
+SD_SCHEDULE_NUMBERS = {"beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
 
 
-def alphas_cumprod(beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000) -> torch.Tensor:
-    """alpha_bar_t for t = 0..T-1 with SD's 'scaled_linear' betas, float32 as diffusers computes it."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+def alphas_cumprod(beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000,
+                   beta_schedule="scaled_linear") -> torch.Tensor:
+    """alpha_bar_t for t = 0..T-1, float32 as diffusers computes it. SD trained with 'scaled_linear'
+    betas (linear in sqrt(beta)); 'linear' is linear in beta."""
+    if beta_schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+    elif beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+    else:
+        raise ValueError(f"beta_schedule {beta_schedule!r} is not supported (only {' and '.join(BETA_SCHEDULES)})")
     return torch.cumprod(1.0 - betas, dim=0)
+
+
+def alphas_cumprod_from_config(config: dict) -> torch.Tensor:
+    """The training noise schedule a diffusers scheduler_config.json describes; SD's values for missing keys.
+
+    Raises ValueError for what the samplers cannot reproduce rather than silently using SD's schedule.
+    """
+    if config.get("trained_betas") is not None:
+        raise ValueError("trained_betas (an explicit list of betas) is not supported")
+    if config.get("rescale_betas_zero_snr"):  # alpha_bar_T = 0 puts sigma_max at infinity
+        raise ValueError("rescale_betas_zero_snr is not supported")
+    numbers = {key: config.get(key, default) for key, default in SD_SCHEDULE_NUMBERS.items()}
+    for key, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key} {value!r} is not a number")
+    return alphas_cumprod(**numbers, beta_schedule=config.get("beta_schedule", "scaled_linear"))
 
 
 _alphas_cumprod = alphas_cumprod  # make_schedule's argument shadows the name
@@ -186,7 +212,7 @@ def denoised_from_model_output(output: torch.Tensor, x: torch.Tensor, sigma, pre
     """
     if prediction == "epsilon":
         return x - sigma * output
-    if prediction in ("v", "v_prediction"):
+    if prediction == "v":
         return output * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
     raise ValueError(f"prediction must be 'epsilon' or 'v', got {prediction!r}")
 

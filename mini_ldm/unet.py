@@ -181,20 +181,20 @@ class UNet(nn.Module):
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.cfg = cfg
-        mc, emb_dim = cfg.model_channels, cfg.model_channels * 4
+        base_channels, emb_dim = cfg.model_channels, cfg.model_channels * 4
 
         def transformer(ch, level):
             return SpatialTransformer(ch, cfg.context_dim, cfg.heads[level], cfg.linear_proj, cfg.upcast_attention)
 
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
-        skip_channels, ch = [mc], mc
+        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(cfg.in_channels, base_channels, 3, padding=1))])
+        skip_channels, ch = [base_channels], base_channels
         last = len(cfg.channel_mult) - 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                layers = [ResBlock(ch, mult * mc, emb_dim)]
-                ch = mult * mc
+                layers = [ResBlock(ch, mult * base_channels, emb_dim)]
+                ch = mult * base_channels
                 if level in cfg.attention_levels:
                     layers.append(transformer(ch, level))
                 self.input_blocks.append(TimestepSequential(*layers))
@@ -210,8 +210,8 @@ class UNet(nn.Module):
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
-                layers = [ResBlock(ch + skip_channels.pop(), mult * mc, emb_dim)]
-                ch = mult * mc
+                layers = [ResBlock(ch + skip_channels.pop(), mult * base_channels, emb_dim)]
+                ch = mult * base_channels
                 if level in cfg.attention_levels:
                     layers.append(transformer(ch, level))
                 if level != 0 and i == cfg.num_res_blocks:
@@ -223,7 +223,7 @@ class UNet(nn.Module):
     def forward(self, x, t, context):
         """x (B, 4, h, w) latents, t (B,) or scalar timesteps, context (B, 77k, Cctx) -> (B, 4, h, w)."""
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(x.dtype))  # (B, 4*mc)
+        emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(x.dtype))  # (B, 4*base_channels)
         skips = []
         h = x
         for block in self.input_blocks:

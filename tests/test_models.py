@@ -13,6 +13,7 @@ import torch
 
 import mini_ldm
 from mini_ldm.errors import UserError
+from mini_ldm.samplers import alphas_cumprod_from_config
 from tiny_models import make_ckpt, single_file_state_dict
 
 diffusers = pytest.importorskip("diffusers")
@@ -375,3 +376,29 @@ def test_broken_inputs_are_checkpoint_errors(sd1_folder, sd1_single, tmp_path):
             mini_ldm.load(path, device="cpu", dtype="fp32")
         message = str(info.value)
         assert path.name in message and needle in message and "\n" not in message, message
+
+
+def with_beta_schedule(folder, dst, beta_schedule):
+    """A linked copy of a diffusers folder whose scheduler_config.json names another beta_schedule."""
+    linked_copy(folder, dst, replace=("scheduler",))
+    path = dst / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), beta_schedule=beta_schedule)))
+    return dst
+
+
+def test_folder_noise_schedule_follows_its_scheduler_config(sd1_folder, tmp_path):
+    folder = with_beta_schedule(sd1_folder, tmp_path / "linear", "linear")
+    ours = alphas_cumprod_from_config(mini_ldm.load(folder, device="cpu", dtype="fp32").checkpoint.scheduler_config)
+    for cls in (diffusers.EulerDiscreteScheduler, diffusers.DDIMScheduler):
+        assert torch.equal(ours, cls.from_pretrained(folder / "scheduler").alphas_cumprod), cls.__name__
+    sd_default = alphas_cumprod_from_config({})
+    assert not torch.allclose(ours, sd_default)  # the test would be vacuous if linear were SD's schedule
+
+
+def test_folder_with_unsupported_beta_schedule_is_refused_at_load(sd1_folder, tmp_path):
+    folder = with_beta_schedule(sd1_folder, tmp_path / "cosine", "squaredcos_cap_v2")
+    with pytest.raises(mini_ldm.CheckpointError) as info:
+        mini_ldm.load(folder, device="cpu", dtype="fp32")
+    message = str(info.value)
+    assert "scheduler/scheduler_config.json" in message and "squaredcos_cap_v2" in message, message
+    assert "\n" not in message, message

@@ -8,8 +8,8 @@ import torch
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        EulerDiscreteScheduler)
 
-from mini_ldm.samplers import (SCHEDULERS, add_noise, alphas_cumprod, denoised_from_model_output,
-                               make_schedule, model_input_scale, sample, truncate)
+from mini_ldm.samplers import (SCHEDULERS, add_noise, alphas_cumprod, alphas_cumprod_from_config,
+                               denoised_from_model_output, make_schedule, model_input_scale, sample, truncate)
 
 # scheduler/scheduler_config.json as the public SD 1.x / 2.x repos ship it (no timestep_spacing key).
 SD_SCHEDULER_CONFIG = {
@@ -99,6 +99,34 @@ def test_alphas_cumprod_is_diffusers():
     acp = alphas_cumprod()
     assert acp.dtype == torch.float32
     assert torch.equal(acp, diffusers_scheduler("euler").alphas_cumprod)
+
+
+@pytest.mark.parametrize("config", [
+    {},  # SD's values for every missing key
+    SD_SCHEDULER_CONFIG,
+    {"beta_schedule": "linear"},
+    {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "num_train_timesteps": 500},
+    {"beta_schedule": "scaled_linear", "beta_start": 0.001, "beta_end": 0.015, "num_train_timesteps": 800},
+])
+def test_alphas_cumprod_from_config_is_diffusers(config):
+    ours = alphas_cumprod_from_config(config)
+    # diffusers' own defaults for missing keys are DDPM's (linear 0.0001..0.02), not SD's: fill in SD's.
+    complete = {key: SD_SCHEDULER_CONFIG[key] for key in ("beta_start", "beta_end", "num_train_timesteps",
+                                                          "beta_schedule")} | config
+    for cls in (EulerDiscreteScheduler, DDIMScheduler):
+        assert torch.equal(ours, cls.from_config(complete).alphas_cumprod), cls.__name__
+
+
+@pytest.mark.parametrize("config,needle", [
+    ({"beta_schedule": "squaredcos_cap_v2"}, "squaredcos_cap_v2"),
+    ({"beta_schedule": "sigmoid"}, "sigmoid"),
+    ({"trained_betas": [0.001] * 1000}, "trained_betas"),
+    ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+    ({"beta_start": "0.001"}, "beta_start '0.001' is not a number"),
+])
+def test_alphas_cumprod_from_config_refuses_what_it_cannot_reproduce(config, needle):
+    with pytest.raises(ValueError, match=needle):
+        alphas_cumprod_from_config(config)
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)
@@ -219,5 +247,6 @@ def test_errors():
         make_schedule("plms", 10)
     with pytest.raises(ValueError, match="steps"):
         make_schedule("euler", 0)
-    with pytest.raises(ValueError, match="prediction"):
-        denoised_from_model_output(torch.zeros(1), torch.zeros(1), 1.0, "sample")
+    for diffusers_name in ("sample", "v_prediction"):  # ours are normalised to "epsilon"/"v" at load time
+        with pytest.raises(ValueError, match="prediction"):
+            denoised_from_model_output(torch.zeros(1), torch.zeros(1), 1.0, diffusers_name)

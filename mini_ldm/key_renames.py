@@ -1,0 +1,169 @@
+"""Other layouts' tensor names mapped onto the model's own, which are the single-file (LDM) names.
+
+The modules are named after the original LDM checkpoint's keys, so a single file needs no renaming.
+Two other layouts are mapped onto those names here, as lazy views (nothing is read until a tensor is
+asked for):
+
+  diffusers folder, UNet   down_blocks.L.resnets.I.norm1 -> input_blocks.N.0.in_layers.0, ...
+                           (`diffusers_unet_tensors`; inside attention blocks the names agree)
+  diffusers folder, VAE    encoder.down_blocks.L.resnets.I -> encoder.down.L.block.I, mid attention
+                           to_q/to_k/to_v/to_out.0 -> q/k/v/proj_out, reshaped [C, C] -> [C, C, 1, 1]
+                           (`diffusers_vae_tensors`)
+  SD2 single file, OpenCLIP  transformer.resblocks.N.attn.in_proj_weight -> encoder.layers.N.self_attn.
+                           {q,k,v}_proj.weight (split in three), ln_final -> final_layer_norm, ...: the
+                           Hugging Face CLIP names our TextEncoder uses (`open_clip_tensors`)
+
+A diffusers text encoder already has the Hugging Face CLIP names and needs no map.
+"""
+import re
+
+
+class Renamed:
+    """A view of a source under other names: new_name -> (old name, transform on the tensor, on its shape)."""
+
+    def __init__(self, source, names: dict):
+        self.source, self.names = source, names
+
+    def keys(self):
+        return self.names.keys()
+
+    def shape(self, key):
+        old, _, shape_fn = self.names[key]
+        return shape_fn(self.source.shape(old))
+
+    def __getitem__(self, key):
+        old, fn, _ = self.names[key]
+        return fn(self.source[old])
+
+
+def _same(x):
+    return x
+
+
+def _as_conv1x1(shape):
+    return tuple(shape) + (1, 1) if len(shape) == 2 else tuple(shape)
+
+
+def _conv1x1(t):
+    return t.reshape(*t.shape, 1, 1) if t.ndim == 2 else t
+
+
+# --- diffusers folders -----------------------------------------------------------------------------
+
+def diffusers_unet_tensors(source, config: dict) -> Renamed:
+    """A diffusers UNet2DConditionModel's tensors under our names; `config` is its config.json."""
+    levels = len(config["block_out_channels"])
+    attention_levels = [i for i, t in enumerate(config["down_block_types"]) if "CrossAttn" in t]
+    res_blocks_per_level = config.get("layers_per_block", 2)
+    return Renamed(source, {diffusers_unet_name(k, res_blocks_per_level, levels, attention_levels): (k, _same, tuple)
+                            for k in source.keys()})
+
+
+def diffusers_vae_tensors(source, config: dict) -> Renamed:
+    """A diffusers AutoencoderKL's tensors under our names; `config` is its config.json.
+
+    diffusers stores the mid-block attention projections as Linear weights [C, C]; ours are 1x1 convs.
+    """
+    levels = len(config["block_out_channels"])
+    names = {}
+    for key in source.keys():
+        new = diffusers_vae_name(key, levels)
+        if re.search(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$", new):
+            names[new] = (key, _conv1x1, _as_conv1x1)
+        else:
+            names[new] = (key, _same, tuple)
+    return Renamed(source, names)
+
+
+_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+
+
+def diffusers_unet_name(key: str, res_blocks_per_level: int, levels: int, attention_levels) -> str:
+    """Map one diffusers UNet2DConditionModel key onto our (LDM) name."""
+    per_level = res_blocks_per_level + 1  # input_blocks per level: the ResBlocks and a Downsample
+    fixed = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
+             "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
+    for old, new in fixed.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    m = re.match(r"(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.*)", key)
+    if m:
+        kind, block, part, i, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+        if kind == "down_blocks":
+            if part == "downsamplers":
+                return f"input_blocks.{(block + 1) * per_level}.0.{rest.replace('conv.', 'op.', 1)}"
+            index, sub = 1 + block * per_level + i, 0 if part == "resnets" else 1
+            name = f"input_blocks.{index}.{sub}."
+        else:
+            level = levels - 1 - block
+            if part == "upsamplers":
+                sub = 2 if level in attention_levels else 1
+                return f"output_blocks.{block * per_level + res_blocks_per_level}.{sub}.{rest}"
+            index, sub = block * per_level + i, 0 if part == "resnets" else 1
+            name = f"output_blocks.{index}.{sub}."
+        return name + (_resnet_leaf(rest) if part == "resnets" else rest)
+    m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key)
+    if m:
+        part, i, rest = m.groups()
+        if part == "attentions":
+            return f"middle_block.1.{rest}"
+        return f"middle_block.{0 if i == '0' else 2}.{_resnet_leaf(rest)}"
+    return key
+
+
+def _resnet_leaf(rest: str) -> str:
+    head, _, tail = rest.partition(".")
+    return f"{_UNET_RESNET.get(head, head)}.{tail}"
+
+
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
+             # diffusers before 0.14 stored the VAE attention under these names
+             "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
+
+
+def diffusers_vae_name(key: str, levels: int) -> str:
+    """Map one diffusers AutoencoderKL key onto our (LDM) name."""
+    key = key.replace("conv_norm_out.", "norm_out.").replace("conv_shortcut.", "nin_shortcut.")
+    m = re.match(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.*)", key)
+    if m:
+        side, direction, block, part, i, rest = m.groups()
+        level = int(block) if direction == "down" else levels - 1 - int(block)
+        if part == "resnets":
+            return f"{side}.{direction}.{level}.block.{i}.{rest}"
+        return f"{side}.{direction}.{level}.{'downsample' if direction == 'down' else 'upsample'}.{rest}"
+    m = re.match(r"(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key)
+    if m:
+        side, part, i, rest = m.groups()
+        if part == "resnets":
+            return f"{side}.mid.block_{int(i) + 1}.{rest}"
+        name, _, leaf = rest.rpartition(".")
+        return f"{side}.mid.attn_1.{_VAE_ATTN.get(name, name)}.{leaf}"
+    return key
+
+
+# --- SD2 single files ------------------------------------------------------------------------------
+
+def open_clip_tensors(source, layers: int) -> Renamed:
+    """SD2's OpenCLIP text tower (cond_stage_model.model.*) under Hugging Face CLIP names.
+
+    Only the first `layers` resblocks are mapped: SD2 uses the penultimate block's output.
+    """
+    names = {"embeddings.token_embedding.weight": ("token_embedding.weight", _same, tuple),
+             "embeddings.position_embedding.weight": ("positional_embedding", _same, tuple),
+             "final_layer_norm.weight": ("ln_final.weight", _same, tuple),
+             "final_layer_norm.bias": ("ln_final.bias", _same, tuple)}
+    leaf = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+            "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    for i in range(layers):
+        old, new = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for a, b in leaf.items():
+            for p in ("weight", "bias"):
+                names[f"{new}{b}.{p}"] = (f"{old}{a}.{p}", _same, tuple)
+        # q, k and v are stored stacked in one in_proj tensor: rows [0:C], [C:2C], [2C:3C].
+        for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+            for p in ("weight", "bias"):
+                pick = (lambda t, j=j: t.chunk(3, dim=0)[j])
+                third = (lambda s: (s[0] // 3,) + tuple(s[1:]))
+                names[f"{new}self_attn.{proj}.{p}"] = (f"{old}attn.in_proj_{p}", pick, third)
+    return Renamed(source, names)
