@@ -11,6 +11,10 @@ Conventions (easy to get wrong):
   radiological convention), whatever order the file stored its axes in.
 SimpleITK is imported only when a volume is met (it is an optional extra).
 """
+import os
+import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,15 +52,16 @@ def read_volume(paths: list[Path]):
     sitk = sitk_module(f"reading {paths[0]}")
     name = paths[0] if len(paths) == 1 else paths[0].parent
     try:
-        if len(paths) == 1:
-            image = sitk.ReadImage(str(paths[0]))
-        else:
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames([str(p) for p in paths])
-            image = reader.Execute()  # applies RescaleSlope/Intercept
-    except RuntimeError as e:  # ITK's messages span many lines; the last non-empty one says what failed
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise VolumeError(f"cannot read volume {name}: {lines[-1][:200] if lines else first_line(e)}") from None
+        with native_stderr_silenced():  # ITK's readers also print their complaints straight to stderr
+            if len(paths) == 1:
+                image = sitk.ReadImage(str(paths[0]))
+            else:
+                reader = sitk.ImageSeriesReader()
+                reader.SetFileNames([str(p) for p in paths])
+                image = reader.Execute()  # applies RescaleSlope/Intercept
+    except RuntimeError as e:
+        raise VolumeError(f"cannot read volume {name}: {_itk_reason(e)} (damaged, or not the format its name "
+                          "says)") from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(f"{name} has {image.GetNumberOfComponentsPerPixel()} values per voxel; prepare.py reads "
                           "scalar volumes (give each sequence as its own file)")
@@ -65,6 +70,29 @@ def read_volume(paths: list[Path]):
     if image.GetDimension() != 3:
         raise VolumeError(f"{name} is {image.GetDimension()}-D; prepare.py reads 3-D volumes (split 4-D files first)")
     return sitk.Cast(image, sitk.sitkFloat32)
+
+
+@contextmanager
+def native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for a while: C++ code writes there past Python's sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _itk_reason(e: RuntimeError) -> str:
+    """ITK's message is a source location, then 'ITK ERROR: Class(0x...): reason', then a stale errno
+    line; keep the reason."""
+    for line in str(e).splitlines():
+        if "ERROR" in line:
+            return re.sub(r"^.*?ERROR:\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", line.strip()).rstrip(".")[:200]
+    return first_line(e)
 
 
 def to_lps(image):
