@@ -158,7 +158,8 @@ def main(argv=None):
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"OUT {args.out} is a file; give a folder for the PNGs")
     report = Report()
-    cases = find_cases(args.src, sequences, report.skip, warn=lambda m: tqdm.write(m, file=sys.stderr))
+    cases = find_cases(args.src, sequences, report.skip, warn=lambda m: tqdm.write(m, file=sys.stderr),
+                       out=args.out)
     rows = []
     for case in tqdm(cases, desc="preparing", unit="case", disable=None):
         try:

@@ -27,7 +27,8 @@ def parse_args(argv=None):
                     "the paper (de Wilde et al. 2024): 64 vectors, AdamW at lr 0.005, batch 1.")
     p.add_argument("--data", type=Path, help="folder of training images, searched recursively (png, jpg, jpeg, "
                    "bmp, tif/tiff, webp; 8- or 16-bit grayscale, RGB(A), palette; 16-bit images are scaled by their "
-                   "own min/max); a .txt beside an image is its caption for --template filewords")
+                   "own min/max; 2-D DICOM through its window, one image per frame, with requirements-medical.txt; "
+                   "3-D volumes: run prepare.py first); a .txt beside an image is its caption for --template filewords")
     p.add_argument("--token", help="the new prompt word (default: <data-folder-name>)")
     p.add_argument("--vectors", type=int, default=64, help="vectors per token (default: 64, the paper's best)")
     p.add_argument("--init", default=None, help="initialise the vectors from this text's token embeddings "

@@ -226,3 +226,48 @@ def test_missing_extra_is_one_line(tmp_path):
     for module, r in runs.items():
         lines = one_error_line(r, module, "pip install -r requirements-medical.txt")
         assert len(lines) == 1, r.stderr
+
+
+def test_picai_recipe_end_to_end(tmp_path):
+    """PI-CAI's layout (<patient>/<patient>_<study>_{t2w,adc,hbv}.mha, masks <patient>_<study>.nii.gz):
+    512 px RGB PNGs, the cancer case in pos/ at its largest lesion slice, the healthy one in neg/."""
+    geo = dict(spacing_xyz=(0.5, 0.5, 3.0), origin=(-60.0, -60.0, -45.0))
+    shape = (31, 240, 240)  # 120 x 120 x 93 mm: cropped to 30 slices, padded to 300 x 300
+    for case in ("10000_1000000", "10001_1000001"):
+        for k, seq in enumerate(("t2w", "adc", "hbv")):
+            values = ball(shape, geo["spacing_xyz"], geo["origin"], (0, 0, 6.0), 10 + k)
+            write_volume(tmp_path / "images" / case[:5] / f"{case}_{seq}.mha", values, **geo)
+    lesion = np.zeros(shape, np.uint8)
+    lesion[17, 100:120, 100:120], lesion[18, 105:110, 105:110] = 1, 1  # on the 30-slice grid: 17 - 0 = 17
+    write_volume(tmp_path / "lesions" / "10000_1000000.nii.gz", lesion, **geo)
+    write_volume(tmp_path / "lesions" / "10001_1000001.nii.gz", np.zeros(shape, np.uint8), **geo)
+    gland = np.zeros(shape, np.uint8)
+    gland[10:15, 90:150, 90:150] = 1
+    write_volume(tmp_path / "glands" / "10001_1000001.nii.gz", gland, **geo)
+    out = tmp_path / "out"
+    r = ok(prepare(tmp_path / "images", out, "--recipe", "picai", "--masks", tmp_path / "lesions",
+                   "--fallback-masks", tmp_path / "glands"))
+    rows = {r["case"]: r for r in metadata(out)}
+    assert rows["10000_1000000"]["file_name"] == "pos/10000_1000000.png" and rows["10000_1000000"]["slice"] == "17"
+    assert rows["10001_1000001"]["file_name"] == "neg/10001_1000001.png" and rows["10001_1000001"]["slice"] == "12"
+    assert {r["spacing"] for r in rows.values()} == {"3,0.5,0.5"}
+    image = Image.open(out / "pos" / "10000_1000000.png")
+    assert image.mode == "RGB" and image.size == (512, 512) and "wrote 2 images of 2 cases" in r.stdout
+
+
+def test_normalization_methods():
+    from ti.intensity import parse_normalization, to_uint8, value_range
+
+    values = np.arange(101, dtype=float)
+    assert value_range(parse_normalization("minmax"), values) == (0, 100)
+    assert value_range(parse_normalization("percentile:10,90"), values) == (10, 90)
+    lo, hi = value_range(parse_normalization("zscore"), values)
+    assert np.isclose((lo + hi) / 2, 50) and np.isclose(hi - lo, 6 * values.std())
+    window = parse_normalization("window:40,400")
+    assert str(window) == "window:40,400"
+    dicom = np.clip((values * 5 - (40 - 0.5)) / 399 + 0.5, 0, 1)  # the standard's linear window
+    np.testing.assert_array_equal(to_uint8(values * 5, *value_range(window, values)), np.rint(dicom * 255))
+    assert to_uint8(np.array([np.nan, 5.0]), 0, 10).tolist() == [0, 128]  # outside the scan: black
+    for bad in ("percentile:90,10", "window:40", "minmax:1", "gamma"):
+        with pytest.raises(Exception, match="--normalize"):
+            parse_normalization(bad)

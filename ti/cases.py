@@ -35,12 +35,16 @@ class Case:
     sources: list[Source]  # one per sequence, in --sequences order
 
 
-def visible_files(root: Path) -> list[Path]:
-    """Files under root (or root itself), hidden ones left out, in a stable order."""
+def visible_files(root: Path, exclude: Path | None = None) -> list[Path]:
+    """Files under root (or root itself), hidden ones and those under `exclude` (OUT, when it lies inside
+    SRC) left out, in a stable order."""
     if root.is_file():
         return [root]
     files = (p for p in root.rglob("*") if p.is_file())
     files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    if exclude is not None:
+        exclude = exclude.resolve()
+        files = [p for p in files if not p.resolve().is_relative_to(exclude)]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -48,13 +52,14 @@ def relative(path: Path, root: Path) -> str:
     return path.name if root.is_file() else path.relative_to(root).as_posix()
 
 
-def find_cases(src: Path, sequences: list[str] | None, skip: Skip, warn: Callable[[str], None]) -> list[Case]:
+def find_cases(src: Path, sequences: list[str] | None, skip: Skip, warn: Callable[[str], None],
+               out: Path | None = None) -> list[Case]:
     if not src.exists():
         raise UserError(f"SRC {src} does not exist; give the folder (or file) holding the scans")
     if sequences:
         return _cases_by_sequence(src, sequences, skip)
     cases, dicoms = [], []
-    for path in visible_files(src):
+    for path in visible_files(src, exclude=out):
         if volume_suffix(path):
             cases.append(Case(strip_volume_suffix(path), [Source([path], relative(path, src), "volume")]))
         elif is_dicom(path):
