@@ -119,12 +119,13 @@ class Report:
         tqdm.write(f"skipping {case}: {message}", file=sys.stderr)
         self.skipped[why] += 1
 
+    def skipped_text(self) -> str:
+        reasons = ", ".join(f"{n} {why}" for why, n in self.skipped.most_common())
+        return f"skipped {sum(self.skipped.values())} cases ({reasons})"
+
     def summary(self, out: Path) -> str:
         line = f"wrote {self.images} images of {self.cases} cases to {out}"
-        if self.skipped:
-            reasons = ", ".join(f"{n} {why}" for why, n in self.skipped.most_common())
-            line += f"; skipped {sum(self.skipped.values())} cases ({reasons})"
-        return line
+        return f"{line}; {self.skipped_text()}" if self.skipped else line
 
 
 def to_png(pixels, size: int | None) -> Image.Image:
@@ -170,7 +171,7 @@ def main(argv=None):
         rows += write_case(case, slices, args.out, args.size)
         report.cases, report.images = report.cases + 1, report.images + len(slices)
     if not rows:
-        raise UserError(f"no case written ({report.summary(args.out).split('; ', 1)[-1]}); see the lines above")
+        raise UserError(f"no case written: {report.skipped_text()}; see the lines above")
     text = io.StringIO()
     writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
     writer.writeheader()
