@@ -46,7 +46,7 @@ class StableDiffusion:
         self.model_name = checkpoint.path.stem if checkpoint.path is not None else "tiny-random-demo-model"
         self.device, self.dtype = torch.device(device), dtype
         self.learned = {}  # token -> float32 [n, width]: Textual Inversion vectors usable in prompts
-        self.alphas_cumprod = samplers.alphas_cumprod(**_schedule_kwargs(checkpoint.scheduler_config))
+        self.alphas_cumprod = samplers.alphas_cumprod_from_config(checkpoint.scheduler_config)
 
     @property
     def width(self) -> int:
@@ -280,9 +280,3 @@ def _looks_like_token(text: str) -> bool:
     """"<effusion>": one word in angle brackets, the usual spelling of a learned token."""
     text = text.strip()
     return len(text) > 2 and text[0] == "<" and text[-1] == ">" and not any(c.isspace() for c in text)
-
-
-def _schedule_kwargs(config: dict) -> dict:
-    """The training noise schedule from a diffusers scheduler config (SD's defaults otherwise)."""
-    keys = {"beta_start": "beta_start", "beta_end": "beta_end", "num_train_timesteps": "num_train_timesteps"}
-    return {ours: config[theirs] for theirs, ours in keys.items() if theirs in config}

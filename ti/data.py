@@ -24,6 +24,9 @@ from mini_ldm.errors import UserError
 from mini_ldm.io import write_bytes_atomic
 from mini_ldm.vae import posterior_std
 
+from .dicom import DicomError, is_dicom, load_frames as load_dicom_frames
+from .volumes import volume_suffix
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 CACHE_FORMAT = "mini-ldm-latents-1"  # part of the cache key: bump it when the stored layout changes
 
@@ -41,30 +44,55 @@ def warn_stderr(message: str) -> None:
 # --------------------------------------------------------------------------- finding and reading images
 
 def find_images(root, warn: Warn = warn_stderr) -> list[Path]:
-    """All images under `root` (recursively), sorted by relative path so every run sees the same order."""
+    """All images (and 2-D DICOM files) under `root` (recursively), sorted by relative path so every run
+    sees the same order. A 3-D volume is an error that points to prepare.py."""
     root = Path(root)
+    if volume_suffix(root):
+        raise _volume_error(root, root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a folder; pass the folder holding your images")
     files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
     # Hidden files and folders (.DS_Store, .ipynb_checkpoints/) are tool clutter, not user data: skip them silently.
     files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)]
-    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    stems = {p.with_suffix("") for p in images}
     for p in files:
-        if p.suffix.lower() in IMAGE_EXTENSIONS:
+        if volume_suffix(p):
+            raise _volume_error(p, root)
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS or is_dicom(p)]
+    stems = {p.with_suffix("") for p in images}
+    image_set = set(images)
+    for p in files:
+        if p in image_set:
             continue
         if p.suffix.lower() == ".txt" and p.with_suffix("") in stems:
             continue  # a caption beside its image, read by load_dataset
         warn(f"skipping {p.relative_to(root)}: not an image")
     if not images:
-        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS)) + ", DICOM"
         raise DataError(f"no images found in {root} (looked for {exts}, subfolders included); put the concept's images there")
     return images
 
 
+def _volume_error(path: Path, root: Path) -> DataError:
+    return DataError(f"{path} is a 3-D volume and train.py reads 2-D images: turn the scans into PNGs with "
+                     f"python prepare.py {root} OUT (see prepare.py --help), then train with --data OUT")
+
+
+def load_frames(path) -> list[Image.Image]:
+    """Every image a file holds, as 8-bit RGB: one per frame of a DICOM file, else just the image."""
+    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS and is_dicom(path):
+        try:
+            return load_dicom_frames(path)  # modality LUT, VOI window, MONOCHROME1 inverted
+        except DicomError as e:
+            raise DataError(str(e)) from None
+    return [load_image(path)]
+
+
 def load_image(path) -> Image.Image:
-    """Read any supported image as 8-bit RGB. Raises DataError naming the file if it cannot be read."""
+    """Read any supported image as 8-bit RGB (a DICOM file: its first frame). Raises DataError naming the
+    file if it cannot be read."""
     path = Path(path)
+    if path.suffix.lower() not in IMAGE_EXTENSIONS and is_dicom(path):
+        return load_frames(path)[0]
     try:
         with Image.open(path) as im:
             im.load()  # multi-page TIFF: the first page
@@ -161,14 +189,15 @@ def load_dataset(root, resolution: int, crop: str = "center", flip: bool = False
     items = []
     for path in paths:
         try:
-            image = prepare(load_image(path), resolution, crop, rng)
+            images = [prepare(frame, resolution, crop, rng) for frame in load_frames(path)]
         except DataError as e:
             warn(f"{e}; skipping it")
             continue
         caption = read_caption(path)
-        items.append(Item(path, image, caption))
-        if flip:
-            items.append(Item(path, image.flip(-1), caption, flipped=True))
+        for image in images:  # a multi-frame DICOM file gives one item per frame
+            items.append(Item(path, image, caption))
+            if flip:
+                items.append(Item(path, image.flip(-1), caption, flipped=True))
     if not items:
         raise DataError(f"none of the {len(paths)} image files in {root} could be read; check that they open in an image viewer")
     return items

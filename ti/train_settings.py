@@ -18,8 +18,9 @@ DTYPES = ("fp32", "bf16", "fp16")
 class TrainSettings:
     data: Path | None = option(None, "folder of training images, searched recursively (png, jpg, jpeg, bmp, "
                                      "tif/tiff, webp; 8- or 16-bit grayscale, RGB(A), palette; 16-bit images are "
-                                     "scaled by their own min/max); a .txt beside an image is its caption for "
-                                     "--template filewords", metavar="DIR", shown="(required)")
+                                     "scaled by their own min/max; 2-D DICOM through its window, one image per "
+                                     "frame, with requirements-medical.txt; 3-D volumes: run prepare.py first); a "
+                                     ".txt beside an image is its caption for --template filewords", metavar="DIR", shown="(required)")
     token: str | None = option(None, "the new prompt word, one word without spaces", shown="<data-folder-name>")
     vectors: int = option(64, "vectors per token (the paper's best)")
     init_text: str | None = option(None, "initialise the vectors from this text's token embeddings (vector i from "

@@ -1,0 +1,273 @@
+"""prepare.py as a user runs it (subprocess, exit status, PNGs, metadata.csv, error lines) on volumes and
+DICOM made here with SimpleITK and pydicom: channel alignment through physical space, slice choice from
+masks, the pos/neg split, orientation, and one-line errors for bad input."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("pydicom")
+pytest.importorskip("SimpleITK")
+
+from medical_files import ball, write_dicom, write_volume  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+BALL_CENTRE = (5.0, -3.0, 0.0)  # mm, physical (x, y, z)
+
+
+def prepare(*args, env=None):
+    return subprocess.run([sys.executable, str(REPO / "prepare.py"), *map(str, args)], cwd=REPO, env=env or ENV,
+                          capture_output=True, text=True, timeout=120)
+
+
+def prepare_together(runs: dict, env=None) -> dict:
+    """Several independent prepare.py runs started at once (each is mostly interpreter start-up), by name."""
+    procs = {name: subprocess.Popen([sys.executable, str(REPO / "prepare.py"), *map(str, args)], cwd=REPO,
+                                    env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, args in runs.items()}
+    results = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=120)
+        results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    return results
+
+
+def ok(r):
+    assert r.returncode == 0 and "Traceback" not in r.stderr, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def one_error_line(r, *words):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert lines and lines[-1].startswith("error: "), r.stderr
+    for word in words:
+        assert word in r.stderr, (word, r.stderr)
+    return lines
+
+
+def metadata(out):
+    with open(out / "metadata.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def png(path):
+    return np.asarray(Image.open(path))
+
+
+def test_three_sequences_on_different_grids_line_up(tmp_path):
+    """A bright ball at one physical point, stored on three grids (other spacings, origins, a flipped
+    direction): after prepare.py its centre is at the same pixel in R, G and B."""
+    src = tmp_path / "src" / "p1"
+    t2w = dict(spacing_xyz=(0.5, 0.5, 3.0), origin=(-16, -16, -30))
+    adc = dict(spacing_xyz=(0.8, 0.8, 3.5), origin=(-14, -18, -25))
+    flip = np.diag([-1.0, 1.0, -1.0])
+    hbv = dict(spacing_xyz=(1.0, 1.1, 3.2), origin=(20, -20, 30), direction=flip)
+    for name, shape, geo in [("t2w", (20, 64, 64), t2w), ("adc", (16, 40, 40), adc), ("hbv", (18, 32, 32), hbv)]:
+        values = ball(shape, geo["spacing_xyz"], geo["origin"], BALL_CENTRE, 4, direction=geo.get("direction"))
+        write_volume(src / f"p1_1_{name}.mha", values, **geo)
+    out = tmp_path / "out"
+    r = ok(prepare(tmp_path / "src", out, "--sequences", "t2w,adc,hbv"))
+    assert "wrote 1 images of 1 cases" in r.stdout
+    rows = metadata(out)
+    assert list(rows[0]) == ["file_name", "case", "slice", "sources", "spacing", "normalize"]
+    assert rows == [dict(file_name="p1_1.png", case="p1_1", slice="10", spacing="3,0.5,0.5",
+                         sources="p1/p1_1_t2w.mha;p1/p1_1_adc.mha;p1/p1_1_hbv.mha", normalize="minmax;minmax;minmax")]
+    rgb = png(out / "p1_1.png").astype(float)
+    assert rgb.shape == (64, 64, 3)
+    expected = ((-3 + 16) / 0.5, (5 + 16) / 0.5)  # (row, col) of the ball on the T2W grid
+    for c in range(3):
+        rows_, cols = np.nonzero(rgb[..., c] > 128)
+        assert len(rows_) > 50, c
+        assert abs(rows_.mean() - expected[0]) <= 1 and abs(cols.mean() - expected[1]) <= 1, (c, rows_.mean(), cols.mean())
+
+
+def slice_volume(tmp_path, name, depth=20):
+    """A volume whose slice z is the constant 10 * z (so a PNG tells which slice it is), with x varying a little."""
+    values = np.repeat(np.arange(depth, dtype=np.float32)[:, None, None] * 10, 16, 1).repeat(16, 2)
+    write_volume(tmp_path / "src" / f"{name}.mha", values)
+    return lambda z: round(10 * z * 255 / (10 * (depth - 1)))
+
+
+def mask_volume(path, slices_counts, depth=20):
+    mask = np.zeros((depth, 16, 16), np.uint8)
+    for z, n in slices_counts.items():
+        mask[z].flat[:n] = 1
+    return write_volume(path, mask)
+
+
+def test_largest_median_fallback_and_split(tmp_path):
+    value_of = slice_volume(tmp_path, "lesion")
+    slice_volume(tmp_path, "healthy")
+    slice_volume(tmp_path, "nomask")
+    mask_volume(tmp_path / "lesions" / "lesion.nii.gz", {4: 50, 5: 20, 6: 10, 11: 1})  # largest 4, median 5
+    mask_volume(tmp_path / "lesions" / "healthy.nii.gz", {})  # empty: not a cancer case
+    mask_volume(tmp_path / "glands" / "healthy.nii.gz", {z: 30 for z in range(9, 16)})  # median 12
+    mask_volume(tmp_path / "glands" / "lesion.nii.gz", {z: 30 for z in range(1, 4)})
+    src, out = tmp_path / "src", tmp_path / "out"
+    runs = {mode: [src, out / mode, "--slice", mode, "--masks", tmp_path / "lesions", "--normalize", "minmax"]
+            for mode in ("largest", "median")}
+    runs["split"] = [src, out / "split", "--slice", "largest", "--masks", tmp_path / "lesions", "--fallback-masks",
+                     tmp_path / "glands", "--split-by-mask"]
+    results = prepare_together(runs)
+    for mode, z in [("largest", 4), ("median", 5)]:
+        ok(results[mode])
+        rows = {r["case"]: r for r in metadata(out / mode)}
+        assert rows["lesion"]["slice"] == str(z) and "healthy" not in rows and "nomask" not in rows
+        assert (png(out / mode / "lesion.png") == value_of(z)).all()
+    r = ok(results["split"])
+    rows = {r["case"]: r for r in metadata(out / "split")}
+    assert rows["lesion"]["file_name"] == "pos/lesion.png" and rows["lesion"]["slice"] == "4"
+    assert rows["healthy"]["file_name"] == "neg/healthy.png" and rows["healthy"]["slice"] == "12"
+    assert (png(out / "split" / "neg" / "healthy.png") == value_of(12)).all()
+    assert "nomask" not in rows and "skipping nomask: --slice largest needs a mask" in r.stderr
+    assert "wrote 2 images of 2 cases" in r.stdout and "skipped 1 cases (1 no mask)" in r.stdout
+
+
+def test_flipped_and_permuted_storage_gives_the_same_png(tmp_path):
+    """The same physical volume stored as is, with x and z reversed (direction diag(-1, 1, -1)), and with x
+    and y swapped: each axial PNG shows the patient's right on the left and anterior at the top."""
+    rng = np.random.default_rng(0)
+    arr = rng.random((9, 12, 14)).astype(np.float32)  # (z, y, x), identity direction = LPS
+    spacing, origin = np.array([0.7, 0.9, 2.5]), np.array([-5.0, 3.0, 10.0])
+    write_volume(tmp_path / "src" / "a" / "plain.mha", arr, spacing, origin)
+    far = origin + (np.array([14, 12, 9]) - 1) * spacing * np.array([1, 0, 1])  # the last voxel in x and z
+    write_volume(tmp_path / "src" / "b" / "flipped.nii.gz", arr[::-1, :, ::-1], spacing, far, np.diag([-1, 1, -1]))
+    swap = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]])  # index x runs along physical y, index y along x
+    write_volume(tmp_path / "src" / "c" / "swapped.nrrd", arr.transpose(0, 2, 1), spacing[[1, 0, 2]], origin, swap)
+    out = tmp_path / "out"
+    ok(prepare(tmp_path / "src", out))
+    plain = png(out / "plain.png")
+    assert plain.shape == (12, 14)
+    np.testing.assert_array_equal(png(out / "flipped.png"), plain)
+    np.testing.assert_array_equal(png(out / "swapped.png"), plain)
+    expected = np.rint((arr[4] - arr.min()) / (arr.max() - arr.min()) * 255)  # middle slice, min-max of the volume
+    np.testing.assert_array_equal(plain, expected)
+
+
+def test_dicom_2d_and_series_with_their_windows(tmp_path):
+    stored = np.linspace(0, 4000, 30 * 40).reshape(30, 40).astype(np.uint16)
+    write_dicom(tmp_path / "src" / "cxr" / "view1_frontal.dcm", stored, "MONOCHROME1", 1.0, 0.0, (2000, 2001))
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    for k in range(5):  # a series of 5 slices, 2 mm apart, written out of order
+        write_dicom(tmp_path / "src" / "mr" / f"s{(k * 3) % 5}.dcm", stored // (k + 1), window=(500, 1001),
+                    series_uid=uid, position=(0, 0, 2.0 * k), spacing=(0.5, 0.5))
+    out = tmp_path / "out"
+    ok(prepare(tmp_path / "src", out, "--size", 64))
+    rows = {r["case"]: r for r in metadata(out)}
+    assert rows["view1_frontal"]["slice"] == "" and rows["view1_frontal"]["spacing"] == ""
+    assert rows["view1_frontal"]["normalize"] == "window:2000,2001"
+    xray = png(out / "view1_frontal.png")
+    # 40 x 30 padded to 40 x 40 (black bands above and below), then 64 x 64; MONOCHROME1: low values white
+    assert xray.shape == (64, 64) and xray[10, 32] > 200 and xray[54, 32] < 50 and xray[2, 32] == 0
+    assert rows["mr"]["slice"] == "2" and rows["mr"]["spacing"] == "2,0.5,0.5" and rows["mr"]["normalize"] == "window:500,1001"
+    expected = np.rint(np.clip(((stored // 3).astype(float) - 499.5) / 1000 + 0.5, 0, 1) * 255)
+    mr = Image.open(out / "mr.png")
+    assert mr.size == (64, 64)
+    ok(prepare(tmp_path / "src" / "mr", out / "plain"))  # no --size: the slice as it is
+    np.testing.assert_array_equal(png(out / "plain" / "mr.png"), expected)
+
+
+BLOCK_IMPORT = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == {module!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_bad_input_is_one_line(tmp_path):
+    good = ball((20, 32, 32), (1, 1, 3), (0, 0, 0), (16, 16, 30), 5)
+    write_volume(tmp_path / "ok" / "c1_t2w.mha", good)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "c9.mha").write_text("ObjectType = Image\nNDims = 3\nthis is not a volume\n")
+    write_volume(tmp_path / "mixed" / "c2_t2w.mha", good)
+    write_volume(tmp_path / "mixed" / "c2_adc.mha", good)  # no hbv
+    for seq in ("t2w", "adc", "hbv"):
+        write_volume(tmp_path / "mixed" / f"c3_{seq}.mha", good)
+    (tmp_path / "nomasks").mkdir()
+    ok_src = tmp_path / "ok"
+    r = prepare_together({
+        "unreadable": [tmp_path / "broken", tmp_path / "o1"],
+        "mismatched": [tmp_path / "mixed", tmp_path / "o2", "--sequences", "t2w,adc,hbv"],
+        "empty masks": [ok_src, tmp_path / "o3", "--slice", "largest", "--masks", tmp_path / "nomasks"],
+        "spacing": [ok_src, tmp_path / "o4", "--spacing", "3,0.5"],
+        "recipe": [ok_src, tmp_path / "o5", "--recipe", "picai"],
+        "normalize": [ok_src, tmp_path / "o6", "--normalize", "window:40"]})
+    lines = one_error_line(r["unreadable"], "no case written")
+    assert len(lines) == 2 and lines[0].startswith("skipping c9: cannot read volume") and "c9.mha" in lines[0]
+    ok(r["mismatched"])
+    assert r["mismatched"].stderr.strip().splitlines() == ["skipping c2: no hbv file (found c2_t2w.mha, c2_adc.mha)"]
+    assert "skipped 1 cases (1 missing sequence)" in r["mismatched"].stdout
+    for name, words in {"empty masks": ("--masks", "no mask files"), "spacing": ("--spacing 3,0.5",),
+                        "recipe": ("--recipe picai needs --masks",), "normalize": ("--normalize window:40",)}.items():
+        assert len(one_error_line(r[name], *words)) == 1, name
+
+
+def test_missing_extra_is_one_line(tmp_path):
+    """SimpleITK (volumes) or pydicom (DICOM) missing: one line naming the package and the install command."""
+    write_volume(tmp_path / "vol" / "c1_t2w.mha", np.zeros((4, 8, 8), np.float32))
+    write_dicom(tmp_path / "dcm" / "cr.dcm", np.zeros((8, 8), np.uint16))
+    runs = {}
+    for module, src in [("SimpleITK", "vol"), ("pydicom", "dcm")]:
+        blocker = tmp_path / f"block-{module}"
+        blocker.mkdir()
+        (blocker / "sitecustomize.py").write_text(BLOCK_IMPORT.format(module=module))
+        runs[module] = prepare_together({module: [tmp_path / src, tmp_path / "out"]},
+                                        env={**ENV, "PYTHONPATH": str(blocker)})[module]
+    for module, r in runs.items():
+        lines = one_error_line(r, module, "pip install -r requirements-medical.txt")
+        assert len(lines) == 1, r.stderr
+
+
+def test_picai_recipe_end_to_end(tmp_path):
+    """PI-CAI's layout (<patient>/<patient>_<study>_{t2w,adc,hbv}.mha, masks <patient>_<study>.nii.gz):
+    512 px RGB PNGs, the cancer case in pos/ at its largest lesion slice, the healthy one in neg/."""
+    geo = dict(spacing_xyz=(0.5, 0.5, 3.0), origin=(-60.0, -60.0, -45.0))
+    shape = (31, 240, 240)  # 120 x 120 x 93 mm: cropped to 30 slices, padded to 300 x 300
+    for case in ("10000_1000000", "10001_1000001"):
+        for k, seq in enumerate(("t2w", "adc", "hbv")):
+            values = ball(shape, geo["spacing_xyz"], geo["origin"], (0, 0, 6.0), 10 + k)
+            write_volume(tmp_path / "images" / case[:5] / f"{case}_{seq}.mha", values, **geo)
+    lesion = np.zeros(shape, np.uint8)
+    lesion[17, 100:120, 100:120], lesion[18, 105:110, 105:110] = 1, 1  # on the 30-slice grid: 17 - 0 = 17
+    write_volume(tmp_path / "lesions" / "10000_1000000.nii.gz", lesion, **geo)
+    write_volume(tmp_path / "lesions" / "10001_1000001.nii.gz", np.zeros(shape, np.uint8), **geo)
+    gland = np.zeros(shape, np.uint8)
+    gland[10:15, 90:150, 90:150] = 1
+    write_volume(tmp_path / "glands" / "10001_1000001.nii.gz", gland, **geo)
+    out = tmp_path / "out"
+    r = ok(prepare(tmp_path / "images", out, "--recipe", "picai", "--masks", tmp_path / "lesions",
+                   "--fallback-masks", tmp_path / "glands"))
+    rows = {r["case"]: r for r in metadata(out)}
+    assert rows["10000_1000000"]["file_name"] == "pos/10000_1000000.png" and rows["10000_1000000"]["slice"] == "17"
+    assert rows["10001_1000001"]["file_name"] == "neg/10001_1000001.png" and rows["10001_1000001"]["slice"] == "12"
+    assert {r["spacing"] for r in rows.values()} == {"3,0.5,0.5"}
+    image = Image.open(out / "pos" / "10000_1000000.png")
+    assert image.mode == "RGB" and image.size == (512, 512) and "wrote 2 images of 2 cases" in r.stdout
+
+
+def test_normalization_methods():
+    from ti.intensity import parse_normalization, to_uint8, value_range
+
+    values = np.arange(101, dtype=float)
+    assert value_range(parse_normalization("minmax"), values) == (0, 100)
+    assert value_range(parse_normalization("percentile:10,90"), values) == (10, 90)
+    lo, hi = value_range(parse_normalization("zscore"), values)
+    assert np.isclose((lo + hi) / 2, 50) and np.isclose(hi - lo, 6 * values.std())
+    window = parse_normalization("window:40,400")
+    assert str(window) == "window:40,400"
+    dicom = np.clip((values * 5 - (40 - 0.5)) / 399 + 0.5, 0, 1)  # the standard's linear window
+    np.testing.assert_array_equal(to_uint8(values * 5, *value_range(window, values)), np.rint(dicom * 255))
+    assert to_uint8(np.array([np.nan, 5.0]), 0, 10).tolist() == [0, 128]  # outside the scan: black
+    for bad in ("percentile:90,10", "window:40", "minmax:1", "gamma"):
+        with pytest.raises(Exception, match="--normalize"):
+            parse_normalization(bad)
