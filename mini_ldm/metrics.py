@@ -40,10 +40,18 @@ def trace_sqrt_product(sigma1: torch.Tensor, sigma2: torch.Tensor) -> float:
     round-off negatives to 0, which is what the real part of a complex square root gives torchmetrics.
     """
     evals, evecs = torch.linalg.eigh(sigma1)
-    root1 = (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
+    root1 = (evecs * _zero_round_off(evals).sqrt()) @ evecs.T
     inner = root1 @ sigma2 @ root1
     inner = (inner + inner.T) / 2  # symmetric up to round-off; make it exactly so for eigvalsh
-    return float(torch.linalg.eigvalsh(inner).clamp(min=0).sqrt().sum())
+    return float(_zero_round_off(torch.linalg.eigvalsh(inner)).sqrt().sum())
+
+
+def _zero_round_off(evals: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of a PSD matrix with the round-off ones set to 0. With N < D images, D - N + 1 of them are
+    0 exactly but come out as +-1e-13 or so; their square roots (3e-7 each, thousands of them) would otherwise
+    add up to a visible FID for two identical sets."""
+    tol = evals.abs().max() * len(evals) * torch.finfo(evals.dtype).eps
+    return torch.where(evals > tol, evals, torch.zeros_like(evals))
 
 
 def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
