@@ -1,0 +1,95 @@
+"""What evaluate.py writes: metrics.json, memorization.csv, memorization.png, and the table it prints."""
+import csv
+import io
+import json
+import math
+
+from PIL import Image, ImageDraw
+
+from mini_ldm.images import _font
+from mini_ldm.io import write_bytes_atomic, write_text_atomic
+from ti.data import DataError, load_image
+
+THUMB = 160  # pixels per image in memorization.png
+
+
+def json_number(x):
+    """JSON has no NaN: an undefined number (IS std of a single split) is written as null."""
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def write_metrics_json(path, metrics: dict) -> None:
+    write_text_atomic(path, json.dumps({k: json_number(v) for k, v in metrics.items()}, indent=2) + "\n")
+
+
+def write_memorization_csv(path, audit, real_names: list, synth_names: list) -> None:
+    """One row per synthetic image, most similar first: synthetic,nearest_real,similarity,flagged (0/1)."""
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(["synthetic", "nearest_real", "similarity", "flagged"])
+    for i in audit.similarity.argsort(descending=True).tolist():
+        out.writerow([synth_names[i], real_names[int(audit.nearest_real[i])], f"{float(audit.similarity[i]):.6f}",
+                      int(audit.flagged[i])])
+    write_text_atomic(path, buf.getvalue())
+
+
+def _thumbnail(path) -> Image.Image:
+    try:
+        image = load_image(path)
+    except DataError:  # deleted or changed since its features were cached: leave a grey square
+        return Image.new("RGB", (THUMB, THUMB), (128, 128, 128))
+    image.thumbnail((THUMB, THUMB))
+    square = Image.new("RGB", (THUMB, THUMB))
+    square.paste(image, ((THUMB - image.width) // 2, (THUMB - image.height) // 2))
+    return square
+
+
+def memorization_sheet(audit, real_root, real_names, synth_root, synth_names, top: int) -> Image.Image:
+    """The `top` closest (synthetic | nearest real) pairs side by side, similarity written under each pair
+    (red and marked FLAGGED when above the real-real threshold), in rows of up to four pairs."""
+    order = audit.similarity.argsort(descending=True)[:top].tolist()
+    cols = min(4, max(1, len(order)))
+    rows = math.ceil(len(order) / cols)
+    band = 22
+    cell_w, cell_h = 2 * THUMB + 8, THUMB + band + 8
+    sheet = Image.new("RGB", (cols * cell_w, max(1, rows) * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = _font(band)
+    for k, i in enumerate(order):
+        x, y = (k % cols) * cell_w, (k // cols) * cell_h
+        sheet.paste(_thumbnail(synth_root / synth_names[i]), (x, y))
+        sheet.paste(_thumbnail(real_root / real_names[int(audit.nearest_real[i])]), (x + THUMB, y))
+        flagged = bool(audit.flagged[i])
+        text = f"{float(audit.similarity[i]):.4f}" + ("  FLAGGED" if flagged else "")
+        draw.text((x + 4, y + THUMB + 2), text, fill=(200, 0, 0) if flagged else "black", font=font)
+    return sheet
+
+
+def write_memorization_png(path, *args) -> None:
+    buf = io.BytesIO()
+    memorization_sheet(*args).save(buf, format="PNG")
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def summary_table(m: dict) -> str:
+    """The few lines a person reads; the JSON holds the rest."""
+    def pm(mean, std):
+        return f"{mean:.4f} +- {std:.4f}" if std is not None and math.isfinite(std) else f"{mean:.4f}"
+
+    n = min(m["n_real"], m["n_synth"])
+    fid_note = (f"biased upwards and unstable with {n} images < {m['dims']} dims; compare only runs with the same "
+                "sizes" if n < m["dims"] else "")
+    rows = [
+        ("images", f"{m['n_real']} real, {m['n_synth']} synthetic", f"{m['n_unreadable']} unreadable, skipped"
+         if m["n_unreadable"] else ""),
+        (f"FID ({m['dims']}-d)", f"{m['fid']:.4f}", fid_note),
+        ("KID", pm(m["kid_mean"], m["kid_std"]),
+         f"unbiased: the number to trust with ~100 images ({m['kid_subsets']} subsets of {m['kid_subset_size']})"),
+        ("IS (synthetic)", pm(m["is_mean"], m["is_std"]), "ImageNet classes: says little about medical images"),
+        ("memorized", f"{m['memorized']} of {m['n_synth']} ({m['memorized_fraction']:.1%})",
+         f"closer to a real image than real images are to each other (> {m['real_nn_max']:.4f}; "
+         f"real-real p99 {m['real_nn_p99']:.4f})"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[1]) for r in rows)
+    return "\n".join(f"{a:<{width}}  {b:<{value_width}}  {c}".rstrip() for a, b, c in rows)
