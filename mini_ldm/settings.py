@@ -79,8 +79,10 @@ def markdown_table(cls, skip: tuple = ()) -> str:
     rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
     for f in options(cls):
         if f.name not in skip:
-            meta = f.metadata["option"]
-            rows.append(f"| `{flag_name(f)}` | {shown_default(f)} | {meta['help']} |")
+            meta, shown = f.metadata["option"], shown_default(f)
+            if meta["shown"] is None or "<" in shown or "[" in shown:
+                shown = f"`{shown}`"  # a literal value; and markdown would swallow <token> as a tag
+            rows.append(f"| `{flag_name(f)}` | {shown} | {meta['help'].replace('<', '&lt;')} |")
     return "\n".join(rows)
 
 

@@ -24,8 +24,8 @@ from mini_ldm.errors import UserError
 from mini_ldm.io import write_bytes_atomic
 from mini_ldm.vae import posterior_std
 
-from .dicom import DicomError, is_dicom, load_frames as load_dicom_frames
-from .volumes import volume_suffix
+from .medical.dicom import DicomError, is_dicom, load_frames as load_dicom_frames
+from .medical.volumes import volume_suffix
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 CACHE_FORMAT = "mini-ldm-latents-1"  # part of the cache key: bump it when the stored layout changes

@@ -1,0 +1,46 @@
+"""The README's tables of settings are made from the settings dataclasses, and every flag of every CLI is
+documented there. When a setting changes, regenerate its table with
+
+    python -c "from mini_ldm.settings import markdown_table; from mini_ldm.sample_settings import SampleSettings; print(markdown_table(SampleSettings))"
+
+(or TrainSettings from ti.train_settings) and paste it over the old one.
+"""
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mini_ldm.sample_settings import SampleSettings
+from mini_ldm.settings import add_flags, markdown_table
+from ti.train_settings import TrainSettings
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+
+
+@pytest.mark.parametrize("cls", [SampleSettings, TrainSettings])
+def test_settings_tables_are_generated(cls):
+    table = markdown_table(cls)
+    assert table in README, f"README's table of {cls.__name__} is stale; paste this over it:\n{table}"
+
+
+def test_flags_from_settings_carry_their_defaults():
+    parser = argparse.ArgumentParser()
+    add_flags(parser, SampleSettings)
+    args = parser.parse_args([])
+    assert (args.steps, args.cfg, args.scheduler, args.seed) == (30, 3.0, "euler_a", None)
+    help_text = parser.format_help()
+    assert "(default: 30)" in help_text and "random, printed" in help_text
+
+
+@pytest.mark.parametrize("script", ["sample.py", "train.py", "prepare.py", "evaluate.py"])
+def test_every_flag_is_in_the_readme(script):
+    proc = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", proc.stdout)) - {"--help"}
+    missing = sorted(flag for flag in flags if f"`{flag}" not in README)
+    assert not missing, f"{script} flags not documented in README.md: {missing}"
