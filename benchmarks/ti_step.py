@@ -87,7 +87,10 @@ class ScriptDataset(torch.utils.data.Dataset):
 class DiffusersTI:
     """diffusers' textual_inversion.py: its setup once, then `step()` = one pass of its training loop body."""
 
-    def __init__(self, folder: Path, image_paths, resolution: int, vectors: int, batch: int, seed: int):
+    def __init__(self, folder: Path, image_paths, resolution: int, vectors: int, batch: int, seed: int,
+                 device="cpu", weight_dtype=torch.float32):
+        """weight_dtype fp16/bf16 is the script's --mixed_precision: VAE and UNet cast to it, the text encoder
+        kept in fp32, the forward passes under autocast (what Accelerator's prepare adds)."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from diffusers.optimization import get_scheduler
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -111,6 +114,10 @@ class DiffusersTI:
             for i in self.placeholder_ids:
                 table[i] = table[init_ids[0]].clone()
 
+        self.device = torch.device(device)
+        self.text_encoder.to(self.device)
+        self.vae.to(self.device, weight_dtype)
+        self.unet.to(self.device, weight_dtype)
         self.vae.requires_grad_(False)
         self.unet.requires_grad_(False)
         text = self.text_encoder.text_model if hasattr(self.text_encoder, "text_model") else self.text_encoder
@@ -127,7 +134,7 @@ class DiffusersTI:
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0)
         self.batches = iter(self.loader)
         self.text_encoder.train()
-        self.weight_dtype = torch.float32
+        self.weight_dtype = weight_dtype
         self.orig_embeds = self.text_encoder.get_input_embeddings().weight.data.clone()
 
     def _next_batch(self):
@@ -142,14 +149,20 @@ class DiffusersTI:
         mark = mark or Parts.ignore
         batch = self._next_batch()
         mark("data loader")
-        latents = self.vae.encode(batch["pixel_values"].to(dtype=self.weight_dtype)).latent_dist.sample().detach()
+        mixed = self.weight_dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.weight_dtype, enabled=mixed):
+            return self._step(batch, mark)
+
+    def _step(self, batch, mark) -> float:
+        pixels = batch["pixel_values"].to(self.device, self.weight_dtype)
+        latents = self.vae.encode(pixels).latent_dist.sample().detach()
         latents = latents * self.vae.config.scaling_factor
         mark("VAE encode")
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                                   device=latents.device).long()
         noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        context = self.text_encoder(batch["input_ids"])[0].to(dtype=self.weight_dtype)
+        context = self.text_encoder(batch["input_ids"].to(self.device))[0].to(dtype=self.weight_dtype)
         mark("text encoder forward")
         mark.watch(context)
         model_pred = self.unet(noisy_latents, timesteps, context).sample
@@ -165,7 +178,7 @@ class DiffusersTI:
         self.lr_scheduler.step()
         self.optimizer.zero_grad()
         mark("optimizer")
-        keep = torch.ones((len(self.tokenizer),), dtype=torch.bool)
+        keep = torch.ones((len(self.tokenizer),), dtype=torch.bool, device=self.device)
         keep[min(self.placeholder_ids):max(self.placeholder_ids) + 1] = False
         with torch.no_grad():
             self.text_encoder.get_input_embeddings().weight[keep] = self.orig_embeds[keep]
@@ -185,14 +198,16 @@ class OursTI:
     """train.py's path through the public pieces: mini_ldm.load, the latent cache, ti.trainer.Trainer."""
 
     def __init__(self, folder: Path, images_dir: Path, resolution: int, vectors: int, batch: int, seed: int,
-                 workdir: Path, template: str):
+                 workdir: Path, template: str, device="cpu", dtype="fp32", compile=False,
+                 gradient_checkpointing=False):
         import mini_ldm
         from ti.data import cached_latents
         from ti.templates import load_templates
         from ti.train_settings import TrainSettings
         from ti.trainer import Trainer
 
-        sd = mini_ldm.load(folder, device="cpu", dtype="fp32")
+        sd = mini_ldm.load(folder, device=device, dtype=dtype)
+        sd.unet.gradient_checkpointing = gradient_checkpointing
 
         def encode(images):  # as train.py does
             with torch.no_grad():
@@ -204,7 +219,8 @@ class OursTI:
                                seed=seed, progress=False)
         self.cache_seconds = time.perf_counter() - t0
         cfg = TrainSettings(token=TOKEN, output=workdir / "bench.safetensors", vectors=vectors, init_text=INIT_TOKEN,
-                          steps=10**9, lr=0.005, batch=batch, seed=seed, dtype="fp32", save_every=0)
+                          steps=10**9, lr=0.005, batch=batch, seed=seed, dtype=dtype, save_every=0,
+                          compile=compile)
         self.sd, self.trainer = sd, Trainer(sd, cache, load_templates(template), cfg, log=lambda *a: None)
 
     def step(self, mark=None) -> float:

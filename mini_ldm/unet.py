@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
 
@@ -219,6 +220,14 @@ class UNet(nn.Module):
                 self.output_blocks.append(TimestepSequential(*layers))
 
         self.out = nn.Sequential(norm(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        # Recompute each block's activations in the backward pass instead of keeping them: less memory for
+        # training on small cards, the same gradients. Off for sampling (nothing to backpropagate).
+        self.gradient_checkpointing = False
+
+    def _block(self, block, h, emb, context, upsample_size=None):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, context, upsample_size, use_reentrant=False)
+        return block(h, emb, context, upsample_size)
 
     def forward(self, x, t, context):
         """x (B, 4, h, w) latents, t (B,) or scalar timesteps, context (B, 77k, Cctx) -> (B, 4, h, w)."""
@@ -227,10 +236,10 @@ class UNet(nn.Module):
         skips = []
         h = x
         for block in self.input_blocks:
-            h = block(h, emb, context)
+            h = self._block(block, h, emb, context)
             skips.append(h)
-        h = self.middle_block(h, emb, context)
+        h = self._block(self.middle_block, h, emb, context)
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
-            h = block(h, emb, context, upsample_size=skips[-1].shape[-2:] if skips else None)
+            h = self._block(block, h, emb, context, skips[-1].shape[-2:] if skips else None)
         return self.out(h)

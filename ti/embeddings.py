@@ -163,6 +163,10 @@ def write_embedding(path, emb: Embedding, format: str = "ours") -> Path:
     path = Path(path)
     if not emb.token or any(c.isspace() for c in emb.token):
         raise EmbeddingError(f"{path}: token {emb.token!r} must be one word")
+    if not torch.isfinite(emb.vectors).all():  # a NaN would poison every prompt that uses the token
+        bad = int((~torch.isfinite(emb.vectors)).sum())
+        raise EmbeddingError(f"{path}: not written: {bad} of the {emb.vectors.numel()} values of {emb.token} are "
+                             "NaN or infinite (a diverged training run?); use an earlier snapshot")
     if format == "ours":
         # every key present, empty when unknown; an A1111 source still names its base model
         meta = {"step": "", "base_model": emb.metadata.get("sd_checkpoint_name", ""), "init_text": "", "lr": ""}

@@ -1,0 +1,81 @@
+"""The GPU path's safety nets, forced on the CPU: nothing non-finite is ever written, and gradient
+checkpointing changes memory, not gradients."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ti.embeddings import Embedding, EmbeddingError, write_embedding
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_embedding_writer_refuses_non_finite(tmp_path, value):
+    vectors = torch.randn(4, 128)
+    vectors[2, 7] = value
+    out = tmp_path / "bad.safetensors"
+    with pytest.raises(EmbeddingError, match="NaN or infinite"):
+        write_embedding(out, Embedding("<bad>", vectors, None, {}))
+    assert not out.exists() and not list(tmp_path.iterdir())  # no temporary file left either
+
+
+def test_convert_of_a_nan_a1111_file_exits_2_and_writes_nothing(tmp_path):
+    vectors = torch.randn(3, 1024)
+    vectors[0, 0] = float("nan")
+    src = tmp_path / "diverged.pt"
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors}, "name": "diverged", "step": 9},
+               src)
+    out = tmp_path / "diverged.safetensors"
+    proc = subprocess.run([sys.executable, "-m", "ti.convert", str(src), str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "NaN" in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(tiny):
+    """The gradient reaching the context (what the learned vectors feed) is the same with the UNet's blocks
+    recomputed in the backward pass."""
+    sd = tiny("sd2", "single")
+    unet = sd.unet
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, generator=gen)
+    context = torch.randn(2, 77, unet.cfg.context_dim, generator=gen)
+    t = torch.tensor([10, 700])
+
+    def context_grad(checkpointing: bool) -> torch.Tensor:
+        ctx = context.clone().requires_grad_(True)
+        unet.gradient_checkpointing = checkpointing
+        try:
+            unet(x, t, ctx).square().mean().backward()
+        finally:
+            unet.gradient_checkpointing = False
+        return ctx.grad
+
+    plain, recomputed = context_grad(False), context_grad(True)
+    assert plain.abs().sum() > 0
+    assert torch.equal(plain, recomputed)
+
+
+def test_gpu_benchmark_runs_end_to_end_on_cpu(tmp_path):
+    """benchmarks/gpu.py is known to work before a GPU is at hand: the tiny model on the CPU, every side."""
+    import json
+    import os
+
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "MINI_LDM_BENCH_CACHE": str(tmp_path / "models"), "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--device", "cpu", "--size", "tiny",
+                           "--resolution", "64", "--batches", "1", "--vectors", "2", "--warmup", "0",
+                           "--ti-steps", "1", "--sample-steps", "2", "--sample-repeats", "1", "--output", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert {(r["side"], r["dtype"]) for r in result["ti_step"]} == {("ours", "fp32"), ("diffusers", "fp32")}
+    assert all(r["seconds_per_step"] > 0 for r in result["ti_step"])
+    assert {r["side"] for r in result["sampling"]} == {"ours", "diffusers"}
+    assert set(result["ratios"]) == {"ti_step_batch1_fp32_vs_diffusers_fp32", "sampling_fp32_vs_diffusers_fp32"}
