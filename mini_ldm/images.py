@@ -75,10 +75,10 @@ def latent_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
     return F.max_pool2d(mask, factor)
 
 
-def composite(generated: Image.Image, init: Image.Image, alpha: torch.Tensor) -> Image.Image:
-    """generated where alpha is 1, init where it is 0, blended between; alpha (1, 1, H, W) in [0, 1].
-    Where alpha is 0 the result is init's own bytes: init * 1 + g * 0 is exact in float32."""
-    a = alpha[0, 0].numpy()[..., None].astype(np.float32)
+def composite(generated: Image.Image, init: Image.Image, feathered_mask: torch.Tensor) -> Image.Image:
+    """generated where the mask is 1, init where it is 0, blended between; mask (1, 1, H, W) in [0, 1].
+    Where the mask is 0 the result is init's own bytes: init * 1 + g * 0 is exact in float32."""
+    a = feathered_mask[0, 0].numpy()[..., None].astype(np.float32)
     gen, base = np.asarray(generated).astype(np.float32), np.asarray(init).astype(np.float32)
     return Image.fromarray(np.round(base * (1 - a) + gen * a).astype(np.uint8))
 

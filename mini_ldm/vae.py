@@ -91,8 +91,9 @@ class Mid(nn.Module):
         return self.block_2(self.attn_1(self.block_1(x)))
 
 
-class Level(nn.Module):
-    """One resolution of the encoder (`down.N`) or decoder (`up.N`)."""
+class ResolutionLevel(nn.Module):
+    """The blocks at one resolution of the encoder (`down.N`) or decoder (`up.N`), then the resampling to the
+    next one (`downsample` / `upsample`, named as in the checkpoint; absent at the last level)."""
 
     def __init__(self, blocks, resample=None, resample_name=None):
         super().__init__()
@@ -117,7 +118,7 @@ class Encoder(nn.Module):
         for level, cout in enumerate(chs):
             blocks = [ResnetBlock(cin if i == 0 else cout, cout) for i in range(cfg.num_res_blocks)]
             last = level == len(chs) - 1
-            self.down.append(Level(blocks, None if last else Downsample(cout), "downsample"))
+            self.down.append(ResolutionLevel(blocks, None if last else Downsample(cout), "downsample"))
             cin = cout
         self.mid = Mid(chs[-1])
         self.norm_out = norm(chs[-1])
@@ -142,7 +143,7 @@ class Decoder(nn.Module):
         for level in reversed(range(len(chs))):
             cout = chs[level]
             blocks = [ResnetBlock(cin if i == 0 else cout, cout) for i in range(cfg.num_res_blocks + 1)]
-            up.insert(0, Level(blocks, Upsample(cout) if level != 0 else None, "upsample"))
+            up.insert(0, ResolutionLevel(blocks, Upsample(cout) if level != 0 else None, "upsample"))
             cin = cout
         self.up = nn.ModuleList(up)
         self.norm_out = norm(chs[0])
