@@ -17,7 +17,8 @@ from pathlib import Path
 
 import mini_ldm
 from mini_ldm import cli, demo, ranks
-from mini_ldm.dataset import DatasetOptions, job_rows
+from mini_ldm.dataset import DatasetOptions
+from mini_ldm.dataset_rows import job_rows
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
 from mini_ldm.loading import DTYPES

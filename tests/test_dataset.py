@@ -276,3 +276,25 @@ def test_model_hash_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
     assert hashes.model_hash(model) == "f" * 10  # read from the cache, not hashed again
     os.utime(model, ns=(1, 1))
     assert hashes.model_hash(model) == real[:10]  # another mtime: hashed again
+
+
+def test_inpainting_unet_draws_text_to_image_per_seed(tmp_path, sd1_folder):
+    """A 9-channel UNet also takes its masked-image latents' draw from each image's own generator."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+    from tiny_models import randomize_
+
+    import mini_ldm
+
+    folder = tmp_path / "inpainting"
+    shutil.copytree(sd1_folder, folder, ignore=shutil.ignore_patterns("unet"))
+    config = dict(UNet2DConditionModel.load_config(sd1_folder / "unet"), in_channels=9)
+    randomize_(UNet2DConditionModel.from_config(config), seed=21).save_pretrained(folder / "unet")
+    sd = mini_ldm.load(folder, device="cpu", dtype="fp32")
+    settings = mini_ldm.SampleSettings(prompt=PROMPT, steps=2, height=32, width=32)
+    batch, used = sd.sample_seeds(settings, [3, 4, 5])
+    assert [s.seed for s in used] == [3, 4, 5]
+    for seed, image in zip((3, 4, 5), batch):
+        alone, _ = sd.sample(PROMPT, seed=seed, steps=2, height=32, width=32, progress=False)
+        assert np.abs(np.asarray(image).astype(int) - np.asarray(alone[0]).astype(int)).max() <= 1
