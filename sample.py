@@ -6,6 +6,8 @@
     python sample.py --prompt "<effusion>:0.5 AND <pneumonia>:0.5" --seed 1            # composed
     python sample.py --interpolate "a healthy chest x-ray" "<effusion>" --alphas 0,0.5,1 --seed 1
     python sample.py --prompt "<effusion>" --init-image xray.png --mask lung.png --strength 0.8
+    python sample.py --prompt "<effusion>" --count 1000 --seed 1 --output effusion/              # a dataset
+    torchrun --nproc-per-node 2 sample.py --prompts-file prompts.csv --seed 1 --output prostate/  # 2 GPUs
 """
 import argparse
 import re
@@ -14,7 +16,9 @@ import time
 from pathlib import Path
 
 import mini_ldm
-from mini_ldm import cli, demo
+from mini_ldm import cli, demo, ranks
+from mini_ldm.dataset import DatasetOptions
+from mini_ldm.dataset_rows import job_rows
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
 from mini_ldm.loading import DTYPES
@@ -37,6 +41,7 @@ def parse_args(argv=None):
     add_flags(p, SampleSettings)
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                    help="a .png file, or a folder where numbered PNGs are written (default: outputs/)")
+    add_flags(p, DatasetOptions)
     p.add_argument("--no-grid", action="store_true", help="with --n > 1, do not also save the images as one grid PNG")
     p.add_argument("--interpolate", nargs=2, metavar=("A", "B"), default=None,
                    help="draw a strip from A to B with one seed: prompts, or learned tokens with --interpolate-mode vectors")
@@ -115,6 +120,7 @@ def register_embeddings(sd, paths, use_default_folder: bool = True):
         sd.add_learned_token(token, emb.vectors)
     if found:
         print("learned tokens: " + ", ".join(f"{t} ({e.num_vectors} vectors)" for t, e in found.items()))
+    return found
 
 
 def is_ordinary_word(tokenizer, token: str) -> bool:
@@ -129,7 +135,7 @@ def demo_defaults(args):
     trained = demo.DEMO_EMBEDDING
     if args.embeddings is None:
         args.embeddings = [trained] if trained.is_file() else []
-    if not args.prompt and args.interpolate is None:
+    if not args.prompt and args.interpolate is None and args.prompts_file is None:
         args.prompt = f"{demo.DEMO_TOKEN}, a chest x-ray" if trained.is_file() else "a chest x-ray"
     if args.output == DEFAULT_OUTPUT:
         args.output = demo.DEMO_DIR
@@ -171,10 +177,36 @@ def write_strip(images, settings: list, alphas: list, output: Path):
     print(f"wrote {strip}")
 
 
+def make_dataset(args, settings):
+    """--count / --prompts-file: a resumable dataset job (mini_ldm/dataset.py); under torchrun, one share of it."""
+    if args.interpolate:
+        raise UserError("--interpolate: not with --count/--prompts-file (a dataset job draws text-to-image)")
+    options = from_flags(DatasetOptions, args)
+    if options.batch is not None and options.batch < 1:
+        raise UserError(f"--batch {options.batch}: must be at least 1")
+    job_rows(settings, options.count, options.prompts_file)  # bad input fails before the model loads
+    if args.output.suffix.lower() == ".png":
+        raise UserError(f"--output {args.output}: a dataset goes to a folder, not a .png name")
+    cli.check_writable(args.output, "--output", is_file=False)
+    args.device = ranks.local_device(args.device or mini_ldm.loading.default_device())
+    sd = load_model(args)
+    found = register_embeddings(sd, args.embeddings, use_default_folder=not args.no_embeddings)
+    report = sd.generate_dataset(args.output, settings, count=options.count, prompts_file=options.prompts_file,
+                                 batch=options.batch, overwrite=options.overwrite,
+                                 embedding_files={token: emb.source for token, emb in found.items()})
+    if report.interrupted:
+        raise KeyboardInterrupt
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.demo:
         demo_defaults(args)
+    if args.count is not None or args.prompts_file is not None:
+        return make_dataset(args, from_flags(SampleSettings, args))
+    for flag, value in (("--batch", args.batch), ("--overwrite", args.overwrite or None)):
+        if value is not None:
+            raise UserError(f"{flag}: only for a dataset job (--count N or --prompts-file CSV); --n draws a batch")
     if not args.prompt and args.interpolate is None:
         raise UserError("--prompt is required (or --interpolate A B)")
     settings = from_flags(SampleSettings, args).check()  # bad flags fail before a model is loaded

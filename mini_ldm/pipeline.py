@@ -124,11 +124,28 @@ class StableDiffusion:
             raise TypeError("sample(): pass either settings or the prompt and options, not both")
         return self._run(settings, parts, self.learned if learned is None else learned, progress)
 
-    def _run(self, settings: SampleSettings, parts, learned: dict, progress: bool):
+    @torch.no_grad()
+    def sample_seeds(self, settings: SampleSettings, seeds: list, *, learned: dict | None = None,
+                     progress: bool = False):
+        """One text-to-image image per seed, all in one UNet batch, each from its own CPU generator (its initial
+        noise and every ancestral draw), as diffusers' pipelines do with a list of generators. Image k is the
+        image `sample(settings with seed=seeds[k], n=1)` draws, up to the round-off of batching: it depends
+        neither on the batch size nor on which seeds share its batch. Returns (images, one SampleSettings per
+        image, with its seed and n=1: what its PNG records)."""
+        if settings.init_image is not None:
+            raise UserError("--init-image: a dataset job (--count, --prompts-file) draws text-to-image only")
+        seeds = [int(seed) for seed in seeds]
+        batch = replace(settings, n=len(seeds), seed=seeds[0])
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        images, used = self._run(batch, None, self.learned if learned is None else learned, progress, generators)
+        return images, [replace(used, seed=seed, n=1) for seed in seeds]
+
+    def _run(self, settings: SampleSettings, parts, learned: dict, progress: bool, generator=None):
+        """`generator`: None for one CPU generator seeded with settings.seed, or a list of one per image."""
         settings, image = self._resolve(settings)
         parts = parts or prompting.parse_and(settings.prompt)
         negative, terms = self._conditioning(parts, settings.negative_prompt, learned)
-        generator = torch.Generator("cpu").manual_seed(settings.seed)
+        generator = generator if generator is not None else torch.Generator("cpu").manual_seed(settings.seed)
         start = self._start(settings, image, generator)
         guidance = ClassifierFreeGuidance(self._unet_prediction(start), negative, terms, settings.cfg, settings.n)
         denoise = Denoiser(guidance, start.schedule, self.prediction)
@@ -146,6 +163,15 @@ class StableDiffusion:
         if start.feathered_mask is not None:  # outside the (blurred) mask, the init image's own pixels
             images = [imaging.composite(im, start.init_image, start.feathered_mask) for im in images]
         return images, settings
+
+    def resolved(self, settings: SampleSettings) -> SampleSettings:
+        """The settings `sample` would record for text-to-image `settings`: checked, every default filled in."""
+        return self._resolve(settings)[0]
+
+    def generate_dataset(self, output, settings: SampleSettings | None = None, **options):
+        """Many images into a folder, resumable, with a manifest: see mini_ldm.dataset.generate_dataset."""
+        from .dataset import generate_dataset
+        return generate_dataset(self, output, settings, **options)
 
     def _resolve(self, settings: SampleSettings):
         """Checked settings with every default filled in (seed, size, PNG fields), and the init image."""

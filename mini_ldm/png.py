@@ -3,10 +3,13 @@
 Each image carries a `parameters` text chunk in AUTOMATIC1111's format, so the web UI's "PNG Info"
 tab, and a person with a text viewer, can read the prompt, seed and settings back.
 """
+import re
 from pathlib import Path
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from .io import atomic_write
 
 # Our scheduler names -> AUTOMATIC1111's sampler names.
 A1111_SAMPLERS = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "dpm++2m": "DPM++ 2M",
@@ -34,11 +37,31 @@ def _quote(value) -> str:
     return f'"{text}"' if ("," in text or ":" in text) else text
 
 
-def save_png(image: Image.Image, path: Path, parameters: str) -> Path:
+def parse_parameters(text: str) -> dict:
+    """The parameters text back as {"Prompt": ..., "Negative prompt": ..., "Steps": "2", ...}, values as text."""
+    lines = text.split("\n")
+    fields = {"Prompt": lines[0], "Negative prompt": ""}
+    if len(lines) > 2 and lines[1].startswith("Negative prompt: "):
+        fields["Negative prompt"] = lines[1].removeprefix("Negative prompt: ")
+    for key, value in _FIELD.findall(lines[-1] if len(lines) > 1 else ""):
+        fields[key] = value[1:-1] if value.startswith('"') else value
+    return fields
+
+
+_FIELD = re.compile(r'\s*([\w ./-]+):\s*("[^"]*"|[^,]*)(?:,|$)')
+
+
+def save_png(image: Image.Image, path: Path, parameters: str, atomic: bool = False) -> Path:
+    """Write `image` with its parameters chunk; `atomic`: through a temporary file and one rename, so that
+    `path` is never half written (a dataset job relies on it to resume after a crash)."""
     info = PngInfo()
     info.add_text("parameters", parameters)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, pnginfo=info)
+    if atomic:
+        with atomic_write(path) as f:
+            image.save(f, format="PNG", pnginfo=info)
+    else:
+        image.save(path, pnginfo=info)
     return path
 
 

@@ -217,7 +217,7 @@ def denoised_from_model_output(output: torch.Tensor, x: torch.Tensor, sigma, pre
     raise ValueError(f"prediction must be 'epsilon' or 'v', got {prediction!r}")
 
 
-def _randn(shape, generator, dtype, device) -> torch.Tensor:
+def randn(shape, generator, dtype, device) -> torch.Tensor:
     """Noise drawn like diffusers' randn_tensor: on the generator's device (the CPU for a CPU generator,
     then moved), all at once for one generator, or one batch row per generator for a list."""
     if isinstance(generator, (list, tuple)):
@@ -261,7 +261,7 @@ def sample_euler_ancestral(denoise, x, sigmas, generator=None, callback=None):
         sigma_up = (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5
         sigma_down = (s_next**2 - sigma_up**2) ** 0.5
         x = x + (x - denoised) / s * (sigma_down - s)
-        x = x + _randn(denoised.shape, generator, denoised.dtype, denoised.device) * sigma_up
+        x = x + randn(denoised.shape, generator, denoised.dtype, denoised.device) * sigma_up
         if callback is not None:
             callback(i)
     return x

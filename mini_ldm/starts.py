@@ -30,8 +30,9 @@ class Start:
 
 
 def txt2img(sd, shape: tuple, schedule: Schedule, generator) -> Start:
-    """Pure noise at the schedule's first noise level (drawn on the CPU: the same on any device)."""
-    noise = torch.randn(shape, generator=generator)
+    """Pure noise at the schedule's first noise level (drawn on the CPU: the same on any device). `generator`
+    is one generator for the whole batch, or a list of one per batch row (each row drawn from its own)."""
+    noise = samplers.randn(shape, generator, torch.float32, "cpu")
     start = Start(noise.to(sd.device) * schedule.init_noise_sigma, schedule)
     if sd.is_inpainting_model:  # text-to-image on an inpainting UNet: repaint everything
         n, _, h, w = shape
@@ -93,6 +94,7 @@ def _noised_init(sd, pixels, strength, schedule, generator, shape):
 def inpainting_channels(sd, pixels, binary, generator, n: int) -> torch.Tensor:
     """The 5 extra channels of an inpainting UNet: the mask at latent size (nearest) and the latents of
     the image with the repainted part set to 0 (grey), as diffusers' StableDiffusionInpaintPipeline."""
-    masked = sd.encode_image(pixels * (binary < 0.5), generator)
-    small = F.interpolate(binary, size=masked.shape[-2:]).to(sd.device)
-    return torch.cat([small, masked], dim=1).to(sd.dtype).repeat(n, 1, 1, 1)
+    generators = generator if isinstance(generator, (list, tuple)) else [generator]  # a list: one draw per row
+    masked = torch.cat([sd.encode_image(pixels * (binary < 0.5), g) for g in generators])
+    small = F.interpolate(binary, size=masked.shape[-2:]).to(sd.device).expand(len(masked), -1, -1, -1)
+    return torch.cat([small, masked], dim=1).to(sd.dtype).repeat(n // len(masked), 1, 1, 1)

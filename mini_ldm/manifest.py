@@ -1,0 +1,110 @@
+"""A dataset's manifest: DIR/metadata.csv in the Hugging Face ImageFolder convention, one row per image.
+
+`file_name` (relative to DIR) comes first, then what made the image. While a job runs, each process
+appends a row as soon as its image is written (one process: to metadata.csv itself; several: each to its
+own part, `.metadata.rank<r>.csv`), so a crash loses nothing; at the end the file is rewritten from the
+job's plan, sorted by file_name, in one atomic rename. A crash can leave a last line half written: readers
+here drop it (the image it names is checked on its own anyway).
+"""
+import csv
+import io
+import os
+from pathlib import Path
+
+from .errors import UserError
+from .io import write_text_atomic
+
+NAME = "metadata.csv"
+COLUMNS = ("file_name", "prompt", "negative_prompt", "seed", "steps", "cfg", "scheduler", "width", "height",
+           "model", "model_hash", "embeddings")
+
+
+def part_path(folder: Path, rank: int) -> Path:
+    return Path(folder) / f".metadata.rank{rank}.csv"
+
+
+def files(folder: Path) -> list:
+    """metadata.csv and any parts an interrupted multi-process job left, those that exist."""
+    folder = Path(folder)
+    return [p for p in [folder / NAME, *sorted(folder.glob(".metadata.rank*.csv"))] if p.is_file()]
+
+
+def read(folder: Path) -> dict:
+    """{file_name: row} from metadata.csv and its parts (a later row for a file wins). A file that is not a
+    manifest of ours is an error naming it."""
+    rows = {}
+    for path in files(folder):
+        for row in _read_one(path):
+            rows[row["file_name"]] = row
+    return rows
+
+
+def _read_one(path: Path) -> list:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot be read ({e}); use --overwrite or another --output") from None
+    if text and not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]  # a row cut short by a crash
+    records = list(csv.reader(io.StringIO(text)))
+    if not records:
+        return []
+    if tuple(records[0]) != COLUMNS:
+        raise UserError(f"{path}: not a manifest written by sample.py (its columns are {','.join(records[0])}); "
+                        "use --overwrite to replace it, or another --output")
+    return [dict(zip(COLUMNS, r)) for r in records[1:] if len(r) == len(COLUMNS)]
+
+
+def to_text(rows) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in sorted(rows, key=lambda r: r["file_name"]):
+        writer.writerow([row[c] for c in COLUMNS])
+    return buf.getvalue()
+
+
+def write_sorted(folder: Path, rows) -> Path:
+    """metadata.csv holding exactly `rows`, sorted by file_name, replaced in one rename; parts removed."""
+    path = write_text_atomic(Path(folder) / NAME, to_text(rows))
+    for part in Path(folder).glob(".metadata.rank*.csv"):
+        part.unlink(missing_ok=True)
+    return path
+
+
+class Appender:
+    """Appends rows to one manifest file, the header first when the file is new; each row is flushed."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        self.file = open(self.path, "a", encoding="utf-8", newline="")
+        self.writer = csv.writer(self.file, lineterminator="\n")
+        if new:
+            self.writer.writerow(COLUMNS)
+            self.file.flush()
+
+    def add(self, row: dict) -> None:
+        self.writer.writerow([row[c] for c in COLUMNS])
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def count_rows(path: Path) -> int:
+    """Complete rows in a manifest part (for the progress bar); 0 if it is not there yet."""
+    try:
+        with open(path, "rb") as f:
+            return max(f.read().count(b"\n") - 1, 0)
+    except OSError:
+        return 0
+
+
+def first_difference(old: dict, new: dict):
+    """(column, old value, new value) of the first column after file_name where two rows differ, else None."""
+    for column in COLUMNS[1:]:
+        if old.get(column) != new[column]:
+            return column, old.get(column), new[column]
+    return None
