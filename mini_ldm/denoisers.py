@@ -15,6 +15,7 @@ as x0 is affine in the prediction): this is diffusers' order of operations, so i
 import torch
 
 from . import samplers
+from .errors import UserError
 from .samplers import Schedule
 
 
@@ -29,7 +30,14 @@ class UNetPrediction:
         sigma, t = self.schedule.sigmas[i], self.schedule.timesteps[i]
         inp = (x * samplers.model_input_scale(sigma)).to(self.dtype)
         inp = torch.cat([inp] * groups) if groups > 1 else inp
-        return self.unet(inp, t.to(x.device), context).float()
+        out = self.unet(inp, t.to(x.device), context).float()
+        if not torch.isfinite(out).all():  # stop here: every later step, and the PNG, would be black
+            steps = len(self.schedule.timesteps)
+            hint = ("run again with --dtype fp32" if self.dtype != torch.float32 else
+                    "the checkpoint's UNet weights may be damaged")
+            raise UserError(f"sampling step {i + 1} of {steps}: the UNet's output is NaN or infinite in "
+                            f"{str(self.dtype).removeprefix('torch.')}; {hint}")
+        return out
 
 
 class InpaintingChannels:

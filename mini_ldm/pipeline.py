@@ -17,7 +17,9 @@ On top of that, the paper's workflows (it ran them in AUTOMATIC1111):
                       A 9-channel inpainting UNet gets mask + masked-image latents as extra input instead.
   interpolate         one image per alpha between two prompts (weights) or two learned tokens (vectors)
 """
+import copy
 import secrets
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -159,7 +161,11 @@ class StableDiffusion:
                                           callback=lambda i: bar.update(1))
         if start.keep_known is not None:
             latents = denoise.finish(latents)
-        images = self.decode(latents)
+        images, redone = self._decode_checked(latents)
+        if redone:  # the PNG says so, and so does the terminal, once
+            settings.extra["VAE decode"] = f"fp32 after NaN in {_dtype_name(self.dtype)}"
+            print(f"notice: the VAE decoder gave NaN or infinite pixels in {_dtype_name(self.dtype)}; "
+                  f"decoded {redone} image(s) again in fp32", file=sys.stderr)
         if start.feathered_mask is not None:  # outside the (blurred) mask, the init image's own pixels
             images = [imaging.composite(im, start.init_image, start.feathered_mask) for im in images]
         return images, settings
@@ -294,12 +300,37 @@ class StableDiffusion:
     @torch.no_grad()
     def decode(self, latents) -> list:
         """Latents (B, 4, h, w) -> list of 8-bit RGB PIL images, one VAE pass per image to bound memory."""
-        images = []
+        return self._decode_checked(latents)[0]
+
+    def _decode_checked(self, latents) -> tuple:
+        """(images, how many were decoded again in fp32). In half precision the VAE decoder can overflow
+        into NaN (a black image); such an image is decoded again with an fp32 copy of the VAE, never
+        handed back black. NaN in fp32 too is an error."""
+        images, redone = [], 0
         for z in latents:
-            pixels = self.vae.decode((z[None] / self.vae.cfg.scale).to(self.dtype)).float()
+            pixels = self._decode_pixels(self.vae, z[None], self.dtype)
+            if not torch.isfinite(pixels).all() and self.dtype != torch.float32:
+                pixels, redone = self._decode_pixels(self._vae_fp32(), z[None], torch.float32), redone + 1
+            if not torch.isfinite(pixels).all():
+                raise UserError("the VAE decoder gave NaN or infinite pixels even in fp32; the checkpoint's VAE "
+                                "weights may be damaged")
             pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()[0]
             images.append(Image.fromarray((pixels * 255).round().astype(np.uint8)))
-        return images
+        return images, redone
+
+    @torch.no_grad()
+    def _decode_pixels(self, vae, latents, dtype) -> torch.Tensor:
+        return vae.decode((latents / vae.cfg.scale).to(dtype)).float()
+
+    def _vae_fp32(self):
+        """An fp32 copy of the VAE, made the first time a half-precision decode fails, then kept."""
+        if getattr(self, "_fp32_vae", None) is None:
+            self._fp32_vae = copy.deepcopy(self.vae).float()
+        return self._fp32_vae
+
+
+def _dtype_name(dtype) -> str:
+    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, str(dtype))
 
 
 def _looks_like_token(text: str) -> bool:

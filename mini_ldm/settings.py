@@ -80,7 +80,8 @@ def markdown_table(cls, skip: tuple = ()) -> str:
     for f in options(cls):
         if f.name not in skip:
             meta, shown = f.metadata["option"], shown_default(f)
-            if meta["shown"] is None or "<" in shown or "[" in shown:
+            literal = meta["shown"] is None and f.default not in (None, "", False)
+            if literal or "<" in shown or "[" in shown:
                 shown = f"`{shown}`"  # a literal value; and markdown would swallow <token> as a tag
             rows.append(f"| `{flag_name(f)}` | {shown} | {meta['help'].replace('<', '&lt;')} |")
     return "\n".join(rows)

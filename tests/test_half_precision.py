@@ -79,3 +79,47 @@ def test_gpu_benchmark_runs_end_to_end_on_cpu(tmp_path):
     assert all(r["seconds_per_step"] > 0 for r in result["ti_step"])
     assert {r["side"] for r in result["sampling"]} == {"ours", "diffusers"}
     assert set(result["ratios"]) == {"ti_step_batch1_fp32_vs_diffusers_fp32", "sampling_fp32_vs_diffusers_fp32"}
+
+
+# --- sampling: a NaN never becomes a black PNG --------------------------------------------------------
+
+def _inject_inf(module, calls: int = 1):
+    """A forward hook that puts an inf into the module's output for its first `calls` calls."""
+    seen = []
+
+    def hook(mod, inputs, output):
+        if len(seen) < calls:
+            seen.append(1)
+            output = output.clone()
+            output.view(-1)[0] = float("inf")
+            return output
+        return output
+
+    return module.register_forward_hook(hook), seen
+
+
+def test_nan_in_a_half_precision_vae_decode_is_redone_in_fp32(tiny):
+    sd = tiny("sd1", "folder", "bf16")
+    clean, _ = sd.sample("a chest x-ray", seed=3, steps=2, height=32, width=32, progress=False)
+    handle, seen = _inject_inf(sd.vae.decoder)
+    try:
+        images, settings = sd.sample("a chest x-ray", seed=3, steps=2, height=32, width=32, progress=False)
+    finally:
+        handle.remove()
+    assert len(seen) == 1  # the bf16 decode was hit ...
+    assert settings.extra["VAE decode"] == "fp32 after NaN in bf16"  # ... redone, and recorded for the PNG
+    import numpy as np
+    ours, reference = np.asarray(images[0]).astype(int), np.asarray(clean[0]).astype(int)
+    assert ours.std() > 0 and np.abs(ours - reference).mean() < 3  # the image, not black: fp32 vs bf16 only
+
+
+def test_nan_latents_stop_with_the_step_and_the_fix(tiny):
+    sd = tiny("sd2", "single", "bf16")
+    handle, _ = _inject_inf(sd.unet, calls=100)
+    try:
+        from mini_ldm.errors import UserError
+        with pytest.raises(UserError, match=r"sampling step 1 of 3: .*NaN or infinite in bfloat16; run again with "
+                                            r"--dtype fp32"):
+            sd.sample("x", seed=1, steps=3, height=32, width=32, progress=False)
+    finally:
+        handle.remove()
