@@ -7,6 +7,7 @@ stops a concept whose validation loss has flattened and keeps its best vectors; 
 with validation and early stopping on equals an uninterrupted one; bad input is one line, exit 2.
 """
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -151,7 +152,7 @@ def test_validation_loss_is_reproducible_and_falls(sd, data, tmp_path):
     for c in runs[0].concepts:
         assert len(c.val_paths) == 2 and not set(c.val_paths) & set(c.train_paths) and len(c.cache) == 3
         meta = read_embedding(c.output).metadata
-        assert sorted(eval(meta["val_images"])) == sorted(p.name for p in c.val_paths)
+        assert sorted(json.loads(meta["val_images"])) == sorted(p.name for p in c.val_paths)
     # validating again changes nothing: it draws from its own generator, never the training one
     state = runs[0].generator.get_state()
     again = runs[0].validate()
@@ -269,3 +270,15 @@ def test_bad_input_is_one_line_before_the_model_loads(folder, args, needles, dat
     assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr
     assert all(n in errors[0] for n in needles), errors[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.xfail(reason="ti/embeddings.py (the lead's file) reads <name>-last.safetensors as a second final file "
+                          "of the token; _snapshot_step should treat '-last' as the newest snapshot", strict=False)
+def test_sample_loads_the_folder_of_an_early_stopped_run(cli_run):
+    """sample.py's default embeddings/ folder after an --early-stop run: each token resolves to its best file."""
+    from ti.embeddings import load_embeddings
+
+    out, _ = cli_run
+    found = load_embeddings(out)
+    assert {t: e.source.name for t, e in found.items()} == {
+        f"<{n}>": f"{n}.safetensors" for n in ("edema", "effusion", "pneumonia")}
