@@ -3,9 +3,9 @@
 
     python train.py --data chestxr/ --vectors 64 --init "chest x-ray"
     python sample.py --prompt "<chestxr>"          # picks up embeddings/ by default
+    python train.py --data chexpert/ --concepts --val-images 5 --early-stop 4   # one token per subfolder
 """
 import argparse
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +15,8 @@ import mini_ldm
 from mini_ldm import cli, demo
 from mini_ldm.errors import UserError
 from mini_ldm.settings import add_flags, from_flags
+from ti import concepts as concept_plan
+from ti.concepts import file_name
 from ti.data import cached_latents, find_images
 from ti.run_files import check_fresh_output, check_resumable, output_lock
 from ti.templates import load_templates
@@ -49,11 +51,6 @@ def default_dtype(device: str) -> str:
     return "fp32"
 
 
-def file_name(token: str) -> str:
-    """A token as a file name on every OS: '<chest xr>' -> 'chest_xr'."""
-    return re.sub(r"[<>:\"/\\|?*\s]+", "_", token).strip("_.") or "embedding"
-
-
 def model_stamp(path) -> str:
     """What identifies the VAE weights for the latent cache key: file names, sizes and modification times
     (not os.stat() as a whole: its access time changes on reads, which would miss the cache for nothing)."""
@@ -86,20 +83,24 @@ def resolve_settings(args) -> TrainSettings:
     elif settings.data is None:
         raise UserError("--data: give the folder of training images (or --demo to check the install)")
     settings.check()
+    if settings.concepts:
+        return replace(settings, output=settings.output or Path("embeddings"))
     find_images(settings.data, warn=lambda message: None)  # no images: say so now, not after loading a model
     # the folder name is the default token; a prompt word cannot hold spaces, so "chest xr/" gives <chest_xr>
-    token = settings.token or "<" + re.sub(r"\s+", "_", settings.data.resolve().name) + ">"
+    token = settings.token or f"<{concept_plan.token_word(settings.data.resolve().name)}>"
     output = settings.output or Path("embeddings") / f"{file_name(token)}.safetensors"
     return replace(settings, token=token, output=output)
 
 
-def check_output(args, output: Path) -> Path | None:
-    """The file to resume from, or None for a fresh run; refuses to replace an earlier run by accident."""
+def check_output(args, settings: TrainSettings, concepts: list) -> Path | None:
+    """The file (with --concepts: folder) to resume from, or None for a fresh run; refuses to replace an
+    earlier run by accident."""
+    output = settings.output
     resume_from = None if args.resume is None else output if args.resume is True else args.resume
     if resume_from is not None:
-        check_resumable(resume_from)
+        check_resumable(resume_from, settings.concepts)
     elif not args.overwrite:
-        check_fresh_output(output)
+        check_fresh_output(output, settings.concepts, [c.output for c in concepts])
     return resume_from
 
 
@@ -113,7 +114,8 @@ def load_model(args, settings: TrainSettings, device: str):
     return sd
 
 
-def latent_cache(sd, settings: TrainSettings):
+def latent_cache(sd, settings: TrainSettings, data: Path, paths: list, flip: bool):
+    """The latents of `paths` (images under `data`), encoded once and cached beside the run's files."""
     resolution = sd.native_size if settings.resolution is None else settings.resolution
     multiple = sd.vae.downscale
     if resolution < multiple or resolution % multiple:
@@ -125,8 +127,19 @@ def latent_cache(sd, settings: TrainSettings):
         return mean.float().cpu(), logvar.float().cpu()
 
     model_id = f"{settings.base_model}:{model_stamp(sd.checkpoint.path)}:{settings.dtype}"
-    return cached_latents(settings.data, encode, model_id, settings.output.parent / ".latent-cache", resolution,
-                          crop=settings.crop, flip=settings.flip, seed=settings.seed)
+    folder = settings.output if settings.concepts else settings.output.parent
+    return cached_latents(data, encode, model_id, folder / ".latent-cache", resolution, crop=settings.crop,
+                          flip=flip, seed=settings.seed, paths=paths)
+
+
+def encode_concepts(sd, settings: TrainSettings, concepts: list):
+    """Each concept's training latents and, with validation, its held-out latents (never mirrored)."""
+    for c in concepts:
+        c.cache = latent_cache(sd, settings, c.data, c.train_paths, settings.flip)
+        if c.val_paths:
+            c.val_cache = latent_cache(sd, settings, c.data, c.val_paths, flip=False)
+        held = f", {len(c.val_cache)} held out for validation" if c.val_cache is not None else ""
+        print(f"{c.token}: {len(c.cache)} training images{' (cached latents)' if c.cache.reused else ''}{held}")
 
 
 def main(argv=None):
@@ -135,20 +148,22 @@ def main(argv=None):
     settings = resolve_settings(args)
     settings.dtype = settings.dtype or default_dtype(device)
     templates = load_templates(settings.template)
-    resume_from = check_output(args, settings.output)
-    with output_lock(settings.output):
+    concepts = concept_plan.plan(settings)
+    resume_from = check_output(args, settings, concepts)
+    with output_lock(settings.output, settings.concepts):
         sd = load_model(args, settings, device)
         settings.base_model = sd.model_name if args.demo else Path(sd.checkpoint.path).name
-        cache = latent_cache(sd, settings)
-        print(f"{len(cache)} training images{' (cached latents)' if cache.reused else ''}; token {settings.token}, "
-              f"{settings.vectors} vectors, {settings.steps} steps -> {settings.output}")
-        trainer = Trainer(sd, cache, templates, settings)
+        encode_concepts(sd, settings, concepts)
+        tokens = ", ".join(c.token for c in concepts)
+        print(f"token{'s' if len(concepts) > 1 else ''} {tokens}, {settings.vectors} vectors, {settings.steps} "
+              f"steps -> {settings.output}")
+        trainer = Trainer(sd, None, templates, settings, concepts=concepts)
         if resume_from is not None:
             trainer.resume(resume_from)
             print(f"resuming {resume_from} at step {trainer.step}")
         path = trainer.run()
     print(f"wrote {path} (step {trainer.step}); use it with: python sample.py --embeddings {path} "
-          f"--prompt \"{settings.token}\"")
+          f"--prompt \"{concepts[0].token}\"")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,11 @@ def _label_height(image_height: int) -> int:
 
 
 def _font(band: int):
-    size = max(8, int(band * 0.6))
+    return font(max(8, int(band * 0.6)))
+
+
+def font(size: int):
+    """Pillow's own font at `size` pixels (a fixed small bitmap font on Pillow < 10.1)."""
     try:  # Pillow >= 10.1 ships a scalable default font
         return ImageFont.load_default(size=size)
     except TypeError:

@@ -150,7 +150,9 @@ def wait_for_rows(log: Path, rows: int, proc):
 
 def logged_steps(log: Path) -> list:
     with open(log, newline="") as f:
-        return [int(row[0]) for row in list(csv.reader(f))[1:]]
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", "concept", "loss", "val_loss", "seconds"], rows[:2]
+    return [int(row[0]) for row in rows[1:]]
 
 
 def test_finished_run_is_not_overwritten(phantoms, sd1_single, tmp_path):

@@ -107,12 +107,14 @@ def ok(proc):
     return proc
 
 
-def csv_steps(path: Path) -> list:
+def csv_steps(path: Path, token: str = TOKEN) -> list:
+    """The steps of a one-token run's loss log (no validation: one row per step, training loss only)."""
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["step", "loss", "seconds"], rows[:2]
+    assert rows[0] == ["step", "concept", "loss", "val_loss", "seconds"], rows[:2]
     for row in rows[1:]:
-        assert math.isfinite(float(row[1])) and float(row[2]) >= 0, row
+        assert row[1] == token and row[3] == "", row
+        assert math.isfinite(float(row[2])) and float(row[4]) >= 0, row
     return [int(row[0]) for row in rows[1:]]
 
 

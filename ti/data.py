@@ -306,14 +306,15 @@ def cache_key(paths: Sequence[Path], resolution: int, crop: str, flip: bool, mod
 
 def cached_latents(root, encode: Callable, model_id: str, cache_dir, resolution: int, crop: str = "center",
                    flip: bool = False, seed: int = 0, batch_size: int = 4, warn: Warn = warn_stderr,
-                   device="cpu", progress: bool = True) -> LatentCache:
+                   device="cpu", progress: bool = True, paths: Sequence[Path] | None = None) -> LatentCache:
     """The latent cache for the images under `root`: loaded from `cache_dir` if this exact
     (images, settings, model) was encoded before, else encoded now and saved there.
 
     `model_id` must change whenever the encoder's output would (checkpoint path + mtime, dtype, ...).
-    `cache.reused` tells a hit from a miss; `cache.file` is where it lives.
+    `cache.reused` tells a hit from a miss; `cache.file` is where it lives. `paths`: these images of `root`
+    only (a concept's training or held-out share) instead of all of them.
     """
-    paths = find_images(root, warn)
+    paths = find_images(root, warn) if paths is None else list(paths)
     key = cache_key(paths, resolution, crop, flip, model_id, seed)
     file = Path(cache_dir) / f"latents-{key[:24]}.safetensors"
     if file.is_file():

@@ -12,6 +12,7 @@ from mini_ldm.tokenizer import MAX_LENGTH
 from .templates import BUILTIN_TEMPLATES
 
 DTYPES = ("fp32", "bf16", "fp16")
+DEFAULT_VAL_EVERY = 250
 
 
 @dataclass
@@ -48,8 +49,24 @@ class TrainSettings:
                                    "beside the output (0: off)")
     preview_prompt: str = option("[name]", "prompt of the preview")
     preview_steps: int = option(20, "sampling steps of the preview")
-    output: Path | None = option(None, "the embedding file; a loss CSV and the resume state go beside it",
-                                 metavar="FILE", shown="embeddings/<token>.safetensors")
+    output: Path | None = option(None, "the embedding file; a loss CSV, its plot and the resume state go beside it "
+                                       "(with --concepts: the folder of all the run's files)", metavar="PATH",
+                                 shown="embeddings/<token>.safetensors; with --concepts embeddings/")
+    concepts: bool = option(False, "every immediate subfolder of --data that holds images is a concept of its own, "
+                                   "token <subfolder>; one run trains them all, one batch per concept per step")
+    token_prefix: str | None = option(None, "with --concepts: tokens are <P-subfolder>", metavar="P")
+    init_file: Path | None = option(None, "with --concepts: lines 'subfolder: init text' (--init covers the "
+                                          "folders it does not name)", metavar="FILE")
+    val_images: int = option(0, "hold out N images per concept, chosen with --seed and never trained on, for a "
+                                "validation loss at fixed timesteps and noise (0: no validation)", metavar="N")
+    val_data: Path | None = option(None, "held-out images for the validation loss instead of --val-images (with "
+                                         "--concepts: one subfolder per concept)", metavar="DIR")
+    val_every: int | None = option(None, "validate every S steps", metavar="S", shown="250 with validation")
+    val_timesteps: int = option(8, "timesteps of the validation loss, evenly spaced over the schedule")
+    early_stop: int = option(0, "stop a concept after P validations without a new best; its best vectors are "
+                                "<name>.safetensors, the last <name>-last.safetensors (0: off)", metavar="P")
+    early_stop_delta: float = option(0.001, "a new best is lower than the best so far by more than this fraction "
+                                            "of it")
     base_model: str = ""  # the checkpoint's name, recorded in the embedding's metadata
 
     def check(self) -> "TrainSettings":
@@ -68,7 +85,47 @@ class TrainSettings:
             raise UserError(f"--token {self.token!r}: must be one word, without spaces (e.g. <chest-xray>)")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise UserError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
+        self._check_concepts()
+        self._check_validation()
         return self
+
+    @property
+    def validation(self) -> bool:
+        return self.val_images > 0 or self.val_data is not None
+
+    @property
+    def val_interval(self) -> int:
+        """Steps between validations; 0 without validation."""
+        return (self.val_every or DEFAULT_VAL_EVERY) if self.validation else 0
+
+    def _check_concepts(self):
+        if self.concepts and self.token is not None:
+            raise UserError(f"--token {self.token}: with --concepts each subfolder names its own token; use "
+                            "--token-prefix P for <P-subfolder>")
+        for flag, value in (("--token-prefix", self.token_prefix), ("--init-file", self.init_file)):
+            if value is not None and not self.concepts:
+                raise UserError(f"{flag} {value}: only with --concepts (one token per subfolder of --data)")
+        if self.token_prefix is not None and (not self.token_prefix or any(c.isspace() or c in "<>"
+                                                                           for c in self.token_prefix)):
+            raise UserError(f"--token-prefix {self.token_prefix!r}: must be one word without spaces or <>")
+
+    def _check_validation(self):
+        check_positive("--val-images", self.val_images, allow_zero=True)
+        check_positive("--val-timesteps", self.val_timesteps)
+        check_positive("--early-stop", self.early_stop, allow_zero=True)
+        if self.val_every is not None:
+            check_positive("--val-every", self.val_every)
+        if self.val_images and self.val_data is not None:
+            raise UserError(f"--val-images {self.val_images} and --val-data {self.val_data}: choose one source of "
+                            "held-out images")
+        if not self.validation:
+            for flag, value in (("--early-stop", self.early_stop), ("--val-every", self.val_every)):
+                if value:
+                    raise UserError(f"{flag} {value}: needs a validation loss; add --val-images N (hold out N "
+                                    "images per concept) or --val-data DIR")
+        if not (0 <= self.early_stop_delta < 1):
+            raise UserError(f"--early-stop-delta {self.early_stop_delta}: must be a fraction from 0 to below 1, "
+                            "e.g. 0.001")
 
 
 def check_vectors(vectors: int, max_length: int = MAX_LENGTH):

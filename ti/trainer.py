@@ -1,23 +1,27 @@
-"""The Textual Inversion optimisation loop.
+"""The Textual Inversion optimisation loop, for one learned token or several (`--concepts`).
 
-One new token, one trainable [vectors, width] tensor. Every step:
-  cached latent distribution -> sample x0 -> add noise at a uniform timestep t
+Each concept (token) has its own trainable [vectors, width] tensor. Every step:
+  per concept: cached latent distribution -> sample x0 -> add noise at a uniform timestep t
   -> prompt from a template, with the vectors spliced into the token embeddings
-  -> frozen text encoder -> frozen UNet -> MSE against the model's own target (epsilon or v)
-  -> gradient reaches the vectors only (all model weights have requires_grad=False).
+  all concepts' rows as ONE batch -> frozen text encoder -> frozen UNet -> per concept, MSE against the model's
+  own target (epsilon or v) -> the sum of those losses -> gradients reach the vectors only, and each concept's
+  vectors only from its own rows (no layer mixes the rows of a batch).
 
-All randomness comes from one CPU torch.Generator, drawn in a fixed order, and its state is saved
-with the vectors and the optimiser: an interrupted run, resumed, ends exactly where an
-uninterrupted one would. The settings are a TrainSettings (train_settings.py); the files beside the
-embedding are named in run_files.py.
+All randomness comes from one CPU torch.Generator, drawn concept by concept in a fixed order (with one concept,
+exactly the order of the single-token trainer), and its state is saved with the vectors and the optimiser: an
+interrupted run, resumed, ends exactly where an uninterrupted one would. A validation loss on held-out images
+(validation.py) and early stopping (early_stop.py) are part of that state. The settings are a TrainSettings
+(train_settings.py); the files beside the embedding are named in run_files.py.
 """
 import csv
+import json
 import math
 import signal
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import safetensors.torch
@@ -33,72 +37,126 @@ from mini_ldm.images import grid
 from mini_ldm.io import first_line, write_bytes_atomic
 from mini_ldm.png import parameters_text, save_png
 
+from .concepts import Concept
+from .early_stop import ValidationRecord, dump_records, load_records
 from .embeddings import Embedding, intermediate_path, read_embedding, write_embedding
-from .run_files import check_resumable, loss_csv_path, state_path, trim_loss_log
+from .loss_plot import draw_loss_plot
+from .run_files import LOSS_COLUMNS, RunFiles, check_resumable, last_path, state_path, trim_loss_log
 from .templates import render
 from .train_settings import TrainSettings, check_vectors
+from .validation import fixed_timesteps, held_out_rows, validation_loss
 
 
-def initial_vectors(sd, settings: TrainSettings, generator) -> torch.Tensor:
+def initial_vectors(sd, init_text: str | None, vectors: int, generator) -> torch.Tensor:
     """From --init text: vector i copies the embedding of token i*len/vectors (AUTOMATIC1111's rule).
     Without it: small random vectors."""
-    if not settings.init_text:
-        return torch.randn(settings.vectors, sd.width, generator=generator) * 0.01
-    ids = sd.tokenizer.encode(settings.init_text)
+    if not init_text:
+        return torch.randn(vectors, sd.width, generator=generator) * 0.01
+    ids = sd.tokenizer.encode(init_text)
     if not ids:
-        raise UserError(f"--init {settings.init_text!r}: the text has no tokens")
+        raise UserError(f"--init {init_text!r}: the text has no tokens")
     with torch.no_grad():
         table = sd.text_encoder.embed_tokens(torch.tensor(ids, device=sd.device)).float().cpu()  # (len, width)
-    return torch.stack([table[i * len(ids) // settings.vectors] for i in range(settings.vectors)])
+    return torch.stack([table[i * len(ids) // vectors] for i in range(vectors)])
 
 
 class Trainer:
-    """One learned token's vectors, their AdamW state and the run's random generator, and the loop.
+    """The learned tokens' vectors, their AdamW state, the run's random generator, validation record, and the loop.
 
-    settings.output (a Path) is where the embedding goes; the run's other files go beside it (run_files.py).
+    `concepts` (concepts.py) lists the tokens with their latent caches; without it there is one concept, from
+    settings.token, settings.output and `cache`. settings.output is the embedding file (with settings.concepts:
+    the run's folder); the run's other files are named in run_files.py.
     """
 
-    def __init__(self, sd, cache, templates: list, settings: TrainSettings, log=print):
+    def __init__(self, sd, cache, templates: list, settings: TrainSettings, log=print, concepts=None):
         check_vectors(settings.vectors, sd.tokenizer.max_length)
-        self.sd, self.cache, self.templates, self.settings, self.log = sd, cache, templates, settings, log
-        self.token, self.output = settings.token, Path(settings.output)
+        self.sd, self.templates, self.settings, self.log = sd, templates, settings, log
+        self.concepts = concepts or [Concept(settings.token, Path(settings.output), settings.data,
+                                             settings.init_text, cache=cache)]
+        self.token, self.output = self.concepts[0].token, Path(settings.output)
+        self.files = RunFiles.of(self.output, settings.concepts)
         self.generator = torch.Generator("cpu").manual_seed(settings.seed)
-        self.vectors = torch.nn.Parameter(initial_vectors(sd, settings, self.generator).to(sd.device))
-        self.optimizer = torch.optim.AdamW([self.vectors], lr=settings.lr, weight_decay=0.0)
+        self.params = [torch.nn.Parameter(initial_vectors(sd, c.init_text, settings.vectors, self.generator)
+                                          .to(sd.device)) for c in self.concepts]
+        self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=0.0)
         # fp16 needs loss scaling (small gradients underflow); bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler(sd.device.type, enabled=sd.dtype == torch.float16)
         self.unet = torch.compile(sd.unet) if settings.compile else sd.unet
         self.step = 0
         self.rng_state = self.generator.get_state()  # the generator as step `self.step + 1` begins
         self.alphas_cumprod = sd.alphas_cumprod.to(sd.device)
+        self.records = {c.token: ValidationRecord() for c in self.concepts}
+        self.best = {}  # token -> the vectors of its best validation (with --early-stop)
+        self.validated_step = -1  # the last step whose validation is done and logged
+        self.resumed = False
+        self.postfix = {}  # what the progress bar shows after the step count
+        self.held_out = None
+        if settings.validation and any(c.val_cache is not None for c in self.concepts):
+            self.held_out = held_out_rows([c.val_cache for c in self.concepts],
+                                          fixed_timesteps(settings.val_timesteps, len(self.alphas_cumprod)),
+                                          settings.seed)
+
+    @property
+    def vectors(self) -> torch.nn.Parameter:
+        """The one token's vectors (a run of one concept)."""
+        if len(self.params) != 1:
+            raise AttributeError("a run of several concepts has one tensor per concept: use .params")
+        return self.params[0]
+
+    @property
+    def active(self) -> list[int]:
+        """The concepts still training (early stopping freezes the others)."""
+        return [i for i, c in enumerate(self.concepts) if not self.records[c.token].stopped]
 
     # --- one optimisation step ----------------------------------------------------------------
 
-    def _batch_loss(self) -> torch.Tensor:
-        """Draw a batch (images, latent samples, noise, timesteps, templates, in that order) and its loss."""
-        sd, g, n = self.sd, self.generator, self.settings.batch
-        index = torch.randint(len(self.cache), (n,), generator=g)
-        x0 = self.cache.sample(index, g).to(sd.device) * sd.vae.cfg.scale  # (B, 4, h, w)
-        noise = torch.randn(x0.shape, generator=g).to(sd.device)
-        t = torch.randint(len(self.alphas_cumprod), (n,), generator=g).to(sd.device)
+    def _draw(self, i: int):
+        """Concept i's batch: images, latent samples, noise, timesteps, templates, drawn in that order."""
+        c, g, n = self.concepts[i], self.generator, self.settings.batch
+        index = torch.randint(len(c.cache), (n,), generator=g)
+        x0 = c.cache.sample(index, g).to(self.sd.device) * self.sd.vae.cfg.scale  # (B, 4, h, w)
+        noise = torch.randn(x0.shape, generator=g).to(self.sd.device)
+        t = torch.randint(len(self.alphas_cumprod), (n,), generator=g).to(self.sd.device)
         choice = torch.randint(len(self.templates), (n,), generator=g).tolist()
+        prompts = [render(self.templates[k], c.token, c.cache.caption(j)) for k, j in zip(choice, index.tolist())]
+        return x0, noise, t, prompts
 
+    def _predict(self, x0, noise, t, prompts: list):
+        """UNet output (float32) and target for scaled latents x0 at timesteps t, one prompt per row; each
+        distinct prompt goes through the text encoder once."""
+        sd = self.sd
         alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = samplers.noised_for_training(x0, noise, alpha_bar)
         target = samplers.training_target(x0, noise, alpha_bar, sd.prediction)
-        learned = {self.token: self.vectors}
-        prompts = [render(self.templates[c], self.token, self.cache.caption(i)) for c, i in zip(choice, index.tolist())]
-        windows = [prompting.first_window(sd.tokenizer, text, learned) for text in prompts]
+        learned = {c.token: p for c, p in zip(self.concepts, self.params)}
+        distinct = list(dict.fromkeys(prompts))
+        windows = [prompting.first_window(sd.tokenizer, text, learned) for text in distinct]
         context = prompting.encode(sd.text_encoder, windows, sd.device)  # one batched call
-        out = self.unet(noisy.to(sd.dtype), t, context)
-        return F.mse_loss(out.float(), target)
+        if len(distinct) < len(prompts):
+            context = context[torch.tensor([distinct.index(p) for p in prompts], device=sd.device)]
+        return self.unet(noisy.to(sd.dtype), t, context).float(), target
 
-    def train_step(self) -> float:
-        total, accum = 0.0, self.settings.grad_accum
+    def _batch_loss(self) -> torch.Tensor:
+        """One batch per active concept through the models together; the sum of the per-concept mean losses
+        (each concept's kept in self.concept_losses)."""
+        parts = [self._draw(i) for i in self.active]
+        out, target = self._predict(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                                    torch.cat([p[2] for p in parts]), [text for p in parts for text in p[3]])
+        n, losses = self.settings.batch, []
+        for k in range(len(parts)):
+            losses.append(F.mse_loss(out[k * n:(k + 1) * n], target[k * n:(k + 1) * n]))
+        self.concept_losses = dict(zip(self.active, losses))
+        return torch.stack(losses).sum()
+
+    def train_step(self) -> dict:
+        """One step; returns {concept index: its loss}."""
+        accum = self.settings.grad_accum
+        totals = dict.fromkeys(self.active, 0.0)
         for _ in range(accum):
             loss = self._batch_loss() / accum
             self.scaler.scale(loss).backward()
-            total += loss.item()
+            for i, part in self.concept_losses.items():
+                totals[i] += (part.detach() / accum).item()
         # The update, the step count and the random state move together: a Ctrl-C arriving in between
         # would otherwise save an update without its count, and a resume would not replay exactly.
         with _signals_deferred():
@@ -107,116 +165,227 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self.rng_state = self.generator.get_state()
-        return total
+        return totals
+
+    # --- validation and early stopping -----------------------------------------------------------
+
+    def _row_errors(self, i: int, x0, noise, t, captions, rows: slice):
+        """Per-row mean squared errors of concept i's held-out rows (validation.py's callback)."""
+        token, device = self.concepts[i].token, self.sd.device
+        prompts = [render(self.templates[r % len(self.templates)], token, caption)
+                   for r, caption in zip(range(rows.start, rows.start + len(captions)), captions)]
+        out, target = self._predict(x0.to(device) * self.sd.vae.cfg.scale, noise.to(device), t.to(device), prompts)
+        return (out - target).pow(2).mean(dim=(1, 2, 3))
+
+    def validation_due(self) -> bool:
+        every = self.settings.val_interval
+        return self.held_out is not None and self.step % every == 0 and self.validated_step < self.step
+
+    def validate(self) -> dict:
+        """Validation losses {concept index: loss} of the active concepts with held-out images, recorded for
+        early stopping (a new best keeps a copy of the vectors)."""
+        s, losses = self.settings, {}
+        for i in self.active:
+            if self.held_out[i] is None:
+                continue
+            losses[i] = validation_loss(self.held_out[i], partial(self._row_errors, i))
+            token = self.concepts[i].token
+            if self.records[token].record(self.step, losses[i], s.early_stop, s.early_stop_delta) and s.early_stop:
+                self.best[token] = self.params[i].detach().float().cpu().clone()
+        self.validated_step = self.step
+        return losses
 
     # --- saving and resuming --------------------------------------------------------------------
 
-    def embedding(self) -> Embedding:
-        s = self.settings
-        meta = {"token": self.token, "vectors": s.vectors, "step": self.step, "family": self.sd.family,
-                "base_model": s.base_model, "init_text": s.init_text or "", "lr": s.lr}
-        return Embedding(self.token, self.vectors.detach(), None, {k: str(v) for k, v in meta.items()})
+    def _metadata(self, i: int, step: int) -> dict:
+        s, c = self.settings, self.concepts[i]
+        meta = {"token": c.token, "vectors": s.vectors, "step": step, "family": self.sd.family,
+                "base_model": s.base_model, "init_text": c.init_text or "", "lr": s.lr}
+        if s.validation:
+            record = self.records[c.token]
+            meta |= {"val_images": json.dumps(c.val_names()), "val_loss": "" if record.best is None else record.best,
+                     "best_step": "" if record.best_step is None else record.best_step,
+                     "last_step": self.step, "stop_reason": self._stop_reason(record)}
+        return meta
 
-    def save(self, path: Path):
-        """The embedding, then its resume state; both written atomically (temporary file, then rename)."""
-        write_embedding(path, self.embedding())
-        adam = self.optimizer.state.get(self.vectors, {})
+    def _stop_reason(self, record: ValidationRecord) -> str:
+        if record.stopped:
+            return record.stop_reason(self.settings.early_stop)
+        if not self.active:
+            return "every concept stopped early"
+        return f"reached --steps {self.settings.steps}" if self.step >= self.settings.steps else ""
+
+    def _current_file(self, c: Concept, base: Path) -> Path:
+        """Where the current vectors of `c` go when saved at `base` (its output or a snapshot of it)."""
+        return last_path(base) if self.settings.early_stop and base == c.output else base
+
+    def _state_key(self, c: Concept, what: str) -> str:
+        return f"{c.name}/{what}" if self.settings.concepts else what
+
+    def save(self, snapshot_step: int | None = None):
+        """Every concept's embedding (with --early-stop also its best), then the resume state; each file written
+        atomically. A snapshot (`<name>-<step>.safetensors`) of a one-token run gets a state of its own."""
+        for i, c in enumerate(self.concepts):
+            base = c.output if snapshot_step is None else intermediate_path(c.output, snapshot_step)
+            meta = {k: str(v) for k, v in self._metadata(i, self.step).items()}
+            write_embedding(self._current_file(c, base), Embedding(c.token, self.params[i].detach(), None, meta))
+            if self.settings.early_stop and snapshot_step is None and c.token in self.best:
+                best_meta = {k: str(v) for k, v in self._metadata(i, self.records[c.token].best_step).items()}
+                write_embedding(c.output, Embedding(c.token, self.best[c.token], None, best_meta))
+        if snapshot_step is None or not self.settings.concepts:
+            state = self.files.state if self.settings.concepts else state_path(base)
+            write_bytes_atomic(state, safetensors.torch.save(self._state_tensors(), metadata=self._state_meta()))
+
+    def _state_tensors(self) -> dict:
         tensors = {"rng_state": self.rng_state, "step": torch.tensor(self.step)}
-        if adam:
-            tensors |= {"exp_avg": adam["exp_avg"].cpu(), "exp_avg_sq": adam["exp_avg_sq"].cpu(),
-                        "adam_step": torch.as_tensor(adam["step"]).float().reshape(())}
+        for c, p in zip(self.concepts, self.params):
+            adam = self.optimizer.state.get(p, {})
+            if adam:
+                tensors |= {self._state_key(c, "exp_avg"): adam["exp_avg"].cpu(),
+                            self._state_key(c, "exp_avg_sq"): adam["exp_avg_sq"].cpu(),
+                            self._state_key(c, "adam_step"): torch.as_tensor(adam["step"]).float().reshape(())}
+            if c.token in self.best:
+                tensors[self._state_key(c, "best")] = self.best[c.token]
         if self.scaler.is_enabled():  # the scale and its growth counter: both decide the next steps
             scaler = self.scaler.state_dict()
             tensors["loss_scale"] = torch.tensor(scaler["scale"], dtype=torch.float32)
             tensors["growth_tracker"] = torch.tensor(scaler["_growth_tracker"], dtype=torch.int64)
+        return tensors
+
+    def _state_meta(self) -> dict:
         settings = {k: str(v) for k, v in asdict(self.settings).items()}
-        write_bytes_atomic(state_path(path), safetensors.torch.save(tensors, metadata={"settings": repr(settings)}))
+        return {"settings": repr(settings), "records": dump_records(self.records),
+                "validated_step": str(self.validated_step)}
 
     def resume(self, path: Path):
-        """Continue from a saved embedding and the state file beside it."""
-        check_resumable(path)
-        emb, saved = self._read_saved_run(path)
-        with torch.no_grad():
-            self.vectors.copy_(emb.vectors.to(self.vectors.device))
+        """Continue from a saved run: its embeddings and the state file (a one-token run: beside `path`, which
+        may be a snapshot; with --concepts: in the folder `path`)."""
+        concepts_run = self.settings.concepts
+        check_resumable(path, concepts_run)
+        state = self.files.state if concepts_run else state_path(Path(path))
+        saved, meta = self._read_state(path, state)
+        for i, c in enumerate(self.concepts):
+            emb = self._read_vectors(path, c, c.output if concepts_run else Path(path), saved, state)
+            self._restore_concept(i, emb, saved)
         self.step = int(saved["step"])
         self.generator.set_state(saved["rng_state"])
         self.rng_state = saved["rng_state"]
-        if "exp_avg" in saved:
-            self.optimizer.state[self.vectors] = {
-                "step": saved["adam_step"].clone(), "exp_avg": saved["exp_avg"].to(self.vectors.device),
-                "exp_avg_sq": saved["exp_avg_sq"].to(self.vectors.device)}
+        if "records" in meta:
+            self.records = {**self.records, **load_records(meta["records"])}
+            self.validated_step = int(meta.get("validated_step", -1))
         if "loss_scale" in saved and self.scaler.is_enabled():
             # load_state_dict, not update(): update() before the first scale() fails (the scale is made lazily)
             self.scaler.load_state_dict({**self.scaler.state_dict(), "scale": float(saved["loss_scale"]),
                                          "_growth_tracker": int(saved.get("growth_tracker", torch.tensor(0)))})
-        trim_loss_log(loss_csv_path(self.output), self.step)  # steps logged after the save run again
+        trim_loss_log(self.files.loss_csv, self.step)  # steps logged after the save run again
+        self.resumed = True
 
-    def _read_saved_run(self, path: Path):
-        state = state_path(path)
+    def _restore_concept(self, i: int, emb: Embedding, saved: dict):
+        c, p = self.concepts[i], self.params[i]
+        with torch.no_grad():
+            p.copy_(emb.vectors.to(p.device))
+        if self._state_key(c, "exp_avg") in saved:
+            self.optimizer.state[p] = {"step": saved[self._state_key(c, "adam_step")].clone(),
+                                       "exp_avg": saved[self._state_key(c, "exp_avg")].to(p.device),
+                                       "exp_avg_sq": saved[self._state_key(c, "exp_avg_sq")].to(p.device)}
+        if self._state_key(c, "best") in saved:
+            self.best[c.token] = saved[self._state_key(c, "best")].clone()
+
+    def _read_state(self, path: Path, state: Path):
         try:
-            emb = read_embedding(path)
             with safe_open(str(state), "pt") as f:
-                saved = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # an EmbeddingError, or safetensors' own error for a damaged state file
+                return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+        except Exception as e:  # safetensors' own error for a damaged state file
             raise UserError(f"--resume {path}: cannot read the saved run ({first_line(e)})") from None
-        if tuple(emb.vectors.shape) != tuple(self.vectors.shape):
+
+    def _read_vectors(self, path: Path, c: Concept, base: Path, saved: dict, state: Path) -> Embedding:
+        file = self._current_file(c, base)
+        try:
+            emb = read_embedding(file)
+        except UserError as e:  # an EmbeddingError names the file
+            raise UserError(f"--resume {path}: cannot read the saved run ({first_line(e)})") from None
+        if tuple(emb.vectors.shape) != (self.settings.vectors, self.sd.width):
             raise UserError(f"--resume {path}: it holds {emb.num_vectors}x{emb.width} vectors, but this run has "
                             f"--vectors {self.settings.vectors} on a {self.sd.width}-wide model")
         saved_step = emb.metadata.get("step", "")
         if saved_step.isdigit() and int(saved_step) != int(saved["step"]):  # a save cut short between the two
-            raise UserError(f"--resume {path}: the embedding is at step {saved_step} but {state.name} at step "
+            raise UserError(f"--resume {path}: {file.name} is at step {saved_step} but {state.name} at step "
                             f"{int(saved['step'])}; resume from one of the <name>-<step>.safetensors snapshots "
                             "instead")
-        return emb, saved
+        return emb
 
     # --- the loop ---------------------------------------------------------------------------------
 
-    def preview(self, path: Path):
-        """A 4-image grid of the token as it is now, from the run's seed, at the training size."""
-        sd, s = self.sd, self.settings
-        learned = {**sd.learned, self.token: self.vectors.detach().float().cpu()}
-        size = self.cache.mean.shape[-1] * sd.vae.downscale
-        images, settings = sd.sample(render(s.preview_prompt, self.token, ""), seed=s.seed, steps=s.preview_steps,
+    def preview(self, path: Path, i: int = 0):
+        """A 4-image grid of concept i's token as it is now, from the run's seed, at the training size."""
+        sd, s, c = self.sd, self.settings, self.concepts[i]
+        learned = {**sd.learned, c.token: self.params[i].detach().float().cpu()}
+        size = c.cache.mean.shape[-1] * sd.vae.downscale
+        images, settings = sd.sample(render(s.preview_prompt, c.token, ""), seed=s.seed, steps=s.preview_steps,
                                      n=4, height=size, width=size, learned=learned, progress=False)
         settings.extra["Training step"] = self.step
         save_png(grid(images, cols=len(images)), path, parameters_text(settings))
 
     def run(self, progress=True) -> Path:
-        """Train up to settings.steps, logging, snapshotting and previewing; returns the embedding's path.
-        Ctrl-C or SIGTERM saves the state after the last finished step, then raises KeyboardInterrupt."""
-        s, out = self.settings, self.output
-        out.parent.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=s.steps, initial=self.step, desc=f"training {self.token}", disable=not progress,
+        """Train up to settings.steps (or until every concept has stopped early), logging, validating,
+        snapshotting and previewing; returns settings.output. Ctrl-C or SIGTERM saves the state after the last
+        finished step, then raises KeyboardInterrupt."""
+        s = self.settings
+        self.files.loss_csv.parent.mkdir(parents=True, exist_ok=True)
+        what = self.token if len(self.concepts) == 1 else f"{len(self.concepts)} concepts"
+        bar = tqdm(total=s.steps, initial=self.step, desc=f"training {what}", disable=not progress,
                    dynamic_ncols=True)
+        fresh = self.step == 0 and not self.resumed
         try:
-            with _open_loss_log(loss_csv_path(out), fresh=self.step == 0) as log, _sigterm_as_interrupt():
+            with _open_loss_log(self.files.loss_csv, fresh) as log, _sigterm_as_interrupt():
                 start = time.time()
-                while self.step < s.steps:
-                    loss = self.train_step()  # interrupted inside: self.rng_state still holds its start
-                    log.writerow([self.step, f"{loss:.6f}", f"{time.time() - start:.2f}"])
+                with _signals_deferred():  # the validation before training (step 0), unless a resume did it
+                    self._log_rows(log, {}, self.validate() if self.validation_due() else {}, start, bar)
+                while self.step < s.steps and self.active:
+                    losses = self.train_step()  # interrupted inside: self.rng_state still holds its start
+                    with _signals_deferred():  # a step's validation, log rows and early stopping go together
+                        self._log_rows(log, losses, self.validate() if self.validation_due() else {}, start, bar)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                    self._after_step(loss)
+                    self._after_step(losses)
         except KeyboardInterrupt:
             bar.close()
             # The step in flight is dropped: vectors and optimiser are as after self.step steps,
             # and rng_state is the generator as that step began, so a resume replays it exactly.
-            self.save(out)
-            self.log(f"\ninterrupted at step {self.step}: saved {out}; continue with --resume")
+            self.save()
+            self.log(f"\ninterrupted at step {self.step}: saved {self.output}; continue with --resume")
             raise
         bar.close()
-        self.save(out)
-        return out
+        if not self.active:
+            self.log(f"every concept stopped early; the run ends at step {self.step}")
+        self.save()
+        draw_loss_plot(self.files.loss_csv, self.files.plot, title=f"{what}: loss")
+        return self.output
 
-    def _after_step(self, loss: float):
-        s, out = self.settings, self.output
+    def _log_rows(self, log, losses: dict, val: dict, start: float, bar):
+        """One CSV row per concept with a training or validation loss at this step; the progress bar's numbers."""
+        seconds = f"{time.time() - start:.2f}"
+        for i in sorted(set(losses) | set(val)):
+            log.writerow([self.step, self.concepts[i].token, f"{losses[i]:.6f}" if i in losses else "",
+                          f"{val[i]:.6f}" if i in val else "", seconds])
+        if losses:
+            self.postfix["loss"] = f"{sum(losses.values()) / len(losses):.4f}"
+        for i, v in val.items():
+            self.postfix["val" if len(self.concepts) == 1 else f"val {self.concepts[i].name}"] = f"{v:.4f}"
+        bar.set_postfix(self.postfix, refresh=False)
+        if val:
+            draw_loss_plot(self.files.loss_csv, self.files.plot)
+
+    def _after_step(self, losses: dict):
+        s = self.settings
+        loss = sum(losses.values())
         if not math.isfinite(loss) and not self.scaler.is_enabled():
             raise UserError(f"the loss became {loss} at step {self.step}; try a lower --lr or --dtype fp32")
         if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
-            self.save(intermediate_path(out, self.step))
-            self.save(out)
+            self.save(snapshot_step=self.step)
+            self.save()
         if s.preview_every and self.step % s.preview_every == 0:
-            self.preview(out.with_name(f"{out.stem}-preview-{self.step}.png"))
+            for i, c in enumerate(self.concepts):
+                self.preview(c.output.with_name(f"{c.name}-preview-{self.step}.png"), i)
 
 
 @contextmanager
@@ -227,7 +396,7 @@ def _open_loss_log(path: Path, fresh: bool):
     with open(path, "w" if fresh else "a", newline="", buffering=1) as fh:
         writer = csv.writer(fh)
         if fresh:
-            writer.writerow(["step", "loss", "seconds"])
+            writer.writerow(LOSS_COLUMNS)
         yield writer
 
 

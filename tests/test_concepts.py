@@ -1,0 +1,284 @@
+"""Several concepts in one run, a held-out validation loss, early stopping, the loss plot (issue 11), on the
+tiny random SD1 model.
+
+Each token learns only from its own folder (swap one folder's images: only its token changes, the others are
+bit-identical); the validation loss is exactly reproducible and falls on a learnable toy set; early stopping
+stops a concept whose validation loss has flattened and keeps its best vectors; a run interrupted and resumed
+with validation and early stopping on equals an uninterrupted one; bad input is one line, exit 2.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mini_ldm
+from ti import concepts as concept_plan
+from ti.data import cached_latents
+from ti.embeddings import read_embedding
+from ti.loss_plot import COLOURS, draw_loss_plot
+from ti.phantoms import write_phantoms
+from ti.train_settings import TrainSettings
+from ti.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "train.py"
+RES = 32
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+COLUMNS = ["step", "concept", "loss", "val_loss", "seconds"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Three concept folders of five phantoms each (different seeds), and a folder with no images."""
+    root = tmp_path_factory.mktemp("concepts")
+    for i, name in enumerate(["effusion", "pneumonia", "edema"]):
+        write_phantoms(root / name, count=5, seed=i)
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("not images\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sd(sd1_folder):
+    return mini_ldm.load(sd1_folder, device="cpu", dtype="fp32")
+
+
+def make_trainer(sd, data: Path, output: Path, **config) -> Trainer:
+    """A Trainer as train.py builds one for --concepts: the plan, then each concept's latents."""
+    settings = TrainSettings(data=data, output=output, concepts=True, **{"vectors": 2, "steps": 6, "lr": 0.05,
+                                                                         "save_every": 0, **config}).check()
+    concepts = concept_plan.plan(settings, warn=lambda message: None)
+
+    def encode(images):
+        with torch.no_grad():
+            return tuple(x.float() for x in sd.vae.encode(images))
+
+    for c in concepts:
+        c.cache = cached_latents(c.data, encode, "tiny", output / ".latent-cache", RES, paths=c.train_paths,
+                                 progress=False)
+        if c.val_paths:
+            c.val_cache = cached_latents(c.data, encode, "tiny", output / ".latent-cache", RES, paths=c.val_paths,
+                                         progress=False)
+    return Trainer(sd, None, ["[name]"], settings, log=lambda *a: None, concepts=concepts)
+
+
+def vectors_by_token(trainer: Trainer) -> dict:
+    return {c.token: p.detach().clone() for c, p in zip(trainer.concepts, trainer.params)}
+
+
+def rows(path: Path) -> list:
+    with open(path, newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == COLUMNS, table[:2]
+    return table[1:]
+
+
+def train_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(TRAIN), "--device", "cpu", *map(str, args)], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+def ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+# ---------------------------------------------------------------- each token from its own images
+
+
+def test_each_token_learns_only_from_its_own_folder(sd, data, tmp_path):
+    """Swap pneumonia's images for others: only <pneumonia> ends differently, the others bit for bit the same."""
+    swapped = tmp_path / "swapped"
+    for name in ("effusion", "edema"):
+        (swapped / name).mkdir(parents=True)
+        for f in (data / name).iterdir():
+            (swapped / name / f.name).write_bytes(f.read_bytes())
+    write_phantoms(swapped / "pneumonia", count=5, seed=99)
+    first = make_trainer(sd, data, tmp_path / "a")
+    second = make_trainer(sd, swapped, tmp_path / "b")
+    assert [c.token for c in first.concepts] == ["<edema>", "<effusion>", "<pneumonia>"]  # notes/ skipped
+    initial = vectors_by_token(first)
+    first.run(progress=False)
+    second.run(progress=False)
+    a, b = vectors_by_token(first), vectors_by_token(second)
+    for token in ("<edema>", "<effusion>"):
+        assert torch.equal(a[token], b[token]), token
+        assert not torch.equal(a[token], initial[token])  # they did train
+    assert not torch.equal(a["<pneumonia>"], b["<pneumonia>"])
+    # one optimiser over one tensor per concept; only the vectors have gradients
+    assert [p for g in first.optimizer.param_groups for p in g["params"]] == first.params
+    assert all(not p.requires_grad for p in sd.unet.parameters())
+
+
+def test_one_concept_run_equals_the_plain_run(sd, data, tmp_path):
+    """--concepts with one subfolder draws exactly what a plain run on that folder draws."""
+    one = tmp_path / "one"
+    (one / "effusion").mkdir(parents=True)
+    for f in (data / "effusion").iterdir():
+        (one / "effusion" / f.name).write_bytes(f.read_bytes())
+    concepts_run = make_trainer(sd, one, tmp_path / "c")
+    plain_settings = replace(concepts_run.settings, concepts=False, token="<effusion>",
+                             data=one / "effusion", output=tmp_path / "p" / "effusion.safetensors")
+    plain = Trainer(sd, concepts_run.concepts[0].cache, ["[name]"], plain_settings, log=lambda *a: None)
+    concepts_run.run(progress=False)
+    plain.run(progress=False)
+    assert torch.equal(concepts_run.params[0], plain.vectors)
+
+
+# ---------------------------------------------------------------- the validation loss
+
+
+def test_validation_loss_is_reproducible_and_falls(sd, data, tmp_path):
+    config = dict(val_images=2, val_every=10, steps=30, lr=0.05)
+    runs = [make_trainer(sd, data, tmp_path / f"run{i}", **config) for i in range(2)]
+    for run in runs:
+        run.run(progress=False)
+    history = [{t: r.history for t, r in run.records.items()} for run in runs]
+    assert history[0] == history[1]  # two runs, same seed: the same values, exactly
+    for token, points in history[0].items():
+        assert [step for step, _ in points] == [0, 10, 20, 30]
+        values = [v for _, v in points]
+        assert all(b < a for a, b in zip(values, values[1:])) and values[-1] < 0.97 * values[0], (token, points)
+    # the held-out images never trained: not in the training caches, listed in the metadata
+    for c in runs[0].concepts:
+        assert len(c.val_paths) == 2 and not set(c.val_paths) & set(c.train_paths) and len(c.cache) == 3
+        meta = read_embedding(c.output).metadata
+        assert sorted(json.loads(meta["val_images"])) == sorted(p.name for p in c.val_paths)
+    # validating again changes nothing: it draws from its own generator, never the training one
+    state = runs[0].generator.get_state()
+    again = runs[0].validate()
+    assert torch.equal(runs[0].generator.get_state(), state)
+    assert again == {i: history[0][c.token][-1][1] for i, c in enumerate(runs[0].concepts)}
+
+
+# ---------------------------------------------------------------- early stopping
+
+
+def test_early_stop_freezes_a_flat_concept_and_keeps_its_best(sd, data, tmp_path):
+    """At a learning rate too small to matter the validation loss is flat: after 2 validations without a new
+    best each concept stops, its best (the step-0 vectors) is <name>.safetensors, its last <name>-last."""
+    trainer = make_trainer(sd, data, tmp_path / "out", val_images=1, val_every=2, early_stop=2, steps=50, lr=1e-9)
+    initial = vectors_by_token(trainer)
+    trainer.run(progress=False)
+    assert trainer.step == 4 and trainer.active == []  # validations at 0 (best), 2, 4: stopped at 4 of 50
+    for c in trainer.concepts:
+        best, last = read_embedding(c.output), read_embedding(c.output.with_name(f"{c.name}-last.safetensors"))
+        assert torch.equal(best.vectors, initial[c.token]) and not torch.equal(last.vectors, initial[c.token])
+        assert best.metadata["step"] == "0" and best.metadata["best_step"] == "0"
+        assert last.metadata["step"] == "4" and last.metadata["last_step"] == "4"
+        assert best.metadata["stop_reason"].startswith("early stop at step 4")
+    logged = rows(trainer.files.loss_csv)
+    assert max(int(r[0]) for r in logged) == 4
+    with Image.open(trainer.files.plot) as im:
+        assert im.format == "PNG"
+
+
+# ---------------------------------------------------------------- train.py --concepts, and resuming
+
+
+CLI = ["--concepts", "--vectors", 2, "--lr", 0.05, "--resolution", RES, "--val-images", 1, "--val-every", 2,
+       "--early-stop", 2, "--early-stop-delta", 0.02, "--save-every", 0]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, data, sd1_folder):
+    out = tmp_path_factory.mktemp("cli") / "embeddings"
+    proc = ok(train_cli("--data", data, "--model", sd1_folder, *CLI, "--steps", 12, "--output", out))
+    return out, proc
+
+
+def test_cli_writes_one_file_per_concept_the_log_and_the_plot(cli_run):
+    out, proc = cli_run
+    assert [line for line in proc.stderr.splitlines() if "notes" in line] == ["skipping notes/: no images in it"]
+    for name in ("edema", "effusion", "pneumonia"):
+        emb = read_embedding(out / f"{name}.safetensors")  # each loadable on its own
+        assert emb.token == f"<{name}>" and emb.vectors.shape == (2, 128)
+        assert read_embedding(out / f"{name}-last.safetensors").token == f"<{name}>"
+    assert (out / "run.state").is_file() and not list(out.glob("*.lock"))
+    logged = rows(out / "loss.csv")
+    assert {r[1] for r in logged} == {"<edema>", "<effusion>", "<pneumonia>"}
+    assert all(r[3] for r in logged if int(r[0]) % 2 == 0) and not any(r[3] for r in logged if int(r[0]) % 2)
+    with Image.open(out / "loss.png") as im:
+        assert im.size == (720, 420) and out.joinpath("loss.png").stat().st_size < 100_000
+        colours = {tuple(c) for c in np.asarray(im.convert("RGB")).reshape(-1, 3)}
+        assert {tuple(int(h[i:i + 2], 16) for i in (1, 3, 5)) for h in COLOURS[:3]} <= colours
+
+
+def test_cli_resume_with_validation_and_early_stopping_equals_uninterrupted(cli_run, data, sd1_folder, tmp_path):
+    reference, _ = cli_run
+    stopped = [read_embedding(reference / f"{n}.safetensors").metadata["stop_reason"]
+               for n in ("edema", "effusion", "pneumonia")]
+    assert any(s.startswith("early stop") for s in stopped)  # the test is not vacuous
+    out = tmp_path / "embeddings"
+    common = ["--data", data, "--model", sd1_folder, *CLI, "--output", out]
+    ok(train_cli(*common, "--steps", 3))
+    proc = ok(train_cli(*common, "--steps", 12, "--resume"))
+    assert "at step 3" in proc.stdout
+    for f in sorted(reference.glob("*.safetensors")):
+        a, b = read_embedding(f), read_embedding(out / f.name)
+        assert torch.equal(a.vectors, b.vectors), f.name
+        assert {k: v for k, v in a.metadata.items() if k != "base_model"} == \
+               {k: v for k, v in b.metadata.items() if k != "base_model"}
+    assert [r[:4] for r in rows(out / "loss.csv")] == [r[:4] for r in rows(reference / "loss.csv")]
+
+
+# ---------------------------------------------------------------- the plot, and bad input
+
+
+def test_loss_plot_from_a_log(tmp_path):
+    log = tmp_path / "x-loss.csv"
+    with open(log, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for step in range(0, 101):
+            w.writerow([step, "<a>", "" if step == 0 else 1 / (step + 1), 1 / (step + 2) if step % 25 == 0 else "", 0])
+    png = draw_loss_plot(log, tmp_path / "x-loss.png", title="<a>")
+    with Image.open(png) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    assert (pixels != 255).any(axis=2).mean() > 0.01  # axes, labels and curves drawn
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text(",".join(COLUMNS) + "\n")
+    assert draw_loss_plot(header_only, tmp_path / "none.png") is None
+
+
+NO_MODEL = ["--model", "/nonexistent/model.safetensors"]
+
+
+@pytest.mark.parametrize("folder, args, needles", [
+    ("effusion", ["--concepts"], ["--concepts", "no subfolders with images"]),
+    (".", ["--concepts", "--val-images", 5], ["--val-images 5", "at most 4"]),
+    ("effusion", ["--val-images", 0, "--early-stop", 3], ["--early-stop 3", "--val-images"]),
+    (".", ["--concepts", "--token", "<x>"], ["--token", "--token-prefix"]),
+    ("effusion", ["--token-prefix", "cxr"], ["--token-prefix", "--concepts"]),
+    (".", ["--concepts", "--val-images", 1, "--val-data", "elsewhere"], ["--val-data"]),
+], ids=["flat-folder", "val-images-too-many", "early-stop-without-validation", "token-with-concepts",
+        "prefix-without-concepts", "two-validation-sources"])
+def test_bad_input_is_one_line_before_the_model_loads(folder, args, needles, data, tmp_path):
+    """Refused before the model loads (the --model given does not exist), nothing written."""
+    proc = train_cli("--data", data / folder, *NO_MODEL, *args, "--output", tmp_path / "out")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr
+    assert all(n in errors[0] for n in needles), errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.xfail(reason="ti/embeddings.py (the lead's file) reads <name>-last.safetensors as a second final file "
+                          "of the token; _snapshot_step should treat '-last' as the newest snapshot", strict=False)
+def test_sample_loads_the_folder_of_an_early_stopped_run(cli_run):
+    """sample.py's default embeddings/ folder after an --early-stop run: each token resolves to its best file."""
+    from ti.embeddings import load_embeddings
+
+    out, _ = cli_run
+    found = load_embeddings(out)
+    assert {t: e.source.name for t, e in found.items()} == {
+        f"<{n}>": f"{n}.safetensors" for n in ("edema", "effusion", "pneumonia")}
