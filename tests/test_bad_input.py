@@ -189,9 +189,16 @@ def test_resume_after_kill_logs_each_step_once(phantoms, sd1_single, tmp_path):
     """kill -9 leaves a stale lock and loss rows past the last save; --resume takes the lock over and the
     log ends with each step exactly once."""
     out = tmp_path / "phantom.safetensors"
-    killed = start("train.py", *train_args(phantoms, sd1_single, out, 10**6, "--save-every", 3))
+    killed = start("train.py", *train_args(phantoms, sd1_single, out, 10**6, "--save-every", 5))
     try:
-        wait_for_rows(loss_csv_path(out), 7, killed)
+        # kill just after a step that is one or two past a save (6, 7, 11, 12, ...), so rows past it are logged
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            wait_for_rows(loss_csv_path(out), 6, killed)
+            if max(logged_steps(loss_csv_path(out))) % 5 in (1, 2):
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=TIMEOUT)
     finally:
@@ -199,7 +206,7 @@ def test_resume_after_kill_logs_each_step_once(phantoms, sd1_single, tmp_path):
             killed.kill()
     saved = int(read_embedding(out).metadata["step"])
     assert lock_path(out).exists() and max(logged_steps(loss_csv_path(out))) > saved  # the situation to fix
-    resumed = run("train.py", *train_args(phantoms, sd1_single, out, saved + 2, "--save-every", 3, "--resume"))
+    resumed = run("train.py", *train_args(phantoms, sd1_single, out, saved + 2, "--save-every", 5, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert logged_steps(loss_csv_path(out)) == list(range(1, saved + 3))
     assert not lock_path(out).exists()

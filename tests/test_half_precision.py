@@ -123,3 +123,77 @@ def test_nan_latents_stop_with_the_step_and_the_fix(tiny):
             sd.sample("x", seed=1, steps=3, height=32, width=32, progress=False)
     finally:
         handle.remove()
+
+
+# --- training: a NaN never reaches the vectors or a file --------------------------------------------
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    from ti.phantoms import write_phantoms
+    return write_phantoms(tmp_path_factory.mktemp("data") / "phantom", count=3)
+
+
+def make_trainer(folder, phantoms, out, dtype="fp32", **settings):
+    import mini_ldm
+    from ti.data import cached_latents
+    from ti.train_settings import TrainSettings
+    from ti.trainer import Trainer
+
+    sd = mini_ldm.load(folder, device="cpu", dtype=dtype)
+
+    def encode(images):
+        with torch.no_grad():
+            mean, logvar = sd.vae.encode(images.to(sd.device, sd.dtype))
+        return mean.float(), logvar.float()
+
+    cache = cached_latents(phantoms, encode, f"{out}:{dtype}", out.parent / ".latent-cache", 32, progress=False)
+    config = {"token": "<phantom>", "output": out, "vectors": 2, "steps": 6, "lr": 0.05, "save_every": 0,
+              "dtype": dtype, **settings}
+    return Trainer(sd, cache, ["[name]"], TrainSettings(**config), log=lambda *a: None)
+
+
+def test_a_non_finite_step_is_skipped_and_leaves_the_state_alone(sd1_folder, phantoms, tmp_path):
+    trainer = make_trainer(sd1_folder, phantoms, tmp_path / "phantom.safetensors", dtype="bf16")
+    trainer.train_step()
+    before = trainer.vectors.detach().clone()
+    adam = {k: torch.as_tensor(v).clone() for k, v in trainer.optimizer.state[trainer.vectors].items()}
+    handle, seen = _inject_inf(trainer.sd.unet)
+    try:
+        trainer.train_step()
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and trainer.skipped_steps == 1 and trainer.step == 2
+    assert torch.equal(trainer.vectors.detach(), before)
+    assert all(torch.equal(torch.as_tensor(trainer.optimizer.state[trainer.vectors][k]), v) for k, v in adam.items())
+    trainer.train_step()  # and training goes on
+    assert trainer.bad_steps_in_a_row == 0 and not torch.equal(trainer.vectors.detach(), before)
+
+
+def test_several_non_finite_steps_in_a_row_stop_with_the_last_good_vectors_saved(sd1_folder, phantoms, tmp_path):
+    from mini_ldm.errors import UserError
+    from ti.embeddings import read_embedding
+
+    out = tmp_path / "phantom.safetensors"
+    trainer = make_trainer(sd1_folder, phantoms, out, dtype="bf16", steps=20)
+    trainer.train_step()
+    good = trainer.vectors.detach().clone()
+    handle, _ = _inject_inf(trainer.sd.unet, calls=1000)
+    try:
+        with pytest.raises(UserError, match="NaN or infinite for 5 steps in a row"):
+            trainer.run(progress=False)
+    finally:
+        handle.remove()
+    saved = read_embedding(out)
+    assert torch.isfinite(saved.vectors).all() and torch.equal(saved.vectors, good.float())
+    assert trainer.step == 6 and trainer.skipped_steps == 5
+
+
+def test_gradient_checkpointing_trains_the_same_vectors(sd1_folder, phantoms, tmp_path):
+    plain = make_trainer(sd1_folder, phantoms, tmp_path / "a" / "phantom.safetensors", steps=2)
+    recomputed = make_trainer(sd1_folder, phantoms, tmp_path / "b" / "phantom.safetensors", steps=2,
+                              gradient_checkpointing=True)
+    assert recomputed.sd.unet.gradient_checkpointing
+    for trainer in (plain, recomputed):
+        trainer.train_step()
+        trainer.train_step()
+    assert torch.equal(plain.vectors, recomputed.vectors)

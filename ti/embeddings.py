@@ -246,9 +246,12 @@ def load_embeddings(paths: Iterable, skip_unreadable=None) -> dict[str, Embeddin
 
 
 def _snapshot_step(emb: Embedding):
-    """The step of a training snapshot (`<stem>-<step>` file name), None for a final file."""
-    m = re.fullmatch(r".+-(\d+)", emb.source.stem) if emb.source else None
-    return int(m.group(1)) if m else None
+    """The step of a training snapshot (`<stem>-<step>` file name), None for a final file. An early-stopped
+    run's `<stem>-last` (its last vectors, beside the best ones in `<stem>`) counts as the newest snapshot."""
+    m = re.fullmatch(r".+-(\d+|last)", emb.source.stem) if emb.source else None
+    if m is None:
+        return None
+    return float("inf") if m.group(1) == "last" else int(m.group(1))
 
 
 def _prefer(new: Embedding, old: Embedding) -> bool:

@@ -44,6 +44,8 @@ class TrainSettings:
                                shown="bf16 on a CUDA GPU that has it, else fp32")
     compile: bool = option(False, "compile the UNet with torch.compile (CUDA; the first steps are slow while it "
                                   "compiles)")
+    gradient_checkpointing: bool = option(False, "recompute the UNet's blocks in the backward pass: less memory "
+                                                 "on small cards, the same gradients, slower steps")
     save_every: int = option(500, "also save <token>-<step>.safetensors every N steps (0: only at the end)")
     preview_every: int = option(0, "every N steps, draw a 4-image preview grid of the token with a fixed seed, "
                                    "beside the output (0: off)")

@@ -60,6 +60,9 @@ def initial_vectors(sd, init_text: str | None, vectors: int, generator) -> torch
     return torch.stack([table[i * len(ids) // vectors] for i in range(vectors)])
 
 
+MAX_BAD_STEPS_IN_A_ROW = 5  # non-finite steps in a row that end a run (the vectors are saved as they were)
+
+
 class Trainer:
     """The learned tokens' vectors, their AdamW state, the run's random generator, validation record, and the loop.
 
@@ -81,7 +84,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=0.0)
         # fp16 needs loss scaling (small gradients underflow); bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler(sd.device.type, enabled=sd.dtype == torch.float16)
+        sd.unet.gradient_checkpointing = settings.gradient_checkpointing
         self.unet = torch.compile(sd.unet) if settings.compile else sd.unet
+        self.skipped_steps = self.bad_steps_in_a_row = 0  # updates skipped for a NaN/inf loss or gradient
         self.step = 0
         self.rng_state = self.generator.get_state()  # the generator as step `self.step + 1` begins
         self.alphas_cumprod = sd.alphas_cumprod.to(sd.device)
@@ -160,12 +165,34 @@ class Trainer:
         # The update, the step count and the random state move together: a Ctrl-C arriving in between
         # would otherwise save an update without its count, and a resume would not replay exactly.
         with _signals_deferred():
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            finite = self._update_is_finite(totals)
+            if finite:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self.rng_state = self.generator.get_state()
+        self._count_skipped(finite)
         return totals
+
+    def _update_is_finite(self, totals: dict) -> bool:
+        """False when a loss or (without loss scaling) a gradient is NaN or infinite: then the update is skipped
+        and the vectors and AdamW state stay as they were. With fp16 loss scaling an infinite gradient is the
+        scaler's own signal to lower its scale, and it skips that update itself."""
+        if not all(math.isfinite(v) for v in totals.values()):
+            return False
+        if self.scaler.is_enabled():
+            return True
+        return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params)
+
+    def _count_skipped(self, finite: bool):
+        if finite:
+            self.bad_steps_in_a_row = 0
+            return
+        self.skipped_steps += 1
+        self.bad_steps_in_a_row += 1
+        self.log(f"step {self.step}: the loss or its gradient is NaN or infinite; update skipped "
+                 f"({self.skipped_steps} skipped so far)")
 
     # --- validation and early stopping -----------------------------------------------------------
 
@@ -377,9 +404,11 @@ class Trainer:
 
     def _after_step(self, losses: dict):
         s = self.settings
-        loss = sum(losses.values())
-        if not math.isfinite(loss) and not self.scaler.is_enabled():
-            raise UserError(f"the loss became {loss} at step {self.step}; try a lower --lr or --dtype fp32")
+        if self.bad_steps_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:  # skipped updates left the vectors good: keep them
+            self.save()
+            raise UserError(f"the loss or its gradient was NaN or infinite for {self.bad_steps_in_a_row} steps in a "
+                            f"row (to step {self.step}); saved the last good vectors to {self.output}; try a lower "
+                            "--lr or --dtype fp32, then --resume")
         if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
             self.save(snapshot_step=self.step)
             self.save()
