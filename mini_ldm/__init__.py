@@ -6,6 +6,7 @@
 """
 from .errors import CheckpointError, UserError
 from .loading import load
-from .pipeline import SampleSettings, StableDiffusion
+from .pipeline import StableDiffusion
+from .sample_settings import SampleSettings
 
 __all__ = ["load", "StableDiffusion", "SampleSettings", "UserError", "CheckpointError"]

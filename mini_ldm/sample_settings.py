@@ -18,7 +18,8 @@ DEFAULT_MASK_BLUR = 4
 @dataclass
 class SampleSettings:
     prompt: str = option("", "what to draw; \"A:0.7 AND B:0.3\" composes prompts, each its own guidance term; "
-                             "any length (past 75 tokens it takes several windows)", shown="(required)")
+                             "any length (past 75 tokens it takes several windows)",
+                   shown="(required unless --interpolate or --prompts-file)")
     negative_prompt: str = option("", "what to steer away from (the unconditional side of classifier-free guidance)",
                                   shown="empty")
     seed: int | None = option(None, "random seed; the same seed gives the same image on any device and in diffusers; "
