@@ -11,6 +11,7 @@ import torch
 
 from mini_ldm import cli
 from mini_ldm.errors import UserError
+from mini_ldm.loading import check_device
 from mini_ldm.inception import FEATURE_DIMS, WEIGHTS_FILES, find_default_weights, load_inception
 from mini_ldm.inception_input import RESIZE_MODES
 from mini_ldm.metrics import default_kid_subset_size, fid, inception_score, kid, memorization_audit
@@ -61,6 +62,8 @@ def check_args(args) -> None:
             raise UserError(f"{flag} must be at least 1, got {value}")
     if args.memorization_top < 0:
         raise UserError(f"--memorization-top must be 0 or more, got {args.memorization_top}")
+    check_device(args.device)
+    cli.check_writable(args.output, "--output", is_file=False)  # before both folders are encoded, not after
 
 
 def encode(args, model, folder: Path, role: str):

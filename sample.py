@@ -30,6 +30,7 @@ from ti.embeddings import check_width, load_embeddings
 
 DEFAULT_EMBEDDINGS = Path("embeddings")
 DEFAULT_OUTPUT = Path("outputs")
+DEFAULT_ALPHAS = "0,0.25,0.5,0.75,1"
 
 
 def parse_args(argv=None):
@@ -45,9 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--no-grid", action="store_true", help="with --n > 1, do not also save the images as one grid PNG")
     p.add_argument("--interpolate", nargs=2, metavar=("A", "B"), default=None,
                    help="draw a strip from A to B with one seed: prompts, or learned tokens with --interpolate-mode vectors")
-    p.add_argument("--alphas", default="0,0.25,0.5,0.75,1",
+    p.add_argument("--alphas", default=None,
                    help="with --interpolate: comma-separated blend factors, 0 = A, 1 = B (default: 0,0.25,0.5,0.75,1)")
-    p.add_argument("--interpolate-mode", default="prompt", choices=INTERPOLATE_MODES,
+    p.add_argument("--interpolate-mode", default=None, choices=INTERPOLATE_MODES,
                    help="prompt: draw \"A:1-a AND B:a\" (the paper's way, default); vectors: blend two learned "
                         "tokens' vectors (same vector count needed) inside --prompt, or alone")
     p.add_argument("--prediction", default="auto", choices=("auto", "epsilon", "v"),
@@ -198,10 +199,21 @@ def make_dataset(args, settings):
         raise KeyboardInterrupt
 
 
+def refuse_unused_flags(args):
+    """A flag that would be silently ignored is an error: the user meant something by it."""
+    dataset = args.count is not None or args.prompts_file is not None
+    for flag, value in (("--alphas", args.alphas), ("--interpolate-mode", args.interpolate_mode)):
+        if value is not None and (args.interpolate is None or dataset):
+            raise UserError(f"{flag}: only used with --interpolate A B")
+    if args.no_grid and (dataset or args.interpolate or args.n == 1):
+        raise UserError("--no-grid: only used with --n > 1 (a batch drawn from one seed, saved with a grid)")
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.demo:
         demo_defaults(args)
+    refuse_unused_flags(args)
     if args.count is not None or args.prompts_file is not None:
         return make_dataset(args, from_flags(SampleSettings, args))
     for flag, value in (("--batch", args.batch), ("--overwrite", args.overwrite or None)):
@@ -210,12 +222,13 @@ def main(argv=None):
     if not args.prompt and args.interpolate is None:
         raise UserError("--prompt is required (or --interpolate A B)")
     settings = from_flags(SampleSettings, args).check()  # bad flags fail before a model is loaded
-    alphas = parse_alphas(args.alphas) if args.interpolate else None
+    alphas = parse_alphas(args.alphas or DEFAULT_ALPHAS) if args.interpolate else None
     cli.check_writable(args.output, "--output", is_file=args.output.suffix.lower() == ".png")
     sd = load_model(args)
     register_embeddings(sd, args.embeddings, use_default_folder=not args.no_embeddings)
     if args.interpolate:
-        images, used = sd.interpolate(*args.interpolate, alphas, mode=args.interpolate_mode, settings=settings)
+        images, used = sd.interpolate(*args.interpolate, alphas, mode=args.interpolate_mode or "prompt",
+                                      settings=settings)
         print(f"seed {used[0].seed}")
         write_strip(images, used, alphas, args.output)
     else:

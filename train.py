@@ -96,7 +96,12 @@ def check_output(args, settings: TrainSettings, concepts: list) -> Path | None:
     """The file (with --concepts: folder) to resume from, or None for a fresh run; refuses to replace an
     earlier run by accident."""
     output = settings.output
+    if args.resume is not None and args.overwrite:
+        raise UserError("--resume and --overwrite: choose one (continue the saved run, or replace it)")
     resume_from = None if args.resume is None else output if args.resume is True else args.resume
+    if resume_from is not None and settings.concepts and Path(resume_from).resolve() != Path(output).resolve():
+        raise UserError(f"--resume {resume_from}: with --concepts the run resumes in its own folder; pass "
+                        f"--output {resume_from} (or --resume alone with that --output)")
     if resume_from is not None:
         check_resumable(resume_from, settings.concepts)
     elif not args.overwrite:
@@ -145,6 +150,7 @@ def encode_concepts(sd, settings: TrainSettings, concepts: list):
 def main(argv=None):
     args = parse_args(argv)
     device = args.device or mini_ldm.loading.default_device()
+    mini_ldm.loading.check_device(device)
     settings = resolve_settings(args)
     settings.dtype = settings.dtype or default_dtype(device)
     templates = load_templates(settings.template)

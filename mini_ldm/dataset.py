@@ -333,7 +333,7 @@ def draw(sd, job: Job, todo: list, batch: int | None, appender, stop: StopAfterB
             print(f"out of GPU memory; going on with --batch {size}", file=sys.stderr)
             continue
         for item, image in zip(chunk, images):
-            save_png(image, job.output / item.file_name, job.texts[item.index], atomic=True)
+            save_png(image, job.output / item.file_name, job.texts[item.index])
             appender.add(job.records[item.index])
         del pending[:len(chunk)]
         written += len(chunk)

@@ -88,7 +88,7 @@ class StableDiffusion:
             negative, terms = pad(negative), [(pad(c), w) for c, w in terms]
         return negative, terms
 
-    # --- sampling ------------------------------------------------------------------------------
+    # --- images and the model's inputs ---------------------------------------------------------
 
     @property
     def is_inpainting_model(self) -> bool:

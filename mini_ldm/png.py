@@ -51,18 +51,14 @@ def parse_parameters(text: str) -> dict:
 _FIELD = re.compile(r'\s*([\w ./-]+):\s*("[^"]*"|[^,]*)(?:,|$)')
 
 
-def save_png(image: Image.Image, path: Path, parameters: str, atomic: bool = False) -> Path:
-    """Write `image` with its parameters chunk; `atomic`: through a temporary file and one rename, so that
-    `path` is never half written (a dataset job relies on it to resume after a crash)."""
+def save_png(image: Image.Image, path, parameters: str) -> Path:
+    """Write `image` with its parameters chunk, through a temporary file and one rename: `path` is never half
+    written, whatever interrupts the write (a dataset job relies on it to resume after a crash)."""
     info = PngInfo()
     info.add_text("parameters", parameters)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if atomic:
-        with atomic_write(path) as f:
-            image.save(f, format="PNG", pnginfo=info)
-    else:
-        image.save(path, pnginfo=info)
-    return path
+    with atomic_write(path) as f:
+        image.save(f, format="PNG", pnginfo=info)
+    return Path(path)
 
 
 def read_parameters(path) -> str | None:

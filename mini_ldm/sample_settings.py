@@ -53,7 +53,8 @@ class SampleSettings:
         check_finite("--cfg", self.cfg, "3")
         self.seed = check_seed(self.seed)
         for flag, side in (("--height", self.height), ("--width", self.width)):
-            if side is not None and not 0 < side <= MAX_SIDE:
+            # the multiple (the VAE's factor, 8 for every SD checkpoint) is checked against the model itself
+            if side is not None and not 8 <= side <= MAX_SIDE:
                 raise UserError(f"{flag} {side}: must be between 8 and {MAX_SIDE} pixels (leave it out for the "
                                 "model's native size)")
         if self.init_image is None:

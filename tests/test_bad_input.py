@@ -64,8 +64,14 @@ NO_MODEL = ["--model", "/nonexistent/model.safetensors", "--prompt", "a chest x-
     (["--strength", 0.5], ["--strength", "--init-image"]),
     (["--mask-blur", 3], ["--mask-blur", "--mask"]),
     (["--steps", 0], ["--steps 0"]),
+    (["--height", 4], ["--height 4"]),
+    (["--alphas", "0,1"], ["--alphas", "--interpolate"]),
+    (["--interpolate-mode", "vectors"], ["--interpolate-mode", "--interpolate"]),
+    (["--no-grid"], ["--no-grid", "--n"]),
+    (["--device", "foo"], ["--device foo"]),
 ], ids=["height-huge", "both-huge", "height-0", "width-negative", "cfg-nan", "cfg-inf", "seed-huge",
-        "seed-negative", "strength-alone", "mask-blur-alone", "steps-0"])
+        "seed-negative", "strength-alone", "mask-blur-alone", "steps-0", "height-4", "alphas-alone",
+        "mode-alone", "no-grid-single", "device-unknown"])
 def test_sample_flags_refused_before_loading(args, needles, tmp_path):
     one_line_error(run("sample.py", *NO_MODEL, *args, "--output", tmp_path / "out"), *needles)
     assert not (tmp_path / "out").exists()
@@ -210,3 +216,20 @@ def test_resume_after_kill_logs_each_step_once(phantoms, sd1_single, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert logged_steps(loss_csv_path(out)) == list(range(1, saved + 3))
     assert not lock_path(out).exists()
+
+
+def test_train_flags_refused_before_loading(phantoms, tmp_path):
+    base = ["--data", phantoms, "--model", "/nonexistent/model.safetensors", "--output", tmp_path / "x.safetensors"]
+    one_line_error(run("train.py", *base, "--device", "foo"), "--device foo")
+    one_line_error(run("train.py", *base, "--resume", "--overwrite"), "--resume", "--overwrite")
+
+
+def test_resume_with_other_settings_is_refused(phantoms, sd1_single, tmp_path):
+    """A resume continues the saved run or nothing: another --seed (or --lr, --batch, ...) would silently make
+    a different run that the README promises equals an uninterrupted one."""
+    out = tmp_path / "phantom.safetensors"
+    assert run("train.py", *train_args(phantoms, sd1_single, out, 2, "--save-every", 0)).returncode == 0
+    one_line_error(run("train.py", *train_args(phantoms, sd1_single, out, 4, "--resume", "--seed", 5)),
+                   "--seed 5", "saved run's 0")
+    one_line_error(run("train.py", *train_args(phantoms, sd1_single, out, 4, "--resume", "--lr", 0.1)), "--lr 0.1")
+    assert run("train.py", *train_args(phantoms, sd1_single, out, 3, "--resume")).returncode == 0  # more steps: fine

@@ -340,12 +340,12 @@ def test_resume_refuses_what_does_not_fit(trained, tmp_path):
     shutil.copy(state_path(run.file), state_path(out))
     emb = read_embedding(run.file)
     write_embedding(out, Embedding(emb.token, emb.vectors, None, {**emb.metadata, "step": "29"}))
-    cfg = TrainSettings(token=TOKEN, output=out, vectors=4)
+    cfg = TrainSettings(token=TOKEN, output=out, vectors=4, lr=0.05)  # the saved run's own settings
     with pytest.raises(UserError, match="step 29 but"):
         Trainer(run.sd, None, ["[name]"], cfg).resume(out)
     write_embedding(out, emb)
     with pytest.raises(UserError, match="--vectors 5"):
-        Trainer(run.sd, None, ["[name]"], TrainSettings(token=TOKEN, output=out, vectors=5)).resume(out)
+        Trainer(run.sd, None, ["[name]"], TrainSettings(token=TOKEN, output=out, vectors=5, lr=0.05)).resume(out)
     trainer = Trainer(run.sd, None, ["[name]"], cfg)
     trainer.resume(out)
     assert trainer.step == 30 and torch.equal(trainer.vectors.detach(), emb.vectors)

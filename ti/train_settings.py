@@ -5,13 +5,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from mini_ldm import loading
 from mini_ldm.errors import UserError
 from mini_ldm.settings import check_positive, check_seed, option
 from mini_ldm.tokenizer import MAX_LENGTH
 
 from .templates import BUILTIN_TEMPLATES
 
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = tuple(loading.DTYPES)  # one list of precisions for both CLIs
 DEFAULT_VAL_EVERY = 250
 
 

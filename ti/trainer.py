@@ -11,37 +11,33 @@ All randomness comes from one CPU torch.Generator, drawn concept by concept in a
 exactly the order of the single-token trainer), and its state is saved with the vectors and the optimiser: an
 interrupted run, resumed, ends exactly where an uninterrupted one would. A validation loss on held-out images
 (validation.py) and early stopping (early_stop.py) are part of that state. The settings are a TrainSettings
-(train_settings.py); the files beside the embedding are named in run_files.py.
+(train_settings.py); the files beside the embedding are named in run_files.py, and saved and resumed in
+run_state.py.
 """
 import csv
-import json
 import math
 import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from mini_ldm import prompt as prompting
 from mini_ldm import samplers
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
-from mini_ldm.io import first_line, write_bytes_atomic
 from mini_ldm.png import parameters_text, save_png
 
 from .concepts import Concept
-from .early_stop import ValidationRecord, dump_records, load_records
-from .embeddings import Embedding, intermediate_path, read_embedding, write_embedding
+from .early_stop import ValidationRecord
 from .loss_plot import draw_loss_plot
-from .run_files import LOSS_COLUMNS, RunFiles, check_resumable, last_path, state_path, trim_loss_log
+from .run_files import LOSS_COLUMNS, RunFiles
+from .run_state import resume_run, save_run
 from .templates import render
 from .train_settings import TrainSettings, check_vectors
 from .validation import fixed_timesteps, held_out_rows, validation_loss
@@ -153,8 +149,9 @@ class Trainer:
         self.concept_losses = dict(zip(self.active, losses))
         return torch.stack(losses).sum()
 
-    def train_step(self) -> dict:
-        """One step; returns {concept index: its loss}."""
+    def train_step(self, after_update=None) -> dict:
+        """One step; returns {concept index: its loss}. `after_update(losses)` runs with the update, before a
+        Ctrl-C can land (run() logs the step there, so a step is never counted without its log row)."""
         accum = self.settings.grad_accum
         totals = dict.fromkeys(self.active, 0.0)
         for _ in range(accum):
@@ -172,6 +169,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self.rng_state = self.generator.get_state()
+            if after_update is not None:
+                after_update(totals)
         self._count_skipped(finite)
         return totals
 
@@ -222,124 +221,15 @@ class Trainer:
         self.validated_step = self.step
         return losses
 
-    # --- saving and resuming --------------------------------------------------------------------
-
-    def _metadata(self, i: int, step: int) -> dict:
-        s, c = self.settings, self.concepts[i]
-        meta = {"token": c.token, "vectors": s.vectors, "step": step, "family": self.sd.family,
-                "base_model": s.base_model, "init_text": c.init_text or "", "lr": s.lr}
-        if s.validation:
-            record = self.records[c.token]
-            meta |= {"val_images": json.dumps(c.val_names()), "val_loss": "" if record.best is None else record.best,
-                     "best_step": "" if record.best_step is None else record.best_step,
-                     "last_step": self.step, "stop_reason": self._stop_reason(record)}
-        return meta
-
-    def _stop_reason(self, record: ValidationRecord) -> str:
-        if record.stopped:
-            return record.stop_reason(self.settings.early_stop)
-        if not self.active:
-            return "every concept stopped early"
-        return f"reached --steps {self.settings.steps}" if self.step >= self.settings.steps else ""
-
-    def _current_file(self, c: Concept, base: Path) -> Path:
-        """Where the current vectors of `c` go when saved at `base` (its output or a snapshot of it)."""
-        return last_path(base) if self.settings.early_stop and base == c.output else base
-
-    def _state_key(self, c: Concept, what: str) -> str:
-        return f"{c.name}/{what}" if self.settings.concepts else what
+    # --- saving and resuming (run_state.py) ------------------------------------------------------
 
     def save(self, snapshot_step: int | None = None):
-        """Every concept's embedding (with --early-stop also its best), then the resume state; each file written
-        atomically. A snapshot (`<name>-<step>.safetensors`) of a one-token run gets a state of its own."""
-        for i, c in enumerate(self.concepts):
-            base = c.output if snapshot_step is None else intermediate_path(c.output, snapshot_step)
-            meta = {k: str(v) for k, v in self._metadata(i, self.step).items()}
-            write_embedding(self._current_file(c, base), Embedding(c.token, self.params[i].detach(), None, meta))
-            if self.settings.early_stop and snapshot_step is None and c.token in self.best:
-                best_meta = {k: str(v) for k, v in self._metadata(i, self.records[c.token].best_step).items()}
-                write_embedding(c.output, Embedding(c.token, self.best[c.token], None, best_meta))
-        if snapshot_step is None or not self.settings.concepts:
-            state = self.files.state if self.settings.concepts else state_path(base)
-            write_bytes_atomic(state, safetensors.torch.save(self._state_tensors(), metadata=self._state_meta()))
-
-    def _state_tensors(self) -> dict:
-        tensors = {"rng_state": self.rng_state, "step": torch.tensor(self.step)}
-        for c, p in zip(self.concepts, self.params):
-            adam = self.optimizer.state.get(p, {})
-            if adam:
-                tensors |= {self._state_key(c, "exp_avg"): adam["exp_avg"].cpu(),
-                            self._state_key(c, "exp_avg_sq"): adam["exp_avg_sq"].cpu(),
-                            self._state_key(c, "adam_step"): torch.as_tensor(adam["step"]).float().reshape(())}
-            if c.token in self.best:
-                tensors[self._state_key(c, "best")] = self.best[c.token]
-        if self.scaler.is_enabled():  # the scale and its growth counter: both decide the next steps
-            scaler = self.scaler.state_dict()
-            tensors["loss_scale"] = torch.tensor(scaler["scale"], dtype=torch.float32)
-            tensors["growth_tracker"] = torch.tensor(scaler["_growth_tracker"], dtype=torch.int64)
-        return tensors
-
-    def _state_meta(self) -> dict:
-        settings = {k: str(v) for k, v in asdict(self.settings).items()}
-        return {"settings": repr(settings), "records": dump_records(self.records),
-                "validated_step": str(self.validated_step)}
+        """Every concept's embedding (with --early-stop also its best), then the resume state (run_state.py)."""
+        save_run(self, snapshot_step)
 
     def resume(self, path: Path):
-        """Continue from a saved run: its embeddings and the state file (a one-token run: beside `path`, which
-        may be a snapshot; with --concepts: in the folder `path`)."""
-        concepts_run = self.settings.concepts
-        check_resumable(path, concepts_run)
-        state = self.files.state if concepts_run else state_path(Path(path))
-        saved, meta = self._read_state(path, state)
-        for i, c in enumerate(self.concepts):
-            emb = self._read_vectors(path, c, c.output if concepts_run else Path(path), saved, state)
-            self._restore_concept(i, emb, saved)
-        self.step = int(saved["step"])
-        self.generator.set_state(saved["rng_state"])
-        self.rng_state = saved["rng_state"]
-        if "records" in meta:
-            self.records = {**self.records, **load_records(meta["records"])}
-            self.validated_step = int(meta.get("validated_step", -1))
-        if "loss_scale" in saved and self.scaler.is_enabled():
-            # load_state_dict, not update(): update() before the first scale() fails (the scale is made lazily)
-            self.scaler.load_state_dict({**self.scaler.state_dict(), "scale": float(saved["loss_scale"]),
-                                         "_growth_tracker": int(saved.get("growth_tracker", torch.tensor(0)))})
-        trim_loss_log(self.files.loss_csv, self.step)  # steps logged after the save run again
-        self.resumed = True
-
-    def _restore_concept(self, i: int, emb: Embedding, saved: dict):
-        c, p = self.concepts[i], self.params[i]
-        with torch.no_grad():
-            p.copy_(emb.vectors.to(p.device))
-        if self._state_key(c, "exp_avg") in saved:
-            self.optimizer.state[p] = {"step": saved[self._state_key(c, "adam_step")].clone(),
-                                       "exp_avg": saved[self._state_key(c, "exp_avg")].to(p.device),
-                                       "exp_avg_sq": saved[self._state_key(c, "exp_avg_sq")].to(p.device)}
-        if self._state_key(c, "best") in saved:
-            self.best[c.token] = saved[self._state_key(c, "best")].clone()
-
-    def _read_state(self, path: Path, state: Path):
-        try:
-            with safe_open(str(state), "pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-        except Exception as e:  # safetensors' own error for a damaged state file
-            raise UserError(f"--resume {path}: cannot read the saved run ({first_line(e)})") from None
-
-    def _read_vectors(self, path: Path, c: Concept, base: Path, saved: dict, state: Path) -> Embedding:
-        file = self._current_file(c, base)
-        try:
-            emb = read_embedding(file)
-        except UserError as e:  # an EmbeddingError names the file
-            raise UserError(f"--resume {path}: cannot read the saved run ({first_line(e)})") from None
-        if tuple(emb.vectors.shape) != (self.settings.vectors, self.sd.width):
-            raise UserError(f"--resume {path}: it holds {emb.num_vectors}x{emb.width} vectors, but this run has "
-                            f"--vectors {self.settings.vectors} on a {self.sd.width}-wide model")
-        saved_step = emb.metadata.get("step", "")
-        if saved_step.isdigit() and int(saved_step) != int(saved["step"]):  # a save cut short between the two
-            raise UserError(f"--resume {path}: {file.name} is at step {saved_step} but {state.name} at step "
-                            f"{int(saved['step'])}; resume from one of the <name>-<step>.safetensors snapshots "
-                            "instead")
-        return emb
+        """Continue from a saved run (run_state.py); refuses a run saved with other settings."""
+        resume_run(self, path)
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -369,9 +259,10 @@ class Trainer:
                 with _signals_deferred():  # the validation before training (step 0), unless a resume did it
                     self._log_rows(log, {}, self.validate() if self.validation_due() else {}, start, bar)
                 while self.step < s.steps and self.active:
-                    losses = self.train_step()  # interrupted inside: self.rng_state still holds its start
-                    with _signals_deferred():  # a step's validation, log rows and early stopping go together
-                        self._log_rows(log, losses, self.validate() if self.validation_due() else {}, start, bar)
+                    # interrupted inside: self.rng_state still holds its start. The update, the step's validation,
+                    # its log rows and early stopping go together, in the step's signal-deferred block.
+                    losses = self.train_step(after_update=lambda losses: self._log_rows(
+                        log, losses, self.validate() if self.validation_due() else {}, start, bar))
                     bar.update(1)
                     self._after_step(losses)
         except KeyboardInterrupt:
