@@ -24,6 +24,7 @@ class UNetPrediction:
 
     def __init__(self, unet, schedule: Schedule, dtype: torch.dtype):
         self.unet, self.schedule, self.dtype = unet, schedule, dtype
+        self.finite = []  # per call: a 0-d bool tensor, kept on the device so that no step waits for the GPU
 
     def __call__(self, x: torch.Tensor, i: int, context: torch.Tensor, groups: int = 1) -> torch.Tensor:
         """`groups` copies of x go through the UNet in one batch, one per context group."""
@@ -31,13 +32,22 @@ class UNetPrediction:
         inp = (x * samplers.model_input_scale(sigma)).to(self.dtype)
         inp = torch.cat([inp] * groups) if groups > 1 else inp
         out = self.unet(inp, t.to(x.device), context).float()
-        if not torch.isfinite(out).all():  # stop here: every later step, and the PNG, would be black
-            steps = len(self.schedule.timesteps)
-            hint = ("run again with --dtype fp32" if self.dtype != torch.float32 else
-                    "the checkpoint's UNet weights may be damaged")
-            raise UserError(f"sampling step {i + 1} of {steps}: the UNet's output is NaN or infinite in "
-                            f"{str(self.dtype).removeprefix('torch.')}; {hint}")
+        self.finite.append(torch.isfinite(out).all())
         return out
+
+    def raise_if_non_finite(self):
+        """After sampling, before decoding: a NaN or infinite UNet output at any step would decode to a black
+        image, so it is an error naming the first such step (checked once, not at every step)."""
+        if not self.finite:
+            return
+        finite = torch.stack(self.finite).cpu()
+        if bool(finite.all()):
+            return
+        step, steps = int((~finite).nonzero()[0]) + 1, len(self.schedule.timesteps)
+        hint = ("run again with --dtype fp32" if self.dtype != torch.float32 else
+                "the checkpoint's UNet weights may be damaged")
+        raise UserError(f"sampling step {step} of {steps}: the UNet's output is NaN or infinite in "
+                        f"{str(self.dtype).removeprefix('torch.')}; {hint}")
 
 
 class InpaintingChannels:

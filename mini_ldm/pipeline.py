@@ -149,7 +149,8 @@ class StableDiffusion:
         negative, terms = self._conditioning(parts, settings.negative_prompt, learned)
         generator = generator if generator is not None else torch.Generator("cpu").manual_seed(settings.seed)
         start = self._start(settings, image, generator)
-        guidance = ClassifierFreeGuidance(self._unet_prediction(start), negative, terms, settings.cfg, settings.n)
+        prediction = self._unet_prediction(start)
+        guidance = ClassifierFreeGuidance(prediction, negative, terms, settings.cfg, settings.n)
         denoise = Denoiser(guidance, start.schedule, self.prediction)
         if start.keep_known is not None:
             denoise = start.keep_known(denoise)
@@ -159,6 +160,7 @@ class StableDiffusion:
             with tqdm(total=len(start.schedule.timesteps), desc="sampling", disable=not progress, leave=False) as bar:
                 latents = samplers.sample(settings.scheduler, denoise, start.x, start.schedule, generator,
                                           callback=lambda i: bar.update(1))
+        prediction.raise_if_non_finite()
         if start.keep_known is not None:
             latents = denoise.finish(latents)
         images, redone = self._decode_checked(latents)
