@@ -8,7 +8,6 @@ real set once, and changing any image or setting encodes it again.
 """
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,15 +18,14 @@ from safetensors.torch import load_file, save
 
 from mini_ldm.inception import FEATURE_DIMS
 from mini_ldm.inception_input import inception_input, to_uint8_tensor, zscore_paper
-from mini_ldm.io import write_bytes_atomic
+from mini_ldm.io import user_cache_dir, write_bytes_atomic
 from ti.data import DataError, find_images, load_image, warn_stderr
 
 CACHE_FORMAT = "mini-ldm-inception-features-1"  # bump when the stored layout changes
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mini-ldm" / "inception-features"
+    return user_cache_dir() / "inception-features"
 
 
 @dataclass

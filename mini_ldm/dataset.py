@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import hashes, manifest
 from . import prompt as prompting
+from .cli import check_writable
 from .dataset_rows import check_learned_tokens, job_rows
 from .errors import UserError
 from .png import parameters_text, parse_parameters, save_png
@@ -409,8 +410,7 @@ def generate_dataset(sd, output, settings: SampleSettings | None = None, *, coun
     rows = job_rows(settings, count, prompts_file)
     check_learned_tokens(sd, rows)
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output {output}: is a file; a dataset goes to a folder")
+    check_writable(output, "--output", is_file=False)  # a file, a path under a file, a read-only folder
     group = Group(sd.device)
     try:
         return _run(sd, output, rows, settings.seed if settings.seed != -1 else None, batch, overwrite,

@@ -8,17 +8,12 @@ convenience only; when it cannot be read or written, the hash is computed and no
 """
 import hashlib
 import json
-import os
 from pathlib import Path
 
-from .io import write_text_atomic
+from .io import user_cache_dir, write_text_atomic
 
 SHORT = 10  # AUTOMATIC1111 shows the first 10 hex digits
 CHUNK = 1 << 20
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mini-ldm"
 
 
 def file_sha256(path) -> str:
@@ -26,7 +21,7 @@ def file_sha256(path) -> str:
     path = Path(path).resolve()
     stat = path.stat()
     key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    cache_file = cache_dir() / "hashes.json"
+    cache_file = user_cache_dir() / "hashes.json"
     cache = _read_cache(cache_file)
     known = cache.get(str(path))
     if isinstance(known, dict) and all(known.get(k) == v for k, v in key.items()) and "sha256" in known:

@@ -15,7 +15,6 @@ and no BatchNorm `num_batches_tracked` counters), so loading is a straight copy 
 The network expects images already resized to 299 x 299 and scaled as `(x - 128) / 128` (see
 `inception_input.py`); `forward` returns the feature taps FID and IS use.
 """
-import hashlib
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cli import weights_folder
+from . import hashes
 from .errors import UserError
 from .io import UnsafePickle, first_line, torch_load
 
@@ -201,14 +201,6 @@ class InceptionV3FID(nn.Module):
 
 # --------------------------------------------------------------------------- weights
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_state_dict(path: Path) -> dict:
     """The tensors of a weights file, whatever its container; InceptionWeightsError if it has none."""
     if not path.is_file():
@@ -254,7 +246,7 @@ def load_inception(path, device="cpu", dtype=torch.float32) -> InceptionV3FID:
             if tuple(src.shape) != tuple(param.shape):
                 raise InceptionWeightsError(f"{path}: {name} has shape {tuple(src.shape)}, expected {tuple(param.shape)}")
             param.copy_(src.to(param.dtype))
-    model.weights_sha256 = file_sha256(path)  # part of every feature-cache key and of metrics.json
+    model.weights_sha256 = hashes.file_sha256(path)  # part of every feature-cache key and of metrics.json
     return model.eval().requires_grad_(False).to(device=device, dtype=dtype)
 
 

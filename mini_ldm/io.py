@@ -16,6 +16,12 @@ from pathlib import Path
 import torch
 
 
+def user_cache_dir() -> Path:
+    """mini-ldm's folder for caches that only save time (hashes, image features): $XDG_CACHE_HOME/mini-ldm,
+    by default ~/.cache/mini-ldm."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mini-ldm"
+
+
 def first_line(e: BaseException) -> str:
     """The gist of a library error: its first sentence, so our messages stay one line."""
     text = str(e).strip()

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random SD models (see tiny_models.py), built once per test session."""
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,19 @@ if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 
 from tiny_models import make_diffusers_folder, make_single_file  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Hashes and image features are cached under $XDG_CACHE_HOME/mini-ldm: point it (for the CLIs the tests
+    start too) at a folder of the test session, so tests never read or write the user's own cache."""
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
 
 
 @pytest.fixture(scope="session", autouse=True)

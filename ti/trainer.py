@@ -157,8 +157,9 @@ class Trainer:
         for _ in range(accum):
             loss = self._batch_loss() / accum
             self.scaler.scale(loss).backward()
-            for i, part in self.concept_losses.items():
-                totals[i] += (part.detach() / accum).item()
+            parts = torch.stack(list(self.concept_losses.values())).detach() / accum
+            for i, value in zip(self.concept_losses, parts.tolist()):  # one device sync, not one per concept
+                totals[i] += value
         # The update, the step count and the random state move together: a Ctrl-C arriving in between
         # would otherwise save an update without its count, and a resume would not replay exactly.
         with _signals_deferred():
