@@ -221,7 +221,7 @@ def main(argv=None):
             raise UserError(f"{flag}: only for a dataset job (--count N or --prompts-file CSV); --n draws a batch")
     if not args.prompt and args.interpolate is None:
         raise UserError("--prompt is required (or --interpolate A B)")
-    settings = from_flags(SampleSettings, args).check()  # bad flags fail before a model is loaded
+    settings = from_flags(SampleSettings, args)  # checked when made: bad flags fail before a model is loaded
     alphas = parse_alphas(args.alphas or DEFAULT_ALPHAS) if args.interpolate else None
     cli.check_writable(args.output, "--output", is_file=args.output.suffix.lower() == ".png")
     sd = load_model(args)

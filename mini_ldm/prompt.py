@@ -54,8 +54,21 @@ def first_window(tokenizer, text: str, learned: dict) -> Tokens:
     return windows[0]
 
 
+@dataclass
+class Conditioning:
+    """What one prompt gives the UNet: the cross-attention context and, on SDXL, the pooled text vector."""
+
+    context: torch.Tensor  # (1, 77 * windows, width); SDXL: both encoders' contexts side by side (2048)
+    pooled: torch.Tensor | None = None  # (1, 1280) SDXL: bigG's pooled vector of the first window
+
+
 def encode(text_encoder, batch: list, device) -> torch.Tensor:
     """Several Tokens (prompts, or the windows of one prompt) -> contexts (B, 77, width), in one call."""
+    return encode_pooled(text_encoder, batch, device)[0]
+
+
+def encode_pooled(text_encoder, batch: list, device):
+    """Several Tokens -> (contexts (B, 77, width), pooled vectors (B, P) or None if the encoder has none)."""
     ids = torch.tensor([tokens.ids for tokens in batch], device=device)
     embeds = text_encoder.embed_tokens(ids)  # (B, 77, width)
     if any(tokens.vectors for tokens in batch):
@@ -63,7 +76,7 @@ def encode(text_encoder, batch: list, device) -> torch.Tensor:
         for row, tokens in enumerate(batch):
             for pos, vecs in tokens.vectors:
                 embeds[row, pos:pos + len(vecs)] = vecs.to(embeds)
-    return text_encoder(token_embeds=embeds)
+    return text_encoder.encode(ids, token_embeds=embeds)
 
 
 # --- composable prompts -------------------------------------------------------------------------
@@ -139,3 +152,16 @@ def tokenize(tokenizer, text: str, learned: dict) -> list:
 def encode_windows(text_encoder, windows: list, device) -> torch.Tensor:
     """Windows -> context (1, 77 * len(windows), width): each window encoded on its own, then concatenated."""
     return encode(text_encoder, windows, device).flatten(0, 1)[None]
+
+
+def encode_prompt(encoders: list, text: str, learned: dict, device) -> Conditioning:
+    """A prompt of any length -> its Conditioning. `encoders`: [(tokenizer, text encoder)], one pair on
+    SD 1/2, two on SDXL, whose contexts are concatenated along the width; a learned token then holds one
+    tensor of vectors per encoder (a tuple), each spliced into its own encoder. The pooled vector is the
+    last encoder's, of the first window (as AUTOMATIC1111 does for long prompts)."""
+    contexts, pooled = [], None
+    for k, (tokenizer, text_encoder) in enumerate(encoders):
+        own = {name: vecs[k] for name, vecs in learned.items()} if len(encoders) > 1 else learned
+        context, pooled = encode_pooled(text_encoder, tokenize(tokenizer, text, own), device)
+        contexts.append(context.flatten(0, 1)[None])  # (1, 77 * windows, width_k)
+    return Conditioning(torch.cat(contexts, dim=-1), None if pooled is None else pooled[:1])
