@@ -21,7 +21,7 @@ from mini_ldm.dataset import DatasetOptions
 from mini_ldm.dataset_rows import job_rows
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
-from mini_ldm.loading import DTYPES
+from mini_ldm.loading import DTYPES, ModelParts
 from mini_ldm.pipeline import INTERPOLATE_MODES
 from mini_ldm.png import parameters_text, save_png
 from mini_ldm.sample_settings import SampleSettings
@@ -40,6 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--model", type=Path, default=None,
                    help="a .safetensors/.ckpt single file or a diffusers folder (default: the one checkpoint in weights/)")
     add_flags(p, SampleSettings)
+    add_flags(p, ModelParts)
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                    help="a .png file, or a folder where numbered PNGs are written (default: outputs/)")
     add_flags(p, DatasetOptions)
@@ -148,7 +149,8 @@ def load_model(args):
         return demo.tiny_model(mini_ldm.loading.check_device(device))
     model_path = args.model or cli.find_default_model()
     t0 = time.time()
-    sd = mini_ldm.load(model_path, device=device, dtype=args.dtype, prediction=args.prediction)
+    sd = mini_ldm.load(model_path, device=device, dtype=args.dtype, prediction=args.prediction,
+                       vae=from_flags(ModelParts, args).vae)
     print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
           f"on {device} as {str(sd.dtype).removeprefix('torch.')} in {time.time() - t0:.1f}s")
     return sd

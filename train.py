@@ -14,6 +14,7 @@ import torch
 import mini_ldm
 from mini_ldm import cli, demo
 from mini_ldm.errors import UserError
+from mini_ldm.loading import ModelParts
 from mini_ldm.settings import add_flags, from_flags
 from ti import concepts as concept_plan
 from ti.concepts import file_name
@@ -30,6 +31,7 @@ def parse_args(argv=None):
                     "Diffusion weights stay frozen and the result is a small .safetensors file. Defaults follow "
                     "the paper (de Wilde et al. 2024): 64 vectors, AdamW at lr 0.005, batch 1.")
     add_flags(p, TrainSettings)
+    add_flags(p, ModelParts)
     p.add_argument("--model", type=Path, default=None,
                    help="checkpoint file or diffusers folder (default: the one checkpoint in weights/)")
     p.add_argument("--prediction", default="auto", choices=("auto", "epsilon", "v"),
@@ -113,7 +115,8 @@ def load_model(args, settings: TrainSettings, device: str):
     if args.demo:
         return demo.tiny_model(device)
     model_path = args.model or cli.find_default_model()
-    sd = mini_ldm.load(model_path, device=device, dtype=settings.dtype, prediction=args.prediction)
+    sd = mini_ldm.load(model_path, device=device, dtype=settings.dtype, prediction=args.prediction,
+                       vae=from_flags(ModelParts, args).vae)
     print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
           f"on {device} in {settings.dtype}")
     return sd

@@ -1,12 +1,25 @@
 """`mini_ldm.load`: a checkpoint path -> a ready StableDiffusion."""
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, UserError
 from .pipeline import StableDiffusion
+from .settings import option
 from .tokenizer import CLIPTokenizer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ModelParts:
+    """Parts swapped into the checkpoint when it loads (sample.py and train.py)."""
+
+    vae: Path | None = option(None, "decode (and encode) with this VAE instead of the checkpoint's own: a file "
+                                    "or a diffusers vae/ folder, e.g. the fp16-fix SDXL VAE or SD 2's ft-MSE VAE",
+                              metavar="FILE", shown="the checkpoint's own")
 
 
 def default_device() -> str:

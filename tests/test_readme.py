@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mini_ldm.dataset import DatasetOptions
+from mini_ldm.loading import ModelParts
 from mini_ldm.sample_settings import SampleSettings
 from mini_ldm.settings import add_flags, markdown_table
 from ti.train_settings import TrainSettings
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
-@pytest.mark.parametrize("cls", [SampleSettings, TrainSettings, DatasetOptions])
+@pytest.mark.parametrize("cls", [SampleSettings, TrainSettings, DatasetOptions, ModelParts])
 def test_settings_tables_are_generated(cls):
     table = markdown_table(cls)
     assert table in README, f"README's table of {cls.__name__} is stale; paste this over it:\n{table}"

@@ -195,3 +195,79 @@ def test_vae_swapped_in(sdxl_folder, sdxl_single, tiny, tmp_path, vae_layout):
 def test_vae_that_is_not_a_vae_is_refused(sdxl_single, sd1_folder):
     with pytest.raises(CheckpointError, match="--vae"):
         mini_ldm.load(sdxl_single, device="cpu", dtype="fp32", vae=sd1_folder / "unet")
+
+
+# --- workflows -------------------------------------------------------------------------------------
+
+
+def _test_image(h=64, w=48):
+    from PIL import Image
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (h + w)], axis=-1).astype(np.uint8)
+    return Image.fromarray(rgb)
+
+
+def test_img2img_matches_diffusers(tiny, pipe):
+    sd = tiny("sdxl", "single")
+    image = _test_image()
+    i2i = diffusers.StableDiffusionXLImg2ImgPipeline(**pipe.components)
+    i2i.scheduler = diffusers.EulerAncestralDiscreteScheduler.from_config(i2i.scheduler.config)
+    i2i.set_progress_bar_config(disable=True)
+    want = i2i(PROMPT, image=image, strength=0.6, negative_prompt=NEGATIVE, num_inference_steps=5, guidance_scale=3.0,
+               num_images_per_prompt=N, generator=torch.Generator("cpu").manual_seed(SEED), output_type="np").images
+    got, settings = sd.sample(PROMPT, NEGATIVE, seed=SEED, steps=5, cfg=3.0, scheduler="euler_a", n=N, strength=0.6,
+                              init_image=image, progress=False)
+    assert (settings.height, settings.width) == (64, 48)
+    assert_same_image(np.stack([np.asarray(im) for im in got]), (want * 255).round().astype(np.uint8))
+
+
+def test_inpainting_keeps_the_pixels_outside_the_mask(tiny):
+    from PIL import Image
+    sd = tiny("sdxl", "folder")
+    image = _test_image()
+    mask = np.zeros((64, 48), np.uint8)
+    mask[16:48, 8:40] = 255
+    images, _ = sd.sample(PROMPT, seed=SEED, steps=3, scheduler="dpm++2m", init_image=image, strength=1.0,
+                          mask=Image.fromarray(mask), mask_blur=2, progress=False)
+    got, original = np.asarray(images[0]).astype(int), np.asarray(image).astype(int)
+    far = np.ones_like(mask, bool)
+    far[16 - 4:48 + 4, 8 - 4:40 + 4] = False  # beyond the feathered edge
+    assert np.array_equal(got[far], original[far])
+    assert np.abs(got[20:44, 12:36] - original[20:44, 12:36]).mean() > 5  # the inside was redrawn
+
+
+def test_long_prompt_pools_its_first_window(tiny):
+    from mini_ldm import prompt as prompting
+    sd = tiny("sdxl", "single")
+    long = ", ".join(["a frontal chest x-ray with a small effusion"] * 12)
+    conditioning = sd.conditioning(long)
+    assert conditioning.context.shape == (1, 77 * 2, 192)
+    first = prompting.tokenize(sd.tokenizer_2, long, {})[:1]
+    _, pooled = prompting.encode_pooled(sd.text_encoder_2, first, "cpu")
+    torch.testing.assert_close(conditioning.pooled, pooled)
+    images, _ = sd.sample(long, NEGATIVE, seed=1, steps=2, scheduler="euler", height=32, width=32, progress=False)
+    assert np.asarray(images[0]).std() > 1
+
+
+def test_and_gives_each_sub_prompt_its_own_pooled_vector(tiny):
+    """"A:0.5 AND A:0.5" is guidance-wise "A"; "A:0.5 AND B:0.5" is not, and differs from "A" only through B."""
+    sd = tiny("sdxl", "single")
+
+    def draw(prompt):
+        images, _ = sd.sample(prompt, NEGATIVE, seed=3, steps=3, cfg=3.0, scheduler="euler", height=32, width=32,
+                              progress=False)
+        return np.asarray(images[0]).astype(int)
+
+    single, halves = draw(PROMPT), draw(f"{PROMPT}:0.5 AND {PROMPT}:0.5")
+    assert np.abs(single - halves).max() <= 1
+    assert np.abs(single - draw(f"{PROMPT}:0.5 AND a hand x-ray:0.5")).mean() > 0.5
+
+
+def test_dataset_seeds_draw_the_images_of_single_runs(tiny):
+    sd = tiny("sdxl", "folder")
+    settings = mini_ldm.SampleSettings(prompt=PROMPT, steps=2, scheduler="euler_a", height=32, width=32)
+    images, used = sd.sample_seeds(settings, [11, 12])
+    for image, s in zip(images, used):
+        alone, _ = sd.sample(settings=mini_ldm.SampleSettings(prompt=PROMPT, steps=2, scheduler="euler_a",
+                                                              height=32, width=32, seed=s.seed), progress=False)
+        assert np.abs(np.asarray(image).astype(int) - np.asarray(alone[0]).astype(int)).max() <= 1
