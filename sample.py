@@ -109,7 +109,7 @@ def register_embeddings(sd, paths, use_default_folder: bool = True):
     found = load_embeddings(paths, skip_unreadable=None if explicit else warn)
     for token, emb in list(found.items()):
         try:
-            check_width(emb, sd.width, sd.family)
+            check_width(emb, sd.widths, sd.family)
         except UserError as e:
             if explicit:
                 raise

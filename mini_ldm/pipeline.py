@@ -52,14 +52,20 @@ class StableDiffusion:
         self.alphas_cumprod = samplers.alphas_cumprod_from_config(checkpoint.scheduler_config)
 
     @property
+    def widths(self) -> tuple:
+        """Widths of the text encoders' token embeddings: (768,) SD1, (1024,) SD2, (768, 1280) SDXL."""
+        return tuple(text_encoder.cfg.width for _, text_encoder in self.encoders)
+
+    @property
     def width(self) -> int:
-        """Width of the text encoder's token embeddings (768 for SD1, 1024 for SD2)."""
-        return self.text_encoder.cfg.width
+        """Width of a learned token's vectors: the encoders' widths side by side (SDXL: 768 + 1280 = 2048)."""
+        return sum(self.widths)
 
     def add_learned_token(self, token: str, vectors: torch.Tensor):
+        """`vectors` [n, width]; on SDXL the CLIP-L part [n, 768] and the bigG part [n, 1280] side by side."""
         if vectors.ndim != 2 or vectors.shape[1] != self.width:
             raise UserError(f"learned token {token}: vectors of shape {tuple(vectors.shape)} do not fit the "
-                            f"{self.family} model, which expects [n, {self.width}]")
+                            f"{self.family} model, which expects [n, {' + '.join(map(str, self.widths))}]")
         self.learned[token] = vectors.float().cpu()
 
     # --- conditioning --------------------------------------------------------------------------

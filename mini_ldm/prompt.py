@@ -156,12 +156,33 @@ def encode_windows(text_encoder, windows: list, device) -> torch.Tensor:
 
 def encode_prompt(encoders: list, text: str, learned: dict, device) -> Conditioning:
     """A prompt of any length -> its Conditioning. `encoders`: [(tokenizer, text encoder)], one pair on
-    SD 1/2, two on SDXL, whose contexts are concatenated along the width; a learned token then holds one
-    tensor of vectors per encoder (a tuple), each spliced into its own encoder. The pooled vector is the
-    last encoder's, of the first window (as AUTOMATIC1111 does for long prompts)."""
+    SD 1/2, two on SDXL, whose contexts are concatenated along the width. A learned token's vectors are
+    [n, sum of the encoders' widths] (SDXL: 768 + 1280), each encoder's own part spliced into it. The pooled
+    vector is the last encoder's, of the first window (as AUTOMATIC1111 does for long prompts)."""
     contexts, pooled = [], None
-    for k, (tokenizer, text_encoder) in enumerate(encoders):
-        own = {name: vecs[k] for name, vecs in learned.items()} if len(encoders) > 1 else learned
+    for (tokenizer, text_encoder), own in zip(encoders, _per_encoder(encoders, learned)):
         context, pooled = encode_pooled(text_encoder, tokenize(tokenizer, text, own), device)
         contexts.append(context.flatten(0, 1)[None])  # (1, 77 * windows, width_k)
     return Conditioning(torch.cat(contexts, dim=-1), None if pooled is None else pooled[:1])
+
+
+def encode_first_windows(encoders: list, texts: list, learned: dict, device) -> Conditioning:
+    """Training: each prompt in one window (first_window) -> Conditioning with context (B, 77, C) and, on
+    SDXL, pooled (B, P); one batched call per encoder. Gradients flow to the learned vectors."""
+    contexts, pooled = [], None
+    for (tokenizer, text_encoder), own in zip(encoders, _per_encoder(encoders, learned)):
+        context, pooled = encode_pooled(text_encoder, [first_window(tokenizer, t, own) for t in texts], device)
+        contexts.append(context)
+    return Conditioning(torch.cat(contexts, dim=-1), pooled)
+
+
+def _per_encoder(encoders: list, learned: dict) -> list:
+    """{token: [n, sum of widths]} -> one {token: [n, width_k]} per encoder (SDXL: columns 0:768, 768:2048)."""
+    if len(encoders) == 1:
+        return [learned]
+    parts, start = [], 0
+    for _, text_encoder in encoders:
+        width = text_encoder.cfg.width
+        parts.append({name: vecs[:, start:start + width] for name, vecs in learned.items()})
+        start += width
+    return parts

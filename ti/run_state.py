@@ -66,10 +66,10 @@ def save_run(trainer, snapshot_step: int | None = None):
     for i, c in enumerate(trainer.concepts):
         base = c.output if snapshot_step is None else intermediate_path(c.output, snapshot_step)
         meta = {k: str(v) for k, v in _metadata(trainer, i, trainer.step).items()}
-        write_embedding(_current_file(trainer, c, base), Embedding(c.token, trainer.params[i].detach(), None, meta))
+        write_embedding(_current_file(trainer, c, base), Embedding(c.token, trainer.params[i].detach(), None, meta, trainer.sd.widths))
         if trainer.settings.early_stop and snapshot_step is None and c.token in trainer.best:
             best_meta = {k: str(v) for k, v in _metadata(trainer, i, trainer.records[c.token].best_step).items()}
-            write_embedding(c.output, Embedding(c.token, trainer.best[c.token], None, best_meta))
+            write_embedding(c.output, Embedding(c.token, trainer.best[c.token], None, best_meta, trainer.sd.widths))
     if snapshot_step is None or not trainer.settings.concepts:
         one = trainer.concepts[0].output  # a one-token run: the state sits beside its (snapshot) file
         state = trainer.files.state if trainer.settings.concepts else state_path(

@@ -32,6 +32,7 @@ from mini_ldm import samplers
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
 from mini_ldm.png import parameters_text, save_png
+from mini_ldm.unet import added_conditioning
 
 from .concepts import Concept
 from .early_stop import ValidationRecord
@@ -51,8 +52,9 @@ def initial_vectors(sd, init_text: str | None, vectors: int, generator) -> torch
     ids = sd.tokenizer.encode(init_text)
     if not ids:
         raise UserError(f"--init {init_text!r}: the text has no tokens")
-    with torch.no_grad():
-        table = sd.text_encoder.embed_tokens(torch.tensor(ids, device=sd.device)).float().cpu()  # (len, width)
+    with torch.no_grad():  # SDXL: both encoders' embeddings side by side, (len, 768 + 1280)
+        table = torch.cat([encoder.embed_tokens(torch.tensor(ids, device=sd.device)).float().cpu()
+                           for _, encoder in sd.encoders], dim=-1)  # (len, width)
     return torch.stack([table[i * len(ids) // vectors] for i in range(vectors)])
 
 
@@ -131,11 +133,19 @@ class Trainer:
         target = samplers.training_target(x0, noise, alpha_bar, sd.prediction)
         learned = {c.token: p for c, p in zip(self.concepts, self.params)}
         distinct = list(dict.fromkeys(prompts))
-        windows = [prompting.first_window(sd.tokenizer, text, learned) for text in distinct]
-        context = prompting.encode(sd.text_encoder, windows, sd.device)  # one batched call
+        cond = prompting.encode_first_windows(sd.encoders, distinct, learned, sd.device)  # one call per encoder
+        context, pooled = cond.context, cond.pooled
         if len(distinct) < len(prompts):
-            context = context[torch.tensor([distinct.index(p) for p in prompts], device=sd.device)]
-        return self.unet(noisy.to(sd.dtype), t, context).float(), target
+            rows = torch.tensor([distinct.index(p) for p in prompts], device=sd.device)
+            context, pooled = context[rows], None if pooled is None else pooled[rows]
+        y = None if pooled is None else added_conditioning(pooled, self._sizes(x0))
+        return self.unet(noisy.to(sd.dtype), t, context, y).float(), target
+
+    def _sizes(self, x0) -> torch.Tensor:
+        """SDXL's micro-conditioning per row: (H, W, 0, 0, H, W) of the training images (the latent cache holds
+        each image resized and cropped to the training size)."""
+        h, w = (side * self.sd.vae.downscale for side in x0.shape[-2:])
+        return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=x0.device).expand(len(x0), -1)
 
     def _batch_loss(self) -> torch.Tensor:
         """One batch per active concept through the models together; the sum of the per-concept mean losses
