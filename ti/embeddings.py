@@ -308,7 +308,7 @@ def check_width(emb: Embedding, widths, family: str) -> None:
         return
     if emb.widths or len(widths) > 1:  # across SD 1/2 and SDXL
         model = " + ".join(f"{k} [n, {w}]" for k, w in zip(SDXL_KEYS, widths)) if len(widths) > 1 else f"[n, {widths[0]}]"
-        kind = "an SDXL embedding" if emb.widths else f"a {FAMILY_OF_WIDTH.get(emb.width, 'one-encoder')} embedding"
+        kind = "an SDXL embedding" if emb.widths else f"an {FAMILY_OF_WIDTH.get(emb.width, 'SD')} embedding"
         raise EmbeddingError(f"{emb.source or emb.token}: {kind} ({emb.shape_text()}) does not fit the {family} "
                              f"model, which needs {model}")
     width = widths[0]
