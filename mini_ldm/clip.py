@@ -119,10 +119,11 @@ class TextEncoder(nn.Module):
         find each row's first end-of-text token."""
         x = self.embed_tokens(ids) if token_embeds is None else token_embeds  # (B, T, C)
         x = x + self.embeddings.position_embedding.weight[: x.shape[1]]
-        last = len(self.encoder.layers) - 1
+        keep = len(self.encoder.layers) - self.cfg.context_skip  # blocks whose output makes the context
+        context = x  # (Hugging Face's hidden_states[0], when no block is kept)
         for k, layer in enumerate(self.encoder.layers):
             x = layer(x)
-            if k == last - self.cfg.context_skip:
+            if k < keep:
                 context = x
         context = self.final_layer_norm(context) if self.cfg.context_norm else context
         if not self.cfg.projection_dim:
