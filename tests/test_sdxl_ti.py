@@ -121,31 +121,40 @@ def test_convert_keeps_the_sdxl_layout(trained, tmp_path):
     assert refused.returncode == 2 and ".safetensors" in refused.stderr and "Traceback" not in refused.stderr
 
 
-def test_training_sees_the_pooled_vector_and_sizes(tiny, monkeypatch, tmp_path):
-    """The loss of an SDXL step depends on the learned vectors' bigG part through the pooled vector too."""
+def test_training_sees_the_pooled_vector_and_each_images_size_and_crop(tiny, monkeypatch, tmp_path):
+    """An SDXL step is conditioned on each image's original size and crop (from the latent cache) and on the
+    training size; the loss reaches the bigG part of the vectors (through the context and the pooled vector)."""
     import ti.trainer as trainer_module
-    seen = []
-    real = trainer_module.added_conditioning
-    monkeypatch.setattr(trainer_module, "added_conditioning", lambda p, s: seen.append((p, s)) or real(p, s))
+    from ti.data import LatentCache
     from ti.train_settings import TrainSettings
     from ti.trainer import Trainer
 
-    class Cache:  # two cached 32 px images (16x16 latents)
-        mean = torch.randn(2, 4, 16, 16)
-
-        def __len__(self):
-            return 2
-
-        def sample(self, index, generator):
-            return self.mean[index]
-
-        def caption(self, index):
-            return ""
-
+    seen = []
+    real = trainer_module.added_conditioning
+    monkeypatch.setattr(trainer_module, "added_conditioning", lambda p, s: seen.append((p, s)) or real(p, s))
+    mean = torch.randn(2, 4, 16, 16)  # two 32 px images (the tiny VAE halves)
+    geometry = torch.tensor([[300.0, 400, 5, 7], [32, 32, 0, 0]])
+    cache = LatentCache(mean, torch.full_like(mean, 0.1), ["", ""], ["a.png", "b.png"], geometry)
     sd = tiny("sdxl", "folder")
-    settings = TrainSettings(token=TOKEN, output=tmp_path / "t.safetensors", vectors=2, steps=1, save_every=0)
-    trainer = Trainer(sd, Cache(), ["[name]"], settings, log=lambda *a: None)
+    settings = TrainSettings(token=TOKEN, output=tmp_path / "t.safetensors", vectors=2, steps=1, save_every=0,
+                             batch=4)
+    trainer = Trainer(sd, cache, ["[name]"], settings, log=lambda *a: None)
     trainer._batch_loss().backward()
     pooled, sizes = seen[-1]
-    assert sizes.tolist() == [[32, 32, 0, 0, 32, 32]] * settings.batch
+    assert sizes.shape == (4, 6) and {tuple(r) for r in sizes.tolist()} <= {(300, 400, 5, 7, 32, 32),
+                                                                           (32, 32, 0, 0, 32, 32)}
     assert pooled.requires_grad and trainer.vectors.grad[:, 64:].abs().sum() > 0
+
+
+def test_the_latent_cache_records_original_size_and_crop(tmp_path):
+    from PIL import Image
+
+    from ti.data import LatentCache, load_dataset
+    Image.new("RGB", (60, 40), (90, 90, 90)).save(tmp_path / "wide.png")  # w 60, h 40 -> resized 48 x 32
+    items = load_dataset(tmp_path, 32, crop="center", flip=True)
+    assert [it.geometry for it in items] == [(40, 60, 0, 8), (40, 60, 0, 8)]
+    cache = LatentCache.build(items, lambda x: (x[:, :4, ::2, ::2], torch.zeros_like(x[:, :4, ::2, ::2])),
+                              progress=False)
+    cache.save(tmp_path / "cache.safetensors")
+    again = LatentCache.load(tmp_path / "cache.safetensors")
+    assert again.size_conditioning([0], 32).tolist() == [[40, 60, 0, 8, 32, 32]]

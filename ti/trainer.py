@@ -122,11 +122,12 @@ class Trainer:
         t = torch.randint(len(self.alphas_cumprod), (n,), generator=g).to(self.sd.device)
         choice = torch.randint(len(self.templates), (n,), generator=g).tolist()
         prompts = [render(self.templates[k], c.token, c.cache.caption(j)) for k, j in zip(choice, index.tolist())]
-        return x0, noise, t, prompts
+        return x0, noise, t, prompts, c.cache.size_conditioning(index, x0.shape[-1] * self.sd.vae.downscale)
 
-    def _predict(self, x0, noise, t, prompts: list):
+    def _predict(self, x0, noise, t, prompts: list, sizes=None):
         """UNet output (float32) and target for scaled latents x0 at timesteps t, one prompt per row; each
-        distinct prompt goes through the text encoder once."""
+        distinct prompt goes through the text encoder once. SDXL: `sizes` (B, 6) are the size conditioning
+        (default: the training size, uncropped)."""
         sd = self.sd
         alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = samplers.noised_for_training(x0, noise, alpha_bar)
@@ -138,12 +139,11 @@ class Trainer:
         if len(distinct) < len(prompts):
             rows = torch.tensor([distinct.index(p) for p in prompts], device=sd.device)
             context, pooled = context[rows], None if pooled is None else pooled[rows]
-        y = None if pooled is None else added_conditioning(pooled, self._sizes(x0))
+        y = None if pooled is None else added_conditioning(pooled, self._sizes(x0) if sizes is None else sizes)
         return self.unet(noisy.to(sd.dtype), t, context, y).float(), target
 
     def _sizes(self, x0) -> torch.Tensor:
-        """SDXL's micro-conditioning per row: (H, W, 0, 0, H, W) of the training images (the latent cache holds
-        each image resized and cropped to the training size)."""
+        """SDXL's size conditioning where the images' own is not at hand (validation): (H, W, 0, 0, H, W)."""
         h, w = (side * self.sd.vae.downscale for side in x0.shape[-2:])
         return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=x0.device).expand(len(x0), -1)
 
@@ -152,7 +152,8 @@ class Trainer:
         (each concept's kept in self.concept_losses)."""
         parts = [self._draw(i) for i in self.active]
         out, target = self._predict(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-                                    torch.cat([p[2] for p in parts]), [text for p in parts for text in p[3]])
+                                    torch.cat([p[2] for p in parts]), [text for p in parts for text in p[3]],
+                                    torch.cat([p[4] for p in parts]).to(self.sd.device))
         n, losses = self.settings.batch, []
         for k in range(len(parts)):
             losses.append(F.mse_loss(out[k * n:(k + 1) * n], target[k * n:(k + 1) * n]))
