@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate images with a Stable Diffusion 1.x/2.x checkpoint.
+"""Generate images with a Stable Diffusion 1.x/2.x/XL checkpoint.
 
     python sample.py --prompt "a chest x-ray" --seed 1
     python sample.py --model weights/512-base-ema.safetensors --prompt "..." --n 4 --output outputs/
@@ -35,7 +35,7 @@ DEFAULT_ALPHAS = "0,0.25,0.5,0.75,1"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="Text-to-image with a Stable Diffusion 1.x/2.x checkpoint. Defaults follow the paper "
+        description="Text-to-image with a Stable Diffusion 1.x/2.x/XL checkpoint. Defaults follow the paper "
                     "(de Wilde et al. 2024): Euler ancestral sampling at a low CFG scale.")
     p.add_argument("--model", type=Path, default=None,
                    help="a .safetensors/.ckpt single file or a diffusers folder (default: the one checkpoint in weights/)")

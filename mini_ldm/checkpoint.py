@@ -325,7 +325,7 @@ def _single_file_sources(source: TensorSource):
     for src, (_, what) in zip(sources, _MODULES):
         if not src.keys():
             raise CheckpointError(f"{source.path}: has no {what} weights, so it is not a Stable Diffusion 1.x/2.x "
-                                  "checkpoint (LoRA, VAE-only and SDXL files are not supported)")
+                                  "checkpoint (LoRA and VAE-only files are not supported; a VAE goes to --vae)")
     return family, sources, text_layers
 
 
