@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mini_ldm.dataset import DatasetOptions
+from mini_ldm.dataset.job import DatasetOptions
 from mini_ldm.loading import ModelParts
 from mini_ldm.sample_settings import SampleSettings
 from mini_ldm.settings import add_flags, markdown_table

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import mini_ldm
-from ti.embeddings import EmbeddingError, check_width, read_embedding
+from mini_ldm.embeddings import EmbeddingError, check_width, read_embedding
 from ti.phantoms import write_phantoms
 
 ROOT = Path(__file__).resolve().parents[1]
