@@ -185,7 +185,7 @@ def saved_activations(resolution: int, checkpointing: bool) -> dict:
     weights = {id(p) for p in unet.parameters()}
     h = resolution // 8
     tokens = {(h >> level) * (h >> level) for level in range(3)}  # self-attention sequence lengths
-    seen, totals = set(), {"activations": 0, "attention_probabilities": 0}
+    seen, totals, per_block, block = set(), {"activations": 0, "attention_probabilities": 0}, {}, ["other"]
 
     def pack(t):
         base = t._base if t._base is not None else t
@@ -193,7 +193,15 @@ def saved_activations(resolution: int, checkpointing: bool) -> dict:
             seen.add(id(base))
             kind = "attention_probabilities" if tuple(t.shape[-2:]) in {(n, n) for n in tokens} else "activations"
             totals[kind] += base.numel() * base.element_size()
+            if kind == "activations":
+                per_block[block[0]] = per_block.get(block[0], 0) + base.numel() * base.element_size()
         return t
+
+    # which block is running: the largest block's activations are what checkpointing recomputes at once
+    blocks = {**{f"input_blocks.{i}": b for i, b in enumerate(unet.input_blocks)}, "middle_block": unet.middle_block,
+              **{f"output_blocks.{i}": b for i, b in enumerate(unet.output_blocks)}}
+    for name, module in blocks.items():
+        module.register_forward_pre_hook(lambda m, args, name=name: block.__setitem__(0, name))
 
     x = torch.zeros(1, 4, h, h, device="meta", dtype=torch.bfloat16)
     context = torch.zeros(1, 77, 2048, device="meta", dtype=torch.bfloat16, requires_grad=True)
@@ -201,7 +209,9 @@ def saved_activations(resolution: int, checkpointing: bool) -> dict:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         unet(x, torch.tensor([500]), context, y)
     gib = {k: v / 2**30 for k, v in totals.items()}
+    largest = max(per_block, key=per_block.get)
     return {"resolution": resolution, "gradient_checkpointing": checkpointing, **gib,
+            "largest_block": largest, "largest_block_activations": per_block[largest] / 2**30,
             "unet_weights_gib": sum(p.numel() for p in unet.parameters()) * 2 / 2**30}
 
 
