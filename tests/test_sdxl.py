@@ -145,6 +145,15 @@ def test_fp16_loads_in_half_precision(tiny):
     assert sd.text_encoder_2.text_projection.weight.dtype == torch.float16
 
 
+def test_an_fp16_file_loads(sdxl_single, tiny, tmp_path):
+    """sd_xl_base_1.0.safetensors is stored in fp16: it loads into fp32 modules, the same model up to rounding."""
+    half = tmp_path / "sd_xl_base_1.0.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(str(sdxl_single)).items()}, str(half))
+    sd, ref = mini_ldm.load(half, device="cpu", dtype="fp32"), tiny("sdxl", "single")
+    assert sd.family == "sdxl" and sd.unet.label_emb[0][0].weight.dtype == torch.float32
+    torch.testing.assert_close(sd.conditioning(PROMPT).pooled, ref.conditioning(PROMPT).pooled, rtol=2e-2, atol=2e-2)
+
+
 def _refuse(path, *words):
     with pytest.raises(CheckpointError) as e:
         mini_ldm.load(path, device="cpu", dtype="fp32")
