@@ -26,10 +26,20 @@ from .extras import require
 
 VOLUME_SUFFIXES = (".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".nii")
 SLICE_MODES = ("middle", "all", "largest", "median")
+# 256 Mi voxels: 1 GiB as float32, and prepare.py holds a few copies of the first sequence (LPS, resampled,
+# cropped). Larger than any CT or MRI series in everyday use (512 x 512 x 1000 is 262 Mi); --max-voxels raises it.
+DEFAULT_MAX_VOXELS = 2**28
+UNEVEN_GAPS = 0.10  # slice gaps that differ from their median by more than this fraction are uneven
+MEMORY_HINT = "free memory, or use --spacing with larger values, or skip such volumes with a lower --max-voxels"
 
 
 class VolumeError(UserError):
-    """A volume or DICOM series that cannot be read or used; the message names it."""
+    """A volume or DICOM series that cannot be read or used; the message names it, `why` sums it up for the
+    summary line (unreadable, not 3-D, too large, ...)."""
+
+    def __init__(self, message: str, why: str = "unreadable"):
+        super().__init__(message)
+        self.why = why
 
 
 def volume_suffix(path) -> str | None:
@@ -47,29 +57,92 @@ def sitk_module(what: str):
     return require("SimpleITK", what)
 
 
-def read_volume(paths: list[Path]):
-    """One volume file, or the ordered files of a DICOM series -> a 3-D float32 sitk.Image."""
+def read_volume(paths: list[Path], max_voxels: int = DEFAULT_MAX_VOXELS):
+    """One volume file, or the ordered files of a DICOM series -> a 3-D float32 sitk.Image. The header is
+    read first: a volume of more than `max_voxels` voxels is refused before its data is decoded."""
     sitk = sitk_module(f"reading {paths[0]}")
     name = paths[0] if len(paths) == 1 else paths[0].parent
     try:
         with native_stderr_silenced():  # ITK's readers also print their complaints straight to stderr
+            check_size(sitk, paths, name, max_voxels)
             if len(paths) == 1:
                 image = sitk.ReadImage(str(paths[0]))
             else:
                 reader = sitk.ImageSeriesReader()
                 reader.SetFileNames([str(p) for p in paths])
                 image = reader.Execute()  # applies RescaleSlope/Intercept
+            image = _scalar_3d(sitk, image, name)
+            return sitk.Cast(image, sitk.sitkFloat32)
+    except MemoryError:
+        raise VolumeError(f"out of memory reading volume {name}: {MEMORY_HINT}", "out of memory") from None
     except RuntimeError as e:
+        if is_allocation_failure(e):
+            raise VolumeError(f"out of memory reading volume {name}: {MEMORY_HINT}", "out of memory") from None
         raise VolumeError(f"cannot read volume {name}: {_itk_reason(e)} (damaged, or not the format its name "
                           "says)") from None
+
+
+def is_allocation_failure(e: BaseException) -> bool:
+    """SimpleITK reports a failed allocation as a RuntimeError (std::bad_alloc, 'Failed to allocate')."""
+    text = str(e).lower()
+    return "bad_alloc" in text or "allocate" in text or "out of memory" in text
+
+
+def check_size(sitk, paths: list[Path], name, max_voxels: int) -> None:
+    """The voxel count from the header alone (the first file's, times the number of files of a series)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(paths[0]))
+    reader.ReadImageInformation()
+    size = list(reader.GetSize()) + ([len(paths)] if len(paths) > 1 else [])
+    voxels = int(np.prod(size, dtype=np.int64)) * reader.GetNumberOfComponents()
+    if voxels > max_voxels:
+        shape = " x ".join(str(n) for n in size)
+        raise VolumeError(f"{name} holds {voxels:,} voxels ({shape}), more than --max-voxels {max_voxels:,}; "
+                          "raise --max-voxels if this machine has the memory for it (about 12 bytes per voxel)",
+                          "too large")
+
+
+def _scalar_3d(sitk, image, name):
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(f"{name} has {image.GetNumberOfComponentsPerPixel()} values per voxel; prepare.py reads "
-                          "scalar volumes (give each sequence as its own file)")
+                          "scalar volumes (give each sequence as its own file)", "not scalar")
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)  # a single slice stored as a 2-D .mha/.nrrd: depth 1
     if image.GetDimension() != 3:
-        raise VolumeError(f"{name} is {image.GetDimension()}-D; prepare.py reads 3-D volumes (split 4-D files first)")
-    return sitk.Cast(image, sitk.sitkFloat32)
+        raise VolumeError(f"{name} is {image.GetDimension()}-D; prepare.py reads 3-D volumes (split 4-D files "
+                          "first)", f"{image.GetDimension()}-D")
+    return image
+
+
+def uneven_gaps(positions: list[float]) -> tuple[float, float] | None:
+    """(smallest, largest) gap between consecutive slice positions (mm, sorted) when some gap differs from
+    their median by more than UNEVEN_GAPS; None when the slices are evenly spaced."""
+    gaps = np.diff(np.asarray(positions, float))
+    if len(gaps) < 2:
+        return None
+    median = float(np.median(gaps))
+    if np.all(np.abs(gaps - median) <= UNEVEN_GAPS * median):
+        return None
+    return float(gaps.min()), float(gaps.max())
+
+
+def restack_from_positions(image, positions: list[float]):
+    """A series read slice by slice, put on an even grid along its normal from the slices' true positions
+    (mm, ascending): linear between the two nearest slices, spacing the median gap."""
+    sitk = sitk_module("resampling a DICOM series")
+    p = np.asarray(positions, float) - positions[0]
+    step = float(np.median(np.diff(p)))
+    depth = int(round(p[-1] / step)) + 1
+    z = np.linspace(0.0, p[-1], depth)
+    values = sitk.GetArrayFromImage(image)  # (slices, y, x) in file order = position order
+    upper = np.clip(np.searchsorted(p, z, side="right"), 1, len(p) - 1)
+    weight = ((z - p[upper - 1]) / (p[upper] - p[upper - 1]))[:, None, None]
+    even = (1 - weight) * values[upper - 1] + weight * values[upper]  # (depth, y, x)
+    out = sitk.GetImageFromArray(even.astype(np.float32))
+    out.SetOrigin(image.GetOrigin())
+    out.SetDirection(image.GetDirection())
+    out.SetSpacing((*image.GetSpacing()[:2], p[-1] / (depth - 1)))
+    return out
 
 
 @contextmanager

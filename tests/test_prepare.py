@@ -17,7 +17,7 @@ pytest.importorskip("SimpleITK")
 from medical_files import ball, write_dicom, write_volume  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}  # the progress bar: its own test
 BALL_CENTRE = (5.0, -3.0, 0.0)  # mm, physical (x, y, z)
 
 
@@ -74,7 +74,7 @@ def test_three_sequences_on_different_grids_line_up(tmp_path):
         write_volume(src / f"p1_1_{name}.mha", values, **geo)
     out = tmp_path / "out"
     r = ok(prepare(tmp_path / "src", out, "--sequences", "t2w,adc,hbv"))
-    assert "wrote 1 images of 1 cases" in r.stdout
+    assert "wrote 1 image of 1 case" in r.stdout
     rows = metadata(out)
     assert list(rows[0]) == ["file_name", "case", "slice", "sources", "spacing", "normalize"]
     assert rows == [dict(file_name="p1_1.png", case="p1_1", slice="10", spacing="3,0.5,0.5",
@@ -127,7 +127,7 @@ def test_largest_median_fallback_and_split(tmp_path):
     assert rows["healthy"]["file_name"] == "neg/healthy.png" and rows["healthy"]["slice"] == "12"
     assert (png(out / "split" / "neg" / "healthy.png") == value_of(12)).all()
     assert "nomask" not in rows and "skipping nomask: --slice largest needs a mask" in r.stderr
-    assert "wrote 2 images of 2 cases" in r.stdout and "skipped 1 cases (1 no mask)" in r.stdout
+    assert "wrote 2 images of 2 cases" in r.stdout and "skipped 1 case (1 no mask)" in r.stdout
 
 
 def test_flipped_and_permuted_storage_gives_the_same_png(tmp_path):
@@ -206,7 +206,7 @@ def test_bad_input_is_one_line(tmp_path):
     assert len(lines) == 2 and lines[0].startswith("skipping c9: cannot read volume") and "c9.mha" in lines[0]
     ok(r["mismatched"])
     assert r["mismatched"].stderr.strip().splitlines() == ["skipping c2: no hbv file (found c2_t2w.mha, c2_adc.mha)"]
-    assert "skipped 1 cases (1 missing sequence)" in r["mismatched"].stdout
+    assert "skipped 1 case (1 missing sequence)" in r["mismatched"].stdout
     for name, words in {"empty masks": ("--masks", "no mask files"), "spacing": ("--spacing 3,0.5",),
                         "recipe": ("--recipe picai needs --masks",), "normalize": ("--normalize window:40",)}.items():
         assert len(one_error_line(r[name], *words)) == 1, name
