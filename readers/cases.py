@@ -86,16 +86,17 @@ def group_dicom(paths: list[Path], root: Path, warn: Callable[[str], None] = lam
     pydicom = require("pydicom", f"reading DICOM file {paths[0]}")
     groups, sources = defaultdict(list), []
     for path in paths:
-        try:
-            with quiet_pydicom():
+        with quiet_pydicom(relative(path, root), notice=warn):
+            try:
                 ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
-        except Exception:
-            ds = None  # read_dicom says what is wrong with it, as a 2-D file
-        position = _slice_position(ds)
+            except Exception:
+                ds = None  # read_dicom says what is wrong with it, as a 2-D file
+            position = _slice_position(ds)
+            uid = None if position is None else str(ds.SeriesInstanceUID)
         if position is None:
             sources.append(Source([path], relative(path, root), "dicom2d"))
         else:
-            groups[(path.parent, str(ds.SeriesInstanceUID))].append(Slot(position, path, ds))
+            groups[(path.parent, uid)].append(Slot(position, path, ds))
     for (folder, uid), members in sorted(groups.items()):
         label = relative(folder, root) if folder != root else root.name
         for suffix, part in split_repeated_positions(members, label, warn):

@@ -51,19 +51,21 @@ def _stderr_line(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+_NOTED = set()  # pydicom complaints already shown in this run: each is shown once, not once per slice
+
+
 @contextmanager
 def quiet_pydicom(path=None, notice=_stderr_line):
-    """pydicom's own warnings (a wrong VR, an odd value length) become one line each, 'note: FILE: what',
-    instead of a Python warning with its source line on the terminal."""
+    """pydicom's own warnings (an invalid UID, an over-long name) become one line each, 'note: FILE: what',
+    shown once per run, instead of a Python warning with its source line on the terminal."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
-    seen = set()
     for w in caught:
-        text = first_line(w.message)
-        if text not in seen and path is not None:
-            seen.add(text)
-            notice(f"note: {path}: {text}")
+        text = first_line(w.message).split(" Please see <")[0]  # pydicom appends a link to the standard
+        if path is not None and text not in _NOTED:
+            _NOTED.add(text)
+            notice(f"note: {path}: {text} (pydicom; shown once)")
 
 
 @dataclass
@@ -88,20 +90,23 @@ class DicomImage:
 
 
 def read_dicom(path) -> DicomImage:
-    """Read a 2-D (or multi-frame) DICOM file's pixels with the modality LUT applied, per frame."""
+    """Read a 2-D (or multi-frame) DICOM file's pixels with the modality LUT applied, per frame. pydicom's
+    complaints about the file (while reading, or later while an attribute is converted) are one-line notes."""
     path = Path(path)
     pydicom = require("pydicom", f"reading DICOM file {path}")
     with quiet_pydicom(path):
-        try:
-            ds = pydicom.dcmread(str(path), force=True)
-        except Exception as e:  # pydicom raises many types for damaged files
-            raise DicomError(f"cannot read DICOM file {path}: {first_line(e)}") from None
-        if "PixelData" not in ds and "FloatPixelData" not in ds:
-            raise DicomError(f"DICOM file {path} holds no image (no Pixel Data); leave it out of the folder",
-                             "no image")
-        pixels = _decode(ds, path)
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames == 1:
+        return _read_dicom(pydicom, path)
+
+
+def _read_dicom(pydicom, path: Path) -> DicomImage:
+    try:
+        ds = pydicom.dcmread(str(path), force=True)
+    except Exception as e:  # pydicom raises many types for damaged files
+        raise DicomError(f"cannot read DICOM file {path}: {first_line(e)}") from None
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise DicomError(f"DICOM file {path} holds no image (no Pixel Data); leave it out of the folder", "no image")
+    pixels = _decode(ds, path)
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) == 1:
         pixels = pixels[None]  # always (F, H, W[, 3])
     if pixels.min() == pixels.max():
         raise DicomError(f"every pixel of DICOM file {path} is {pixels.flat[0]} (a blank image); skipping it", "blank")
@@ -112,7 +117,9 @@ def read_dicom(path) -> DicomImage:
         return DicomImage(path, pixels, ds, True, colour_bits=int(getattr(ds, "BitsStored", 8) or 8))
     groups = frame_groups(ds, len(pixels))
     values = np.stack([_modality(pydicom, frame, ds, g) for frame, g in zip(pixels, groups)])
-    return DicomImage(path, values, ds, False, [_window(ds, g) for g in groups])
+    windows = [_window(ds, g) for g in groups]
+    _ = [getattr(ds, k, None) for k in ("PhotometricInterpretation", "BitsStored", "VOILUTFunction")]  # warn now
+    return DicomImage(path, values, ds, False, windows)
 
 
 def frame_groups(ds, frames: int) -> list[tuple]:

@@ -11,6 +11,7 @@ Conventions (easy to get wrong):
   radiological convention), whatever order the file stored its axes in.
 SimpleITK is imported only when a volume is met (it is an optional extra).
 """
+import gzip
 import os
 import re
 import sys
@@ -88,8 +89,25 @@ def is_allocation_failure(e: BaseException) -> bool:
     return "bad_alloc" in text or "allocate" in text or "out of memory" in text
 
 
+def nifti_version(path: Path) -> int | None:
+    """1 or 2 for a NIfTI file (its first four bytes: the header size, 348 or 540, in either byte order)."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as f:
+            head = f.read(4)
+    except (OSError, EOFError):
+        return None  # SimpleITK names what is wrong with it
+    sizes = {int.from_bytes(head, "little"), int.from_bytes(head, "big")} if len(head) == 4 else set()
+    return 2 if 540 in sizes else 1 if 348 in sizes else None
+
+
 def check_size(sitk, paths: list[Path], name, max_voxels: int) -> None:
     """The voxel count from the header alone (the first file's, times the number of files of a series)."""
+    if nifti_version(paths[0]) == 2:
+        raise VolumeError(f"{name} is a NIfTI-2 file, which SimpleITK {sitk.Version.VersionString()} cannot read; "
+                          "convert it to NIfTI-1 (e.g. nibabel: nibabel.save(nibabel.Nifti1Image.from_image("
+                          "nibabel.load(IN)), OUT))", "NIfTI-2")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(paths[0]))
     reader.ReadImageInformation()
@@ -110,7 +128,7 @@ def _scalar_3d(sitk, image, name):
         image = sitk.JoinSeries(image)  # a single slice stored as a 2-D .mha/.nrrd: depth 1
     if image.GetDimension() != 3:
         raise VolumeError(f"{name} is {image.GetDimension()}-D; prepare.py reads 3-D volumes (split 4-D files "
-                          "first)", f"{image.GetDimension()}-D")
+                          "first)", "not 3-D")
     return image
 
 
