@@ -76,7 +76,7 @@ class PrepareSettings:
     max_voxels: int = option(DEFAULT_MAX_VOXELS, "skip a volume whose header says it holds more voxels than "
                                                  "this (read before its data, so a small .nii.gz that inflates "
                                                  "to gigabytes is refused at once)", metavar="N")
-    uneven_slices: bool = option(False, "prepare a DICOM series whose slice gaps vary by more than 10% by "
+    uneven_slices: bool = option(False, "prepare a DICOM series whose slice gaps vary by more than a tenth by "
                                         "resampling it from the slices' true positions (default: skip it "
                                         "with one line)")
     demo: bool = option(False, f"make a phantom volume and its mask in {DEMO_DIR}/ and prepare them into "

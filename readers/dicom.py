@@ -132,8 +132,9 @@ def frame_groups(ds, frames: int) -> list[tuple]:
 
 def _group_item(groups: tuple, sequence: str):
     for item in groups:
-        if item is not None and sequence in item and len(item[sequence]):
-            return item[sequence][0]
+        found = getattr(item, sequence, None) if item is not None else None
+        if found:
+            return found[0]
     return None
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 pytest.importorskip("pydicom")
 pytest.importorskip("SimpleITK")
 
-from medical_files import ball, write_dicom, write_volume  # noqa: E402
+from medical_files import ball, write_dicom, write_inflating_nifti, write_nifti2, write_volume  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}  # the progress bar: its own test
@@ -271,3 +271,129 @@ def test_normalization_methods():
     for bad in ("percentile:90,10", "window:40", "minmax:1", "gamma"):
         with pytest.raises(Exception, match="--normalize"):
             parse_normalization(bad)
+
+
+# --------------------------------------------------------------------------- files a radiologist would expect read right
+
+def series(folder, uid, positions, values, extra=None, prefix=""):
+    """One MR slice file per position (0, 0, z), each slice a constant `values[k]` over a little ramp."""
+    ramp = np.arange(8 * 8, dtype=np.uint16).reshape(8, 8)
+    for k, (z, v) in enumerate(zip(positions, values)):
+        write_dicom(folder / f"{prefix}s{k:02d}.dcm", ramp + np.uint16(v), series_uid=uid,
+                    position=(0, 0, z), extra=extra[k] if extra else None)
+
+
+def test_repeated_slice_positions_are_not_stacked_as_one_volume(tmp_path):
+    """Two echoes of one series (3 positions each) become two series; three copies of one image (nothing
+    tells them apart) become three 2-D images. Both with a note; never one 6- or 3-slice fake volume."""
+    uid = "1.2.826.0.1.3680043.8.498.7"
+    for echo in (1, 2):
+        series(tmp_path / "src" / "echoes", uid, [0, 2, 4], [100 * echo] * 3,
+               extra=[dict(EchoNumbers=echo)] * 3, prefix=f"e{echo}")
+    series(tmp_path / "src" / "copies", "1.2.826.0.1.3680043.8.498.8", [5, 5, 5], [10, 20, 30])
+    out = tmp_path / "out"
+    r = ok(prepare(tmp_path / "src", out, "--slice", "all"))
+    rows = metadata(out)
+    by_case = {}
+    for row in rows:
+        by_case.setdefault(row["case"], []).append(row["slice"])
+    assert by_case == {"echoes_echo1": ["0", "1", "2"], "echoes_echo2": ["0", "1", "2"],
+                       "s00": [""], "s01": [""], "s02": [""]}, by_case
+    assert "split into 2 series by EchoNumbers" in r.stderr and "each file is prepared as a 2-D image" in r.stderr
+
+
+def test_uneven_slice_gaps_are_refused_or_resampled_from_true_positions(tmp_path):
+    """Slices at z = 0, 2, 4, 10 mm with values 10 z: skipped by default (one line); with --uneven-slices an
+    even 2 mm grid of 6 slices whose values are still 10 z (linear between the true neighbours)."""
+    positions = [0.0, 2.0, 4.0, 10.0]
+    series(tmp_path / "src" / "ct", "1.2.826.0.1.3680043.8.498.9", positions, [int(10 * z) for z in positions])
+    r = prepare_together({"default": [tmp_path / "src", tmp_path / "o1", "--slice", "all"],
+                          "resampled": [tmp_path / "src", tmp_path / "o2", "--slice", "all", "--uneven-slices",
+                                        "--normalize", "window:50.5,101"]})
+    one_error_line(r["default"], "slice gaps of ct vary from 2 to 6 mm", "--uneven-slices")
+    ok(r["resampled"])
+    assert "resampled from the slices' true positions" in r["resampled"].stderr
+    rows = metadata(tmp_path / "o2")
+    assert [row["slice"] for row in rows] == ["0", "1", "2", "3", "4", "5"] and rows[0]["spacing"] == "2,1,1"
+    ramp = np.arange(64).reshape(8, 8)
+    for k, row in enumerate(rows):  # window 50.5/101 maps value v to v exactly: 0..100 -> 0..255 scale
+        values = ramp + 10 * (2 * k)
+        expected = np.clip((values - 50) / 100 + 0.5, 0, 1) * 255  # (exact .5 values may round either way)
+        np.testing.assert_allclose(png(tmp_path / "o2" / row["file_name"]), expected, atol=0.51, err_msg=row["file_name"])
+
+
+def test_a_volume_too_large_is_refused_from_its_header(tmp_path):
+    """A small .nii.gz whose header claims 2048 x 2048 x 512 voxels is refused before its data is read,
+    naming the file and --max-voxels; a real small volume is refused under a low --max-voxels too."""
+    write_inflating_nifti(tmp_path / "bomb" / "huge.nii.gz", (2048, 2048, 512))
+    write_volume(tmp_path / "small" / "c1.mha", np.ones((4, 8, 8), np.float32))
+    r = prepare_together({"bomb": [tmp_path / "bomb", tmp_path / "o1"],
+                          "low cap": [tmp_path / "small", tmp_path / "o2", "--max-voxels", "100"]})
+    lines = one_error_line(r["bomb"], "huge.nii.gz", "2,147,483,648 voxels", "--max-voxels")
+    assert len(lines) == 2 and "skipped 1 case (1 too large)" in lines[-1]
+    one_error_line(r["low cap"], "c1.mha", "256 voxels (8 x 8 x 4)", "--max-voxels 100")
+
+
+def test_out_of_memory_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    """MemoryError, or SimpleITK's failed allocation, while reading a volume: one line naming the file and what
+    to try, no traceback."""
+    import SimpleITK as sitk
+
+    import prepare
+    from mini_ldm.errors import UserError
+
+    write_volume(tmp_path / "src" / "c1.mha", np.ones((4, 8, 8), np.float32))
+    for failure in (MemoryError(), RuntimeError("Exception thrown in SimpleITK ReadImage: ITK ERROR: "
+                                                "Failed to allocate memory for image.")):
+        def fail(*args, **kwargs):
+            raise failure
+        monkeypatch.setattr(sitk, "ReadImage", fail)
+        with pytest.raises(UserError, match="no case written"):
+            prepare.main([str(tmp_path / "src"), str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert "out of memory reading volume" in err and "c1.mha" in err and "--spacing" in err, err
+
+
+def test_skip_counts_say_what_happened(tmp_path):
+    """Two readable 4-D files and a damaged one: 'skipped 3 cases (2 not 3-D, 1 unreadable)', not 3 unreadable;
+    a NIfTI-2 file is named as such, not called damaged."""
+    import SimpleITK as sitk
+
+    for k in range(2):
+        image = sitk.JoinSeries([sitk.GetImageFromArray(np.ones((3, 4, 4), np.float32))] * 2)  # 4-D
+        sitk.WriteImage(image, str(tmp_path / "src" / f"t{k}.nii.gz") if (tmp_path / "src").mkdir(exist_ok=True)
+                        is None else "")
+    (tmp_path / "src" / "broken.mha").write_text("ObjectType = Image\nNDims = 3\nnot a volume\n")
+    write_nifti2(tmp_path / "n2" / "v2.nii", np.ones((3, 4, 4)))
+    r = prepare_together({"mixed": [tmp_path / "src", tmp_path / "o1"], "nifti2": [tmp_path / "n2", tmp_path / "o2"]})
+    one_error_line(r["mixed"], "skipped 3 cases (2 not 3-D, 1 unreadable)")
+    one_error_line(r["nifti2"], "v2.nii is a NIfTI-2 file", "skipped 1 case (1 NIfTI-2)")
+
+
+def test_blank_dicom_is_skipped_and_pydicom_warnings_are_one_line_notes(tmp_path):
+    write_dicom(tmp_path / "src" / "blank.dcm", np.zeros((8, 8), np.uint16))
+    write_dicom(tmp_path / "src" / "ok.dcm", np.arange(64, dtype=np.uint16).reshape(8, 8))
+    uid = "1.2.abc"  # not a valid UID: pydicom warns when it is read
+    series(tmp_path / "src" / "mr", uid, [0, 1, 2], [0, 5, 9])
+    r = ok(prepare(tmp_path / "src", tmp_path / "out", env={**ENV, "PYTHONWARNINGS": "default"}))
+    assert "skipping blank: every pixel of DICOM file" in r.stderr and "skipped 1 case (1 blank)" in r.stdout
+    notes = [line for line in r.stderr.splitlines() if "Invalid value for VR UI" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: mr/s00.dcm: "), r.stderr
+    assert "UserWarning" not in r.stderr and "warn_and_log" not in r.stderr, r.stderr
+
+
+def test_help_progress_bar_and_demo(tmp_path):
+    """--help names the extra to install and no vague metavar; the bar shows when stderr is not a terminal;
+    --demo makes a phantom volume and mask in demo-output/ and writes its lesion's largest slice."""
+    runs = prepare_together({"help": ["--help"], "demo": ["--demo"]}, env={**ENV, "TQDM_DISABLE": ""})
+    help_text = ok(runs["help"]).stdout
+    assert "pip install -r requirements-medical.txt" in help_text
+    assert "NORMALIZE" not in help_text and "SEQUENCES" not in help_text and "--max-voxels N" in help_text
+    r = subprocess.run([sys.executable, str(REPO / "prepare.py"), "--demo"], cwd=tmp_path, env={**ENV, "TQDM_DISABLE": ""},
+                       capture_output=True, text=True, timeout=120)
+    ok(r)
+    assert "preparing: 100%" in r.stderr  # stderr is a pipe here, not a terminal
+    rows = metadata(tmp_path / "demo-output" / "prepared")
+    assert [(row["case"], row["slice"]) for row in rows] == [("phantom_001", "7")]
+    assert (tmp_path / "demo-output" / "phantom-volumes" / "masks" / "phantom_001.nii.gz").is_file()
+    assert png(tmp_path / "demo-output" / "prepared" / "phantom_001.png").max() == 255
