@@ -75,7 +75,8 @@ class PrepareSettings:
                                       "explicitly win", choices=tuple(sorted(RECIPES)))
     max_voxels: int = option(DEFAULT_MAX_VOXELS, "skip a volume whose header says it holds more voxels than "
                                                  "this (read before its data, so a small .nii.gz that inflates "
-                                                 "to gigabytes is refused at once)", metavar="N")
+                                                 "to gigabytes is refused at once)", metavar="N",
+                                 shown="268435456 (2^28: 1 GiB as float32)")
     uneven_slices: bool = option(False, "prepare a DICOM series whose slice gaps vary by more than a tenth by "
                                         "resampling it from the slices' true positions (default: skip it "
                                         "with one line)")
