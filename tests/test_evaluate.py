@@ -369,6 +369,19 @@ def test_demo_writes_random_weights_in_pytorch_fids_layout_once_and_evaluates(tm
     assert "(cached features)" in runs[1].stdout
 
 
+def test_out_of_memory_is_one_line_naming_the_image(folders, weight_files, tmp_path, monkeypatch):
+    import evaluate
+    import measure.features
+    from mini_ldm.errors import UserError
+
+    def too_big(path):
+        raise MemoryError
+    monkeypatch.setattr(measure.features, "load_image", too_big)
+    with pytest.raises(UserError, match=r"out of memory reading image .*img-000\.png: make it smaller"):
+        evaluate.main([str(folders / "real"), str(folders / "unrelated"), "--weights", str(weight_files[0]),
+                       "--no-cache", "--device", "cpu", "--output", str(tmp_path / "out")])
+
+
 def test_cli_reuses_cached_features(folders, weight_files, tmp_path):
     args = ["--weights", weight_files[0], "--cache-dir", tmp_path / "cache", "--dims", "64", "--kid-subsets", "2",
             "--output", tmp_path / "out"]
