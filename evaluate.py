@@ -21,7 +21,6 @@ from measure.inception import find_default_weights, load_inception
 from measure.metrics import PER_REAL_RATIO, default_kid_subset_size, fid, inception_score, kid, memorization_audit
 from measure.report import summary_table, write_memorization_csv, write_memorization_png, write_metrics_json
 from measure.settings import EvaluateSettings
-from readers.images import DataError
 
 OUT_OF_MEMORY_HINT = "try a smaller --batch (e.g. 1), --device cpu, or fewer or smaller images"
 

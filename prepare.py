@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mini_ldm import cli
+from mini_ldm.demo import DEMO_DIR  # every CLI's --demo writes there
 from mini_ldm.errors import UserError
 from mini_ldm.io import atomic_write, write_text_atomic
 from mini_ldm.settings import add_flags, from_flags, option
@@ -36,7 +37,6 @@ RECIPES = {"picai": dict(sequences="t2w,adc,hbv", spacing="3,0.5,0.5", crop="30,
                          slice="largest", fallback_slice="median", split_by_mask=True, size=512)}
 DEFAULTS = dict(slice="middle", fallback_slice="median")
 COLUMNS = ["file_name", "case", "slice", "sources", "spacing", "normalize"]
-DEMO_DIR = Path("demo-output")  # as mini_ldm.demo.DEMO_DIR: every CLI's --demo writes there
 
 
 @dataclass

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from mini_ldm.demo import DEMO_DIR  # every CLI's --demo writes there
 from mini_ldm.io import atomic_write
 
 from .inception import WEIGHTS_FILES, InceptionV3FID
 
-DEMO_DIR = Path("demo-output")  # as mini_ldm.demo.DEMO_DIR: every CLI's --demo writes there
 DEMO_WEIGHTS = DEMO_DIR / WEIGHTS_FILES[0]
 DEMO_SEED = 1234
 
