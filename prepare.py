@@ -98,7 +98,7 @@ def parse_args(argv=None):
     elif args.src is None or args.out is None:
         p.error("give SRC and OUT (or --demo)")
     for key, value in {**DEFAULTS, **RECIPES.get(args.recipe, {})}.items():
-        if getattr(args, key) in (None, False):  # flags given explicitly win over the recipe
+        if getattr(args, key) is None or getattr(args, key) is False:  # flags given explicitly win over the recipe
             setattr(args, key, value)
     return args
 

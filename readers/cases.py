@@ -130,8 +130,8 @@ def split_repeated_positions(members: list, label: str, warn) -> list[tuple[str,
         for m in members:
             parts[str(getattr(m.dataset, attribute, ""))].append(m)
         if len(parts) > 1 and all(len({key(m) for m in part}) == len(part) for part in parts.values()):
-            warn(f"note: {label}: {len(members)} files share {len(members) - len({key(m) for m in members})} "
-                 f"slice positions; split into {len(parts)} series by {attribute} ({label}_{short}<value>)")
+            warn(f"note: {label}: {len(members)} files at {len({key(m) for m in members})} slice positions; "
+                 f"split into {len(parts)} series by {attribute} ({label}_{short}<value>)")
             return [(f"_{short}{value}", part) for value, part in sorted(parts.items())]
     warn(f"note: {label}: {len(members)} files share slice positions and nothing tells them apart (the same "
          "image saved several times?); each file is prepared as a 2-D image, not stacked as a volume")

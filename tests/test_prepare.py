@@ -299,7 +299,7 @@ def test_repeated_slice_positions_are_not_stacked_as_one_volume(tmp_path):
         by_case.setdefault(row["case"], []).append(row["slice"])
     assert by_case == {"echoes_echo1": ["0", "1", "2"], "echoes_echo2": ["0", "1", "2"],
                        "s00": [""], "s01": [""], "s02": [""]}, by_case
-    assert "split into 2 series by EchoNumbers" in r.stderr and "each file is prepared as a 2-D image" in r.stderr
+    assert "echoes: 6 files at 3 slice positions; split into 2 series by EchoNumbers" in r.stderr and "each file is prepared as a 2-D image" in r.stderr
 
 
 def test_uneven_slice_gaps_are_refused_or_resampled_from_true_positions(tmp_path):
@@ -373,8 +373,9 @@ def test_skip_counts_say_what_happened(tmp_path):
 def test_blank_dicom_is_skipped_and_pydicom_warnings_are_one_line_notes(tmp_path):
     write_dicom(tmp_path / "src" / "blank.dcm", np.zeros((8, 8), np.uint16))
     write_dicom(tmp_path / "src" / "ok.dcm", np.arange(64, dtype=np.uint16).reshape(8, 8))
-    uid = "1.2.abc"  # not a valid UID: pydicom warns when it is read
-    series(tmp_path / "src" / "mr", uid, [0, 1, 2], [0, 5, 9])
+    uid = "1.2.abc"  # not a valid UID: pydicom warns when it is read (and here, when it is written)
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        series(tmp_path / "src" / "mr", uid, [0, 1, 2], [0, 5, 9])
     r = ok(prepare(tmp_path / "src", tmp_path / "out", env={**ENV, "PYTHONWARNINGS": "default"}))
     assert "skipping blank: every pixel of DICOM file" in r.stderr and "skipped 1 case (1 blank)" in r.stdout
     notes = [line for line in r.stderr.splitlines() if "Invalid value for VR UI" in line]
