@@ -42,7 +42,7 @@ COLUMNS = ["file_name", "case", "slice", "sources", "spacing", "normalize"]
 @dataclass
 class PrepareSettings:
     """prepare.py's options (SRC and OUT are its two positional arguments)."""
-    sequences: str | None = option(None, "a case is the files (or DICOM series folders) <case>_t2w.mha, "
+    sequences: str | None = option(None, "e.g. t2w,adc,hbv: a case is the files (or DICOM series folders) <case>_t2w.mha, "
                                          "<case>_adc.mha, ... anywhere under SRC, stacked as channels in this "
                                          "order (one: grayscale, three: RGB); the others are resampled onto the "
                                          "first one's grid", metavar="SEQ[,SEQ,SEQ]",

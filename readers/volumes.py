@@ -14,6 +14,7 @@ SimpleITK is imported only when a volume is met (it is an optional extra).
 import gzip
 import os
 import re
+import struct
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,6 +66,8 @@ def read_volume(paths: list[Path], max_voxels: int = DEFAULT_MAX_VOXELS):
     name = paths[0] if len(paths) == 1 else paths[0].parent
     try:
         with native_stderr_silenced():  # ITK's readers also print their complaints straight to stderr
+            if nifti_version(paths[0]) == 2:  # SimpleITK reads NIfTI-1 only
+                return read_nifti2(paths[0], max_voxels)
             check_size(sitk, paths, name, max_voxels)
             if len(paths) == 1:
                 image = sitk.ReadImage(str(paths[0]))
@@ -102,12 +105,73 @@ def nifti_version(path: Path) -> int | None:
     return 2 if 540 in sizes else 1 if 348 in sizes else None
 
 
+NIFTI_TYPES = {2: np.uint8, 4: np.int16, 8: np.int32, 16: np.float32, 64: np.float64, 256: np.int8,
+               512: np.uint16, 768: np.uint32, 1024: np.int64, 1280: np.uint64}
+
+
+def read_nifti2(path: Path, max_voxels: int):
+    """A NIfTI-2 file (540-byte header, 64-bit sizes) -> a 3-D float32 sitk.Image, as SimpleITK reads NIfTI-1:
+    scl_slope/inter applied, the qform (else the sform, else pixdim) for geometry, RAS turned into LPS."""
+    sitk = sitk_module(f"reading {path}")
+    with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as f:
+        head = f.read(540)
+        e = "<" if int.from_bytes(head[:4], "little") == 540 else ">"
+        (datatype,), dims = struct.unpack_from(e + "h", head, 12), struct.unpack_from(e + "8q", head, 16)
+        size_xyz = (list(dims[1:1 + dims[0]]) + [1, 1])[:3]
+        if dims[0] > 3 and any(n > 1 for n in dims[4:1 + dims[0]]):
+            raise VolumeError(f"{path} is {dims[0]}-D; prepare.py reads 3-D volumes (split 4-D files first)", "not 3-D")
+        voxels = int(np.prod(size_xyz, dtype=np.int64))
+        if voxels > max_voxels:
+            raise VolumeError(f"{path} holds {voxels:,} voxels, more than --max-voxels {max_voxels:,}; raise "
+                              "--max-voxels if this machine has the memory for it", "too large")
+        if datatype not in NIFTI_TYPES:
+            raise VolumeError(f"{path}: NIfTI datatype {datatype} is not a scalar type prepare.py reads", "not scalar")
+        (offset,) = struct.unpack_from(e + "q", head, 168)
+        f.seek(offset)
+        dtype = np.dtype(NIFTI_TYPES[datatype]).newbyteorder(e)
+        data = np.frombuffer(f.read(voxels * dtype.itemsize), dtype=dtype)
+    if data.size != voxels:
+        raise VolumeError(f"cannot read volume {path}: it ends before its {voxels:,} voxels (damaged)")
+    values = data.reshape(size_xyz[::-1]).astype(np.float32)  # x varies fastest: (z, y, x)
+    slope, inter = struct.unpack_from(e + "2d", head, 176)
+    if slope and np.isfinite(slope):
+        values = values * np.float32(slope) + np.float32(inter)
+    image = sitk.GetImageFromArray(values)
+    _set_geometry(image, nifti_affine(head, e))
+    return image
+
+
+def nifti_affine(head: bytes, e: str) -> np.ndarray:
+    """The 4 x 4 voxel -> RAS (mm) matrix of a NIfTI-2 header: qform if set, else sform, else pixdim."""
+    pixdim = struct.unpack_from(e + "8d", head, 104)
+    qform_code, sform_code = struct.unpack_from(e + "2i", head, 344)
+    affine = np.eye(4)
+    if qform_code > 0:
+        b, c, d, *offset = struct.unpack_from(e + "6d", head, 352)
+        a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
+        rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                             [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                             [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - b * b - c * c]])
+        qfac = -1.0 if pixdim[0] < 0 else 1.0
+        affine[:3, :3] = rotation @ np.diag([pixdim[1], pixdim[2], qfac * pixdim[3]])
+        affine[:3, 3] = offset
+    elif sform_code > 0:
+        affine[:3] = np.array(struct.unpack_from(e + "12d", head, 400)).reshape(3, 4)
+    else:
+        affine[:3, :3] = np.diag(pixdim[1:4])
+    return affine
+
+
+def _set_geometry(image, ras_affine: np.ndarray) -> None:
+    lps = np.diag([-1.0, -1.0, 1.0]) @ ras_affine[:3]  # NIfTI is RAS, ITK is LPS
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    image.SetSpacing(tuple(float(v) for v in spacing))
+    image.SetDirection(tuple(float(v) for v in (lps[:, :3] / spacing).reshape(-1)))
+    image.SetOrigin(tuple(float(v) for v in lps[:, 3]))
+
+
 def check_size(sitk, paths: list[Path], name, max_voxels: int) -> None:
     """The voxel count from the header alone (the first file's, times the number of files of a series)."""
-    if nifti_version(paths[0]) == 2:
-        raise VolumeError(f"{name} is a NIfTI-2 file, which SimpleITK {sitk.Version.VersionString()} cannot read; "
-                          "convert it to NIfTI-1 (e.g. nibabel: nibabel.save(nibabel.Nifti1Image.from_image("
-                          "nibabel.load(IN)), OUT))", "NIfTI-2")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(paths[0]))
     reader.ReadImageInformation()

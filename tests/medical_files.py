@@ -131,27 +131,31 @@ def write_palette_dicom(path, indices, lut_rgb16):
     return path
 
 
-def write_nifti2(path, array_zyx, spacing_xyz=(1.0, 1.0, 1.0)):
-    """A NIfTI-2 file (540-byte header; SimpleITK 2.5 cannot read these), int16, sform in mm."""
+def nifti1_to_nifti2(src, dst):
+    """The same volume as a NIfTI-2 file (540-byte header, 64-bit dims, double precision geometry), made from
+    an uncompressed NIfTI-1 file field by field: SimpleITK reads the one, prepare.py must read the other alike."""
     import struct
 
-    a = np.asarray(array_zyx, dtype=np.int16)
-    z, y, x = a.shape
+    raw = Path(src).read_bytes()
+    dims, (datatype, bitpix) = struct.unpack_from("<8h", raw, 40), struct.unpack_from("<hh", raw, 70)
+    pixdim, (vox_offset,) = struct.unpack_from("<8f", raw, 76), struct.unpack_from("<f", raw, 108)
+    scaling, codes = struct.unpack_from("<2f", raw, 112), struct.unpack_from("<2h", raw, 252)
+    quatern, srow = struct.unpack_from("<6f", raw, 256), struct.unpack_from("<12f", raw, 280)
     h = bytearray(540)
     struct.pack_into("<i", h, 0, 540)
     h[4:12] = b"n+2\0\r\n\x1a\n"
-    struct.pack_into("<hh", h, 12, 4, 16)  # datatype int16, bitpix 16
-    struct.pack_into("<8q", h, 16, 3, x, y, z, 1, 1, 1, 1)
-    struct.pack_into("<8d", h, 104, 1.0, *spacing_xyz, 1, 1, 1, 1)
+    struct.pack_into("<hh", h, 12, datatype, bitpix)
+    struct.pack_into("<8q", h, 16, *dims)
+    struct.pack_into("<8d", h, 104, *pixdim)
     struct.pack_into("<q", h, 168, 544)  # vox_offset: header + 4 bytes of extension flags
-    struct.pack_into("<dd", h, 176, 1.0, 0.0)  # scl_slope, scl_inter
-    struct.pack_into("<ii", h, 344, 0, 1)  # qform_code, sform_code
-    for row, values in enumerate(np.diag([*spacing_xyz, 0.0])[:3]):
-        struct.pack_into("<4d", h, 400 + 32 * row, *values)
+    struct.pack_into("<2d", h, 176, *scaling)
+    struct.pack_into("<2i", h, 344, *codes)
+    struct.pack_into("<6d", h, 352, *quatern)
+    struct.pack_into("<12d", h, 400, *srow)
     struct.pack_into("<i", h, 500, 2)  # xyzt_units: mm
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(bytes(h) + bytes(4) + a.tobytes())
-    return Path(path)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    Path(dst).write_bytes(bytes(h) + bytes(4) + raw[int(vox_offset):])
+    return Path(dst)
 
 
 def write_inflating_nifti(path, size_xyz):

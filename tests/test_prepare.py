@@ -14,7 +14,7 @@ from PIL import Image
 pytest.importorskip("pydicom")
 pytest.importorskip("SimpleITK")
 
-from medical_files import ball, write_dicom, write_inflating_nifti, write_nifti2, write_volume  # noqa: E402
+from medical_files import ball, nifti1_to_nifti2, write_dicom, write_inflating_nifti, write_volume  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}  # the progress bar: its own test
@@ -355,19 +355,32 @@ def test_out_of_memory_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys
 
 
 def test_skip_counts_say_what_happened(tmp_path):
-    """Two readable 4-D files and a damaged one: 'skipped 3 cases (2 not 3-D, 1 unreadable)', not 3 unreadable;
-    a NIfTI-2 file is named as such, not called damaged."""
+    """Two readable 4-D files and a damaged one: 'skipped 3 cases (2 not 3-D, 1 unreadable)', not 3 unreadable."""
     import SimpleITK as sitk
 
+    (tmp_path / "src").mkdir()
     for k in range(2):
         image = sitk.JoinSeries([sitk.GetImageFromArray(np.ones((3, 4, 4), np.float32))] * 2)  # 4-D
-        sitk.WriteImage(image, str(tmp_path / "src" / f"t{k}.nii.gz") if (tmp_path / "src").mkdir(exist_ok=True)
-                        is None else "")
+        sitk.WriteImage(image, str(tmp_path / "src" / f"t{k}.nii.gz"))
     (tmp_path / "src" / "broken.mha").write_text("ObjectType = Image\nNDims = 3\nnot a volume\n")
-    write_nifti2(tmp_path / "n2" / "v2.nii", np.ones((3, 4, 4)))
-    r = prepare_together({"mixed": [tmp_path / "src", tmp_path / "o1"], "nifti2": [tmp_path / "n2", tmp_path / "o2"]})
-    one_error_line(r["mixed"], "skipped 3 cases (2 not 3-D, 1 unreadable)")
-    one_error_line(r["nifti2"], "v2.nii is a NIfTI-2 file", "skipped 1 case (1 NIfTI-2)")
+    one_error_line(prepare(tmp_path / "src", tmp_path / "out"), "skipped 3 cases (2 not 3-D, 1 unreadable)")
+
+
+def test_nifti2_reads_like_its_nifti1_twin(tmp_path):
+    """A NIfTI-2 file (which SimpleITK cannot read) gives the PNGs its NIfTI-1 twin gives: values, scaling,
+    and geometry (an oblique, flipped direction, so reorientation to LPS depends on reading it right)."""
+    angle = np.deg2rad(20)
+    direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, -1]])
+    values = ball((9, 20, 24), (0.8, 0.9, 2.5), (5, -7, 3), (12, 2, -8), 5, direction=direction)
+    one = write_volume(tmp_path / "v1" / "case.nii", values.astype(np.int16), (0.8, 0.9, 2.5), (5, -7, 3), direction)
+    nifti1_to_nifti2(one, tmp_path / "v2" / "case.nii")
+    r = prepare_together({name: [tmp_path / name, tmp_path / f"o-{name}", "--slice", "all", "--spacing", "2,0.5,0.5"]
+                          for name in ("v1", "v2")})
+    rows = [metadata(tmp_path / f"o-{name}") for name in ("v1", "v2") if ok(r[name])]
+    assert rows[0] == rows[1] and len(rows[0]) > 5
+    assert max(png(tmp_path / "o-v2" / row["file_name"]).max() for row in rows[0]) == 255  # the ball is in view
+    for row in rows[0]:
+        np.testing.assert_array_equal(png(tmp_path / "o-v2" / row["file_name"]), png(tmp_path / "o-v1" / row["file_name"]))
 
 
 def test_blank_dicom_is_skipped_and_pydicom_warnings_are_one_line_notes(tmp_path):
