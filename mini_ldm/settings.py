@@ -110,3 +110,15 @@ def check_positive(flag: str, value, allow_zero: bool = False):
 def check_finite(flag: str, value: float, example: str):
     if not math.isfinite(value):
         raise UserError(f"{flag} {value}: must be a finite number, e.g. {example}")
+
+
+def check_utf8(flag: str, text) -> None:
+    """Text (or a path) that holds bytes which are not UTF-8 (lone surrogates, as Python decodes such command-line
+    bytes) would fail later, when a PNG's text or the manifest is written: refuse it before any work."""
+    if text is None:
+        return
+    try:
+        str(text).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{flag} {ascii(str(text))}: holds bytes that are not UTF-8 text; write it in UTF-8 (for "
+                        "a file, rename it with a UTF-8 name)") from None
