@@ -83,7 +83,8 @@ def markdown_table(cls, skip: tuple = ()) -> str:
             literal = meta["shown"] is None and f.default not in (None, "", False)
             if literal or "<" in shown or "[" in shown:
                 shown = f"`{shown}`"  # a literal value; and markdown would swallow <token> as a tag
-            rows.append(f"| `{flag_name(f)}` | {shown} | {meta['help'].replace('<', '&lt;')} |")
+            names = f"`{flag_name(f)}`" + "".join(f" (or `{alias}`)" for alias in meta["aliases"])
+            rows.append(f"| {names} | {shown} | {meta['help'].replace('<', '&lt;')} |")
     return "\n".join(rows)
 
 
