@@ -158,10 +158,6 @@ class Job:
     used: list                # each row's embeddings column
     model: str                # the model's name, for the manifest
 
-    @property
-    def rows(self) -> list:
-        return self.plan.rows
-
     def text(self, image: JobImage) -> str:
         """The PNG parameters text image `image` carries."""
         return parameters_text(replace(self.resolved[image.row], seed=image.seed))
@@ -334,7 +330,7 @@ def parameters_difference(job: Job, image: JobImage, found: str) -> str:
 def _remove_old(job: Job, existing: dict) -> None:
     """--overwrite: the images the old manifest lists, the PNGs at this job's file names, and the manifests."""
     inside = job.output.resolve()
-    planned = [path.relative_to(job.output).as_posix() for folder in {row.folder for row in job.rows}
+    planned = [path.relative_to(job.output).as_posix() for folder in {row.folder for row in job.plan.rows}
                for path in (job.output / folder).glob("*.png")]
     for name in set(existing) | {name for name in planned if job.plan.find(name) is not None}:
         path = job.output / name
@@ -347,7 +343,7 @@ def _remove_old(job: Job, existing: dict) -> None:
 def _tidy(job: Job, existing: dict) -> None:
     """Make the folders; drop temporary files a killed run left; one clean metadata.csv of the old rows (no
     parts, no half-written last line) for this run's rows to be appended to."""
-    folders = {job.output} | {job.output / row.folder for row in job.rows}
+    folders = {job.output} | {job.output / row.folder for row in job.plan.rows}
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
         for tmp in folder.glob(".*.tmp"):
@@ -381,23 +377,23 @@ def settle_folder(sd, request: DatasetRequest, embedding_files) -> Job:
 
 
 def open_job(sd, request: DatasetRequest, embedding_files, locks: ExitStack) -> Job:
-    """Rank 0: take the folder's lock (held in `locks` until the job ends) and settle the folder. On a refusal
-    the lock is let go, and a folder this call made is removed again."""
+    """Rank 0: take the folder's lock (held in `locks` until the job ends) and settle the folder. When the
+    folder is refused, the lock is let go and a folder this call made is removed again."""
     output = request.output
     made = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
-    try:
-        with ExitStack() as held:
-            held.enter_context(pid_lock(output / LOCK, lambda pid: (
-                f"--output {output}: another dataset job (pid {pid}) is writing it; wait for it to finish or "
-                f"choose another --output (remove {output / LOCK} if no such job exists)")))
+    with ExitStack() as held:
+        held.enter_context(pid_lock(output / LOCK, lambda pid: (  # another job's: its folder is left alone
+            f"--output {output}: another dataset job (pid {pid}) is writing it; wait for it to finish or "
+            f"choose another --output (remove {output / LOCK} if no such job exists)")))
+        try:
             job = settle_folder(sd, request, embedding_files)
-            locks.enter_context(held.pop_all())
-        return job
-    except BaseException:
-        if made:
-            shutil.rmtree(output, ignore_errors=True)
-        raise
+        except BaseException:
+            if made:  # ours alone, while we hold its lock
+                shutil.rmtree(output, ignore_errors=True)
+            raise
+        locks.enter_context(held.pop_all())
+    return job
 
 
 def scan(job: Job, mine) -> tuple:
@@ -464,7 +460,7 @@ def draw(sd, job: Job, todo, batch: int | None, appender, stop: StopAfterBatch, 
     while done < len(todo) and not stop.requested:
         chunk = next(batches(job, todo[done:done + size], size))
         try:
-            images, _ = sd.sample_seeds(job.rows[chunk[0].row].settings, [image.seed for image in chunk])
+            images, _ = sd.sample_seeds(job.plan.rows[chunk[0].row].settings, [image.seed for image in chunk])
         except torch.cuda.OutOfMemoryError:
             if batch is not None or size == 1:
                 raise
