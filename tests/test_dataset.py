@@ -334,6 +334,25 @@ def test_a_second_job_on_the_same_output_stops_naming_the_first(tiny, tmp_path):
     assert report.written == 2 and tree(out) == ["00000.png", "00001.png", "metadata.csv"]
 
 
+def test_two_jobs_at_once_the_second_stops(sd1_single, env, tmp_path):
+    """The case as a user meets it: a job running with --cfg 3, the same --output asked for with --cfg 5."""
+    out = tmp_path / "busy"
+    first = start(env, *job_args(sd1_single, out, "--batch", 1)[:-2], "--count", 10**6, "--output", out)
+    try:
+        wait_for_pngs(first, out, 1)
+        second = run_main(sample.main, "--model", sd1_single, "--device", "cpu", "--no-embeddings", "--prompt", PROMPT,
+                          "--count", 2, "--seed", SEED, *FAST[:-4], "--cfg", 5, "--output", out)
+        one_line_error(second, "another dataset job", f"pid {first.pid}")
+        first.send_signal(signal.SIGINT)
+        assert finish(first).returncode == 130
+    finally:
+        if first.poll() is None:
+            first.kill()
+    pngs = list(out.glob("*.png"))
+    assert pngs and all("CFG scale: 3.0," in read_parameters(png) for png in pngs), read_parameters(pngs[0])
+    assert not (out / LOCK).exists()
+
+
 @pytest.mark.parametrize("where", ["--count", "prompts-file"])
 def test_a_count_the_disk_cannot_hold_is_refused_before_loading(where, tmp_path):
     """--count 10**12 used to plan every image in memory (growing by ~100 MB/s); now one line, nothing written."""
