@@ -53,10 +53,8 @@ def encode(s: EvaluateSettings, model, folder: Path, role: str):
     try:
         feats = folder_features(folder, model, s.resize, s.zscore, s.dims, s.batch,
                                 cache_dir=False if s.no_cache else s.cache_dir, mirror=role == "REAL" and not s.no_mirror)
-    except MemoryError:
-        raise UserError(f"out of memory encoding {role} folder {folder}: {OUT_OF_MEMORY_HINT}") from None
-    except RuntimeError as e:  # torch's allocators: "DefaultCPUAllocator: can't allocate", "CUDA out of memory"
-        if "allocat" not in str(e) and "out of memory" not in str(e):
+    except (MemoryError, RuntimeError) as e:  # Python's, or torch's CPU/CUDA allocators: name the folder
+        if not cli.is_out_of_memory(e):
             raise
         raise UserError(f"out of memory encoding {role} folder {folder}: {OUT_OF_MEMORY_HINT}") from None
     print(f"{role}: {len(feats)} images from {folder}" + (" (cached features)" if feats.from_cache else ""))
@@ -134,4 +132,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, memory_hint=OUT_OF_MEMORY_HINT)

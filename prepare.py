@@ -28,7 +28,7 @@ from readers.cases import find_cases, find_masks
 from readers.extras import INSTALL_HINT
 from readers.intensity import METHODS, parse_normalization
 from readers.slices import CaseSkipped, Options, Slice, prepare_case
-from readers.volumes import DEFAULT_MAX_VOXELS, SLICE_MODES
+from readers.volumes import DEFAULT_MAX_VOXELS, MEMORY_HINT, SLICE_MODES
 
 # The paper's convert_to_2d.py settings. The one deliberate difference: ADC and HBV are resampled onto the
 # T2W grid through physical space instead of being cropped on their own grids (which misaligns them
@@ -246,4 +246,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, memory_hint=MEMORY_HINT)
