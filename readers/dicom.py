@@ -118,7 +118,8 @@ def _read_dicom(pydicom, path: Path) -> DicomImage:
     groups = frame_groups(ds, len(pixels))
     values = np.stack([_modality(pydicom, frame, ds, g) for frame, g in zip(pixels, groups)])
     windows = [_window(ds, g) for g in groups]
-    _ = [getattr(ds, k, None) for k in ("PhotometricInterpretation", "BitsStored", "VOILUTFunction")]  # warn now
+    for keyword in ("PhotometricInterpretation", "BitsStored"):  # converted here, so pydicom complains here,
+        getattr(ds, keyword, None)  # inside quiet_pydicom, not later in display_frames
     return DicomImage(path, values, ds, False, windows)
 
 
