@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 
 def user_cache_dir() -> Path:
     """mini-ldm's folder for caches that only save time (hashes, image features): $XDG_CACHE_HOME/mini-ldm,
@@ -68,6 +70,50 @@ def write_text_atomic(path, text: str) -> Path:
     with atomic_write(path, "w") as f:
         f.write(text)
     return Path(path)
+
+
+@contextmanager
+def pid_lock(lock: Path, flag: str, holder_kind: str = "another run"):
+    """Hold the file `lock` (holding our pid) while we write an output; a second process on the same output
+    stops at once with a UserError naming `flag`. A lock whose process is gone (kill -9, a power cut) is
+    stale and taken over."""
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None and holder != os.getpid() and _running(holder):
+                raise UserError(f"{flag}: {holder_kind} (pid {holder}) is writing it; wait for it to finish or "
+                                f"choose another place (remove {lock.name} if no such run exists)") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise UserError(f"{flag}: cannot take {lock.name}; remove it if no other run is writing there")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
 
 
 class UnsafePickle(Exception):
