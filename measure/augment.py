@@ -77,13 +77,17 @@ def augment(x: torch.Tensor, level: str, g: torch.Generator) -> torch.Tensor:
 
 
 def shift_scale_rotate(x: torch.Tensor, r: Recipe, g: torch.Generator) -> torch.Tensor:
-    """Rotate by U(-r.rotate, r.rotate) degrees and zoom by 1 + U(-r.scale, r.scale) about the centre, then
-    shift by U(-r.shift, r.shift) of the size per axis; bilinear, borders mirrored (albumentations'
-    reflect-101)."""
+    """Random `affine` per image: angle U(-r.rotate, r.rotate), zoom 1 + U(-r.scale, r.scale), shift
+    U(-r.shift, r.shift) of the size per axis."""
     n = len(x)
-    angle = _uniform(n, -r.rotate, r.rotate, g) * math.pi / 180
-    zoom = 1 + _uniform(n, -r.scale, r.scale, g)
-    shift = _uniform(2 * n, -r.shift, r.shift, g).view(n, 2) * 2  # in grid units: the image spans [-1, 1]
+    degrees, zoom = _uniform(n, -r.rotate, r.rotate, g), 1 + _uniform(n, -r.scale, r.scale, g)
+    return affine(x, degrees, zoom, _uniform(2 * n, -r.shift, r.shift, g).view(n, 2))
+
+
+def affine(x: torch.Tensor, degrees: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate by `degrees` (B,) and zoom by `zoom` (B,) about the centre, then shift by `shift` (B, 2) (x, y
+    fractions of the size); bilinear, borders mirrored (albumentations' reflect-101)."""
+    angle, shift = degrees * math.pi / 180, shift * 2  # grid units: the image spans [-1, 1]
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     # output grid point p samples the input at R(-angle) (p - shift) / zoom
     rotation = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # (B, 2, 2)

@@ -94,13 +94,11 @@ def resize(image, size: int) -> torch.Tensor:
     return (x[0] * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def synthetic_subset(images: ImageSet, count: int, seed: int, flag: str = "--synthetic-count") -> ImageSet:
+def synthetic_subset(images: ImageSet, count: int, seed: int) -> ImageSet:
     """`count` images per class, drawn without replacement with `seed` (the same subset for every repeat)."""
     g = torch.Generator().manual_seed(seed)
     keep = []
     for label in (0, 1):
-        members = torch.nonzero(images.labels == label).flatten()
-        if len(members) < count:
-            raise UserError(f"{flag} {count}: the synthetic folder has only {len(members)} images of one class")
+        members = torch.nonzero(images.labels == label).flatten()  # at least `count`: checked by the caller
         keep.append(members[torch.randperm(len(members), generator=g)[:count]].sort().values)
     return images.subset(torch.cat(keep))

@@ -52,6 +52,11 @@ def load_data(s: ClassifySettings, arms: list) -> Data:
     val, test = read("--val", 2), read("--test", 2)  # an AUC per class pair, and a DeLong variance, need two
     train = read("--train") if need_train else None
     synthetic = read("--synthetic") if need_synth else None
+    fewest = min(synthetic.per_class(classes, positive).values()) if synthetic is not None else 0
+    for arm in arms:
+        if arm.count is not None and arm.count > fewest:
+            raise UserError(f"--synthetic-count {arm.count}: {s.synthetic} has {fewest} images of its smaller class; "
+                            "choose counts up to that")
     return Data(classes, positive, val, test, train, synthetic)
 
 
