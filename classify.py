@@ -15,7 +15,7 @@ from measure.classifier import run_experiment
 from measure.classify_report import table
 from measure.classify_settings import ClassifySettings
 
-DEMO = {"steps": 40, "batch": 16, "size": 48, "repeats": 2, "val_every": 10, "lr": 1e-3, "augment": "light"}
+DEMO = {"steps": 24, "batch": 16, "size": 32, "repeats": 2, "val_every": 6, "lr": 1e-3, "augment": "light"}
 
 
 def parse_args(argv=None):
@@ -33,8 +33,8 @@ def demo_settings(settings: ClassifySettings) -> ClassifySettings:
     root = demo.DEMO_DIR / "classify"
     print("demo: generated two-class images and a from-scratch ResNet-18, a few steps; this checks the install "
           "(real runs need torchvision's resnet18-f37072fd.pth in weights/, see README)")
-    folders = {"train": (4, 0.25, 1), "val": (12, 0.25, 2), "test": (24, 0.25, 3), "synthetic": (24, 0.6, 4)}
-    paths = {name: write_toy_classes(root / "data" / name, n, contrast, seed)
+    folders = {"train": (4, 0.1, 1), "val": (10, 0.5, 2), "test": (24, 0.5, 3), "synthetic": (24, 0.9, 4)}
+    paths = {name: write_toy_classes(root / "data" / name, n, contrast, seed, size=DEMO["size"])
              for name, (n, contrast, seed) in folders.items()}
     return replace(settings, **paths, **DEMO, from_scratch=True, weights=None, dtype="fp32", overwrite=True,
                    output=root / "results" if settings.output == Path("classification") else settings.output)

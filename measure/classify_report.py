@@ -66,7 +66,7 @@ def write_predictions(path, arms: list, runs: dict, data) -> None:
 
 
 def mean_roc(curves: list, grid: np.ndarray) -> np.ndarray:
-    """Vertical average: each curve's TPR at the FPRs of `grid`, averaged (the highest TPR at a vertical step)."""
+    """Vertical averaging: each curve's TPR interpolated at the FPRs of `grid`, averaged over the curves."""
     return np.mean([np.interp(grid, fpr, tpr, right=1.0) for fpr, tpr in curves], axis=0)
 
 
@@ -85,8 +85,12 @@ def draw_roc(arms: list, runs: dict, data, results: dict, size: int = 640) -> Im
         (_, y), = to_px([0], [tick])
         draw.text((x, top + side + 6), f"{tick:.1f}", fill="black", font=text, anchor="mt")
         draw.text((left - 6, y), f"{tick:.1f}", fill="black", font=text, anchor="rm")
-    draw.text((left + side / 2, size - 22), "false positive rate", fill="black", font=text, anchor="mt")
-    draw.text((8, top + side / 2), "TPR", fill="black", font=text, anchor="lm")
+    draw.text((left + side / 2, top + side + 28), "false positive rate", fill="black", font=text, anchor="mt")
+    label = Image.new("RGB", (side, 20), "white")
+    ImageDraw.Draw(label).text((side / 2, 10), "true positive rate", fill="black", font=text, anchor="mm")
+    image.paste(label.rotate(90, expand=True), (12, top))
+    draw.text((left + side / 2, size - 24), "ROC on the real test set: each repeat faint, their mean bold",
+              fill=(90, 90, 90), font=text, anchor="mt")
     grid = np.linspace(0, 1, 201)
     for i, arm in enumerate(arms):
         colour = COLOURS[i % len(COLOURS)]

@@ -261,10 +261,10 @@ def toy_settings(root: Path, **changes) -> ClassifySettings:
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    """Real training images that barely show the blob, synthetic ones that show it clearly, and the same
-    synthetic images with their labels swapped."""
+    """Real training images that do not show the blob (uninformative), synthetic ones that show it clearly,
+    and the same synthetic images with their labels swapped."""
     root = tmp_path_factory.mktemp("toy")
-    write_toy_classes(root / "train", 3, 0.08, seed=1, size=32)
+    write_toy_classes(root / "train", 3, 0.0, seed=1, size=32)
     write_toy_classes(root / "val", 6, 0.5, seed=2, size=32)
     write_toy_classes(root / "test", 16, 0.5, seed=3, size=32)
     write_toy_classes(root / "synthetic", 12, 0.9, seed=4, size=32)
@@ -275,17 +275,18 @@ def toy(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy_run(toy):
     torch.set_num_threads(1)
-    results = run_experiment(toy_settings(toy, arms="real,real+synthetic"), log=lambda *a: None)
+    results = run_experiment(toy_settings(toy, arms="real,real+synthetic", steps=24), log=lambda *a: None)
     return toy / "out", results
 
 
 def test_informative_synthetic_images_raise_the_auc_and_swapped_ones_invert_it(toy, toy_run):
     _, results = toy_run
     real, mixed = (results["arms"][arm]["auc"][0] for arm in ("real", "real+synthetic"))
-    assert mixed > 0.85 and mixed > real + 0.1, (real, mixed)
-    swapped = run_experiment(toy_settings(toy, arms="synthetic", synthetic=toy / "swapped", output=toy / "swapped-out"),
-                             log=lambda *a: None)
-    assert swapped["arms"]["synthetic"]["auc"][0] < 0.3
+    # seeds 0-3 gave real 0.24-0.65, real+synthetic 0.72-0.97, swapped 0.16-0.30
+    assert mixed > 0.7 and mixed > real + 0.15, (real, mixed)
+    swapped = run_experiment(toy_settings(toy, arms="synthetic", synthetic=toy / "swapped", output=toy / "swapped-out",
+                                          steps=24), log=lambda *a: None)
+    assert swapped["arms"]["synthetic"]["auc"][0] < 0.4
 
 
 def test_results_json_equals_what_predictions_csv_gives(toy_run):
