@@ -12,9 +12,9 @@ import torch
 from mini_ldm import cli
 from mini_ldm.errors import UserError
 from mini_ldm.loading import check_device
-from mini_ldm.inception import FEATURE_DIMS, WEIGHTS_FILES, find_default_weights, load_inception
-from mini_ldm.inception_input import RESIZE_MODES
-from mini_ldm.metrics import default_kid_subset_size, fid, inception_score, kid, memorization_audit
+from measure.inception import FEATURE_DIMS, WEIGHTS_FILES, find_default_weights, load_inception
+from measure.preprocess import RESIZE_MODES
+from measure.metrics import default_kid_subset_size, fid, inception_score, kid, memorization_audit
 from measure.features import default_cache_dir, folder_features
 from measure.report import summary_table, write_memorization_csv, write_memorization_png, write_metrics_json
 

@@ -20,10 +20,10 @@ from tqdm import tqdm
 from mini_ldm import cli
 from mini_ldm.errors import UserError
 from mini_ldm.io import atomic_write, write_text_atomic
-from ti.medical.cases import find_cases, find_masks
-from ti.medical.intensity import METHODS, parse_normalization
-from ti.medical.slices import CaseSkipped, Options, Slice, prepare_case
-from ti.medical.volumes import SLICE_MODES
+from readers.cases import find_cases, find_masks
+from readers.intensity import METHODS, parse_normalization
+from readers.slices import CaseSkipped, Options, Slice, prepare_case
+from readers.volumes import SLICE_MODES
 
 # The paper's convert_to_2d.py settings. The one deliberate difference: ADC and HBV are resampled onto the
 # T2W grid through physical space instead of being cropped on their own grids (which misaligns them

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import mini_ldm
-from mini_ldm import cli, demo, ranks
-from mini_ldm.dataset import DatasetOptions
-from mini_ldm.dataset_rows import job_rows
+from mini_ldm import cli, demo
+from mini_ldm.dataset import generate_dataset, ranks
+from mini_ldm.dataset.job import DatasetOptions
+from mini_ldm.dataset.rows import job_rows
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
 from mini_ldm.loading import DTYPES
@@ -26,7 +27,7 @@ from mini_ldm.pipeline import INTERPOLATE_MODES
 from mini_ldm.png import parameters_text, save_png
 from mini_ldm.sample_settings import SampleSettings
 from mini_ldm.settings import add_flags, from_flags
-from ti.embeddings import check_width, load_embeddings
+from mini_ldm.embeddings import check_width, load_embeddings
 
 DEFAULT_EMBEDDINGS = Path("embeddings")
 DEFAULT_OUTPUT = Path("outputs")
@@ -179,7 +180,7 @@ def write_strip(images, settings: list, alphas: list, output: Path):
 
 
 def make_dataset(args, settings):
-    """--count / --prompts-file: a resumable dataset job (mini_ldm/dataset.py); under torchrun, one share of it."""
+    """--count / --prompts-file: a resumable dataset job (mini_ldm/dataset/job.py); under torchrun, one share of it."""
     if args.interpolate:
         raise UserError("--interpolate: not with --count/--prompts-file (a dataset job draws text-to-image)")
     options = from_flags(DatasetOptions, args)
@@ -192,7 +193,7 @@ def make_dataset(args, settings):
     args.device = ranks.local_device(args.device or mini_ldm.loading.default_device())
     sd = load_model(args)
     found = register_embeddings(sd, args.embeddings, use_default_folder=not args.no_embeddings)
-    report = sd.generate_dataset(args.output, settings, count=options.count, prompts_file=options.prompts_file,
+    report = generate_dataset(sd, args.output, settings, count=options.count, prompts_file=options.prompts_file,
                                  batch=options.batch, overwrite=options.overwrite,
                                  embedding_files={token: emb.source for token, emb in found.items()})
     if report.interrupted:

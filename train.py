@@ -17,7 +17,8 @@ from mini_ldm.errors import UserError
 from mini_ldm.settings import add_flags, from_flags
 from ti import concepts as concept_plan
 from ti.concepts import file_name
-from ti.data import cached_latents, find_images
+from readers.images import find_images
+from ti.data import cached_latents
 from ti.run_files import check_fresh_output, check_resumable, output_lock
 from ti.templates import load_templates
 from ti.train_settings import TrainSettings

@@ -95,7 +95,7 @@ def random_model(family: str = "sd2", size: str = "full", seed: int = 0, cache_d
     from safetensors.torch import save_file
     from transformers import CLIPTextModel
 
-    from tests.tiny_models import _write_json, _write_tokenizer, scheduler_config
+    from devkit.tiny_models import _write_json, _write_tokenizer, scheduler_config
 
     assert family in TEXT and size in SIZES, (family, size)
     root = Path(cache_dir or default_cache_dir()) / f"{family}-{size}-seed{seed}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Images per minute of a dataset job: ours (`sd.generate_dataset`, PNGs + metadata.csv) vs diffusers'
+"""Images per minute of a dataset job: ours (`generate_dataset(sd, ...)`, PNGs + metadata.csv) vs diffusers'
 StableDiffusionPipeline called with a list of generators (one per image, the same seeds), PNGs saved too.
 
     python benchmarks/dataset_speed.py --family sd1 --size small --resolution 256 --images 16 --steps 8
@@ -22,13 +22,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, random_model, write_json  # noqa: E402
+from mini_ldm.dataset import generate_dataset  # noqa: E402
 
 PROMPT = "a frontal chest x-ray, PA view"
 
 
 def run_ours(sd, out: Path, args, batch: int) -> tuple:
     t0 = time.perf_counter()
-    report = sd.generate_dataset(out, prompt=PROMPT, count=args.images, seed=args.seed, batch=batch, steps=args.steps,
+    report = generate_dataset(sd, out, prompt=PROMPT, count=args.images, seed=args.seed, batch=batch, steps=args.steps,
                                  cfg=3.0, scheduler="euler_a", height=args.resolution, width=args.resolution,
                                  progress=False, log=lambda *a: None)
     assert report.written == args.images
@@ -112,7 +113,7 @@ def main(argv=None):
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = diffusers.EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    sd.generate_dataset(work / "warmup", prompt=PROMPT, count=1, seed=0, steps=1, height=args.resolution,
+    generate_dataset(sd, work / "warmup", prompt=PROMPT, count=1, seed=0, steps=1, height=args.resolution,
                         width=args.resolution, progress=False, log=lambda *a: None)  # hash cached, kernels warm
     pipe(PROMPT, num_inference_steps=1, height=args.resolution, width=args.resolution)
 

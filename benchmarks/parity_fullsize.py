@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO)]
 
-import tiny_models  # noqa: E402  (its writers; the sizes are replaced below)
+from devkit import tiny_models  # noqa: E402  (its writers; the sizes are replaced below)
 
 SCHEDULERS = {"ddim": ("DDIMScheduler", {}), "euler": ("EulerDiscreteScheduler", {}),
               "euler_a": ("EulerAncestralDiscreteScheduler", {}), "dpm++2m": ("DPMSolverMultistepScheduler", {}),
@@ -73,7 +73,7 @@ def main():
 
     import diffusers
     import mini_ldm
-    from ti.embeddings import read_embedding
+    from mini_ldm.embeddings import read_embedding
 
     folder = a.root / f"{a.family}-{a.prediction}"
     single = a.root / f"{a.family}-{a.prediction}-single" / FILE_NAMES.get((a.family, a.prediction), "model.safetensors")

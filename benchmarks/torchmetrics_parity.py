@@ -81,8 +81,8 @@ def ensure_venv() -> Path:
 def ours(images: dict, weights: Path, resize: str, args) -> dict:
     import torch
 
-    from mini_ldm.inception import load_inception
-    from mini_ldm.metrics import fid, inception_score, kid
+    from measure.inception import load_inception
+    from measure.metrics import fid, inception_score, kid
     from measure.features import image_features
 
     model = load_inception(weights, dtype=torch.float64)
@@ -105,11 +105,11 @@ def main():
     p.add_argument("--resize", nargs="+", default=["tf1", "antialias"])
     p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "torchmetrics_parity.json")
     args = p.parse_args()
-    sys.path[:0] = [str(REPO), str(REPO / "tests")]
+    sys.path[:0] = [str(REPO)]
     import torch
 
-    from eval_images import blob_image, structured_image
-    from inception_weights import random_inception_state, save_torch_fidelity_layout
+    from devkit.eval_images import blob_image, structured_image
+    from devkit.inception_weights import random_inception_state, save_torch_fidelity_layout
     from measure.features import preprocess
 
     python = ensure_venv()

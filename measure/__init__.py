@@ -7,7 +7,7 @@
     fid(real.features, synth.features); kid(real.features, synth.features)
     inception_score(synth.logits); memorization_audit(real.pool, synth.pool)
 """
-from mini_ldm.inception import find_default_weights, load_inception  # noqa: F401
-from mini_ldm.metrics import fid, inception_score, kid, memorization_audit  # noqa: F401
+from .inception import find_default_weights, load_inception  # noqa: F401
+from .metrics import fid, inception_score, kid, memorization_audit  # noqa: F401
 
 from .features import FolderFeatures, folder_features, image_features  # noqa: F401

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mini_ldm.errors import UserError
-from ti.data import DataError, find_images, load_image  # the one import of the image reader (moving to readers/images.py)
+from readers.images import DataError, find_images, load_image
 
 
 @dataclass

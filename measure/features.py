@@ -1,6 +1,6 @@
 """Image folders -> Inception features, cached on disk.
 
-A folder is read the way `train.py --data` reads it (`ti.data.find_images` / `load_image`: recursive, any
+A folder is read the way `train.py --data` reads it (`readers.images.find_images` / `load_image`: recursive, any
 supported format and bit depth, 8-bit RGB out, grayscale repeated to RGB). Unreadable files are skipped with a
 warning and counted. The features are cached under a key made of every file's path, size and mtime, the weights
 file's SHA-256 and the preprocessing settings, so comparing ten synthetic sets with one real set encodes the
@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save
 
-from mini_ldm.inception import FEATURE_DIMS
-from mini_ldm.inception_input import inception_input, to_uint8_tensor, zscore_paper
+from measure.inception import FEATURE_DIMS
+from measure.preprocess import inception_input, to_uint8_tensor, zscore_paper
 from mini_ldm.io import user_cache_dir, write_bytes_atomic
-from ti.data import DataError, find_images, load_image, warn_stderr
+from readers.images import DataError, find_images, load_image, warn_stderr
 
 CACHE_FORMAT = "mini-ldm-inception-features-1"  # bump when the stored layout changes
 
@@ -124,7 +124,7 @@ def folder_features(folder, model, resize: str = "antialias", zscore: bool = Fal
                     batch: int = 16, cache_dir=None, warn=warn_stderr, progress: bool = True,
                     mirror: bool = False) -> FolderFeatures:
     """Every readable image under `folder` -> FolderFeatures, from the cache when nothing changed.
-    `model` comes from `mini_ldm.inception.load_inception` (its weights hash keys the cache); cache_dir=False
+    `model` comes from `measure.inception.load_inception` (its weights hash keys the cache); cache_dir=False
     turns the cache off, None uses ~/.cache/mini-ldm/inception-features. mirror=True also encodes every image
     flipped left-right (pool features only), for the memorisation audit's real set."""
     root = Path(folder)

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 from mini_ldm.images import _font
 from mini_ldm.io import write_bytes_atomic, write_text_atomic
-from ti.data import DataError, load_image
+from readers.images import DataError, load_image
 
 THUMB = 160  # pixels per image in memorization.png
 

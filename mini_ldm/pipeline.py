@@ -176,11 +176,6 @@ class StableDiffusion:
         """The settings `sample` would record for text-to-image `settings`: checked, every default filled in."""
         return self._resolve(settings)[0]
 
-    def generate_dataset(self, output, settings: SampleSettings | None = None, **options):
-        """Many images into a folder, resumable, with a manifest: see mini_ldm.dataset.generate_dataset."""
-        from .dataset import generate_dataset
-        return generate_dataset(self, output, settings, **options)
-
     def _resolve(self, settings: SampleSettings):
         """Checked settings with every default filled in (seed, size, PNG fields), and the init image."""
         settings = replace(settings, extra=dict(settings.extra)).check()

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random SD models (see tiny_models.py), built once per test session."""
+"""Shared fixtures: tiny random SD models (see devkit/tiny_models.py), built once per test session."""
 import os
 import sys
 from pathlib import Path
@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-TESTS = str(Path(__file__).parent)
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
+# The repository root first, so `devkit`, `mini_ldm`, ... are ours, and the test helpers (medical_files.py) next.
+for folder in (str(Path(__file__).parent), str(Path(__file__).resolve().parents[1])):
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
-from tiny_models import make_diffusers_folder, make_single_file  # noqa: E402
+from devkit.tiny_models import make_diffusers_folder, make_single_file  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ti.embeddings import Embedding, read_embedding, write_embedding
+from mini_ldm.embeddings import Embedding, read_embedding, write_embedding
 from ti.phantoms import write_phantoms
 from ti.run_files import lock_path, loss_csv_path, state_path
 

@@ -22,7 +22,7 @@ from PIL import Image
 import mini_ldm
 from ti import concepts as concept_plan
 from ti.data import cached_latents
-from ti.embeddings import read_embedding
+from mini_ldm.embeddings import read_embedding
 from ti.loss_plot import COLOURS, draw_loss_plot
 from ti.phantoms import write_phantoms
 from ti.train_settings import TrainSettings
@@ -274,7 +274,7 @@ def test_bad_input_is_one_line_before_the_model_loads(folder, args, needles, dat
 
 def test_sample_loads_the_folder_of_an_early_stopped_run(cli_run):
     """sample.py's default embeddings/ folder after an --early-stop run: each token resolves to its best file."""
-    from ti.embeddings import load_embeddings
+    from mini_ldm.embeddings import load_embeddings
 
     out, _ = cli_run
     found = load_embeddings(out)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ti.data import (DataError, LatentCache, cache_key, cached_latents, find_images, load_dataset,
-                     load_image, prepare)
+from readers.images import DataError, find_images, load_image
+from ti.data import LatentCache, cache_key, cached_latents, load_dataset, to_training_tensor
 from ti.templates import BUILTIN_TEMPLATES, TemplateError, load_templates, render
 
 
@@ -129,14 +129,14 @@ def test_load_image_corrupt_names_the_file(tmp_path):
         load_image(truncated)
 
 
-# --------------------------------------------------------------------------- prepare / load_dataset
+# --------------------------------------------------------------------------- to_training_tensor / load_dataset
 
 def test_prepare_shape_range_and_center_crop():
     im = Image.fromarray(noise_rgb(517, 300))  # odd size, portrait: 300 wide, 517 high
-    t = prepare(im, 64)
+    t = to_training_tensor(im, 64)
     assert t.shape == (3, 64, 64) and t.dtype == torch.float32
     assert -1.0 <= t.min() and t.max() <= 1.0 and t.std() > 0.05
-    assert torch.equal(prepare(im, 64, "center"), t)
+    assert torch.equal(to_training_tensor(im, 64, "center"), t)
     # center crop == resize the short side, then take the middle square
     resized = im.resize((64, round(517 * 64 / 300)), Image.LANCZOS)
     top = (resized.height - 64) // 2
@@ -146,14 +146,14 @@ def test_prepare_shape_range_and_center_crop():
 
 def test_prepare_random_crop_reproducible_and_upscales_small_images():
     im = Image.fromarray(noise_rgb(300, 517))
-    a = [prepare(im, 32, "random", random.Random(7)) for _ in range(2)]
+    a = [to_training_tensor(im, 32, "random", random.Random(7)) for _ in range(2)]
     assert torch.equal(a[0], a[1])
     rng = random.Random(7)
-    crops = [prepare(im, 32, "random", rng) for _ in range(4)]
+    crops = [to_training_tensor(im, 32, "random", rng) for _ in range(4)]
     assert any(not torch.equal(crops[0], c) for c in crops[1:])
-    assert prepare(Image.fromarray(noise_rgb(10, 14)), 32).shape == (3, 32, 32)
+    assert to_training_tensor(Image.fromarray(noise_rgb(10, 14)), 32).shape == (3, 32, 32)
     with pytest.raises(ValueError, match="crop"):
-        prepare(im, 32, "top")
+        to_training_tensor(im, 32, "top")
 
 
 def test_load_dataset_skips_unreadable_reads_captions(folder):

@@ -1,4 +1,4 @@
-"""Dataset jobs (sample.py --count / --prompts-file, sd.generate_dataset): the four equalities and the manifest.
+"""Dataset jobs (sample.py --count / --prompts-file, mini_ldm.dataset.generate_dataset): the four equalities and the manifest.
 
 An image of a job is a function of its seed alone, so these must hold (8-bit images, at most 1 level apart
 and under 0.01 on average where batching changes the round-off, the PNG texts and the manifest exactly):
@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from mini_ldm import hashes
+from mini_ldm.dataset import generate_dataset
 from mini_ldm.png import read_parameters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,13 +156,13 @@ def test_batch_size_changes_nothing(tiny, tmp_path, monkeypatch):
     sd = tiny("sd1", "single")
     options = dict(prompt=PROMPT, count=COUNT, seed=SEED, steps=2, height=32, width=32, cfg=3.0, progress=False,
                    log=lambda *a: None)
-    one = sd.generate_dataset(tmp_path / "b1", batch=1, **options)
-    three = sd.generate_dataset(tmp_path / "b3", batch=3, **options)
+    one = generate_dataset(sd, tmp_path / "b1", batch=1, **options)
+    three = generate_dataset(sd, tmp_path / "b3", batch=3, **options)
     assert (one.written, three.written, one.seed) == (COUNT, COUNT, SEED)
     assert_same_dataset(tmp_path / "b3", tmp_path / "b1")
     images, _ = sd.sample(PROMPT, seed=SEED + 3, steps=2, height=32, width=32, cfg=3.0, progress=False)
     assert np.abs(pixels(tmp_path / "b3" / "00003.png") - np.asarray(images[0]).astype(int)).max() <= 1
-    again = sd.generate_dataset(tmp_path / "b3", batch=2, **options)  # a complete folder: nothing to do
+    again = generate_dataset(sd, tmp_path / "b3", batch=2, **options)  # a complete folder: nothing to do
     assert (again.written, again.skipped) == (0, COUNT)
 
 
@@ -216,7 +217,7 @@ def test_random_seed_is_recorded_and_reused_and_other_settings_are_refused(sd1_s
 
 
 def test_prompts_file_makes_labelled_folders(sd1_single, env, tmp_path):
-    from ti.embeddings import Embedding, write_embedding
+    from mini_ldm.embeddings import Embedding, write_embedding
 
     emb = write_embedding(tmp_path / "emb" / "cancer.safetensors",
                           Embedding("<cancer>", torch.randn(2, 128, generator=torch.Generator().manual_seed(0))))
@@ -283,7 +284,7 @@ def test_inpainting_unet_draws_text_to_image_per_seed(tmp_path, sd1_folder):
     import shutil
 
     from diffusers import UNet2DConditionModel
-    from tiny_models import randomize_
+    from devkit.tiny_models import randomize_
 
     import mini_ldm
 

@@ -12,9 +12,10 @@ pytest.importorskip("pydicom")
 pytest.importorskip("SimpleITK")
 
 from medical_files import write_dicom, write_volume  # noqa: E402
-from ti.data import DataError, find_images, load_dataset, load_frames, load_image  # noqa: E402
-from ti.medical.dicom import display_frames, read_dicom  # noqa: E402
-from ti.medical.extras import MissingExtraError  # noqa: E402
+from readers.images import DataError, find_images, load_frames, load_image
+from ti.data import load_dataset  # noqa: E402
+from readers.dicom import display_frames, read_dicom  # noqa: E402
+from readers.extras import MissingExtraError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

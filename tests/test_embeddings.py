@@ -12,7 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from ti.embeddings import (
+from mini_ldm.embeddings import (
     Embedding,
     EmbeddingError,
     check_width,

@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from safetensors.torch import save_file
 
-from eval_images import blob_image, noised_recompressed, structured_image, write_images
-from inception_weights import random_inception_state, save_pytorch_fid_layout, save_torch_fidelity_layout
+from devkit.eval_images import blob_image, noised_recompressed, structured_image, write_images
+from devkit.inception_weights import random_inception_state, save_pytorch_fid_layout, save_torch_fidelity_layout
 from measure.features import image_features, preprocess
-from mini_ldm.inception import load_inception
-from mini_ldm.inception_input import inception_input, resize_tf1
-from mini_ldm.metrics import fid, fid_from_stats, inception_score, kid, memorization_audit
-from ti.data import load_image
+from measure.inception import load_inception
+from measure.preprocess import inception_input, resize_tf1
+from measure.metrics import fid, fid_from_stats, inception_score, kid, memorization_audit
+from readers.images import load_image
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ti.embeddings import Embedding, EmbeddingError, write_embedding
+from mini_ldm.embeddings import Embedding, EmbeddingError, write_embedding
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,7 @@ def test_a_non_finite_step_is_skipped_and_leaves_the_state_alone(sd1_folder, pha
 
 def test_several_non_finite_steps_in_a_row_stop_with_the_last_good_vectors_saved(sd1_folder, phantoms, tmp_path):
     from mini_ldm.errors import UserError
-    from ti.embeddings import read_embedding
+    from mini_ldm.embeddings import read_embedding
 
     out = tmp_path / "phantom.safetensors"
     trainer = make_trainer(sd1_folder, phantoms, out, dtype="bf16", steps=20)

@@ -14,7 +14,7 @@ import torch
 import mini_ldm
 from mini_ldm.errors import UserError
 from mini_ldm.samplers import alphas_cumprod_from_config
-from tiny_models import make_ckpt, single_file_state_dict
+from devkit.tiny_models import make_ckpt, single_file_state_dict
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")

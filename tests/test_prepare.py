@@ -256,7 +256,7 @@ def test_picai_recipe_end_to_end(tmp_path):
 
 
 def test_normalization_methods():
-    from ti.medical.intensity import parse_normalization, to_uint8, value_range
+    from readers.intensity import parse_normalization, to_uint8, value_range
 
     values = np.arange(101, dtype=float)
     assert value_range(parse_normalization("minmax"), values) == (0, 100)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from measure.classify_settings import ClassifySettings
-from mini_ldm.dataset import DatasetOptions
+from mini_ldm.dataset.job import DatasetOptions
 from mini_ldm.sample_settings import SampleSettings
 from mini_ldm.settings import add_flags, markdown_table
 from ti.train_settings import TrainSettings

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny_models import make_ckpt
+from devkit.tiny_models import make_ckpt
 
 FAMILIES = ["sd1", "sd2", "sd2v"]  # fixture name stems
 

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 import mini_ldm
 from ti.data import cached_latents
-from ti.embeddings import load_embeddings, read_embedding
+from mini_ldm.embeddings import load_embeddings, read_embedding
 from ti.phantoms import write_phantoms
 from ti.run_files import loss_csv_path, state_path
 from ti.train_settings import TrainSettings
@@ -333,7 +333,7 @@ def test_resume_refuses_what_does_not_fit(trained, tmp_path):
     import shutil
 
     from mini_ldm.errors import UserError
-    from ti.embeddings import Embedding, write_embedding
+    from mini_ldm.embeddings import Embedding, write_embedding
 
     run = trained("sd1")
     out = tmp_path / "phantom.safetensors"

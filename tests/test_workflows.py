@@ -345,7 +345,7 @@ def test_inpainting_keeps_outside_and_matches_reference(sd1, ref1, init_image, m
 def test_inpainting_unet_matches_diffusers(tmp_path, sd1_folder, init_image, mask_image):
     """A 9-channel UNet (like SD 2.0's 512-inpainting-ema) gets mask + masked-image latents as input."""
     from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
-    from tiny_models import randomize_
+    from devkit.tiny_models import randomize_
 
     folder = tmp_path / "inpainting"
     shutil.copytree(sd1_folder, folder, ignore=shutil.ignore_patterns("unet"))
@@ -407,7 +407,7 @@ def test_cli_interpolate_strip(sd1_folder, sd1, tmp_path):
 
 def test_cli_inpainting_with_grid(sd1_folder, tmp_path, init_image, mask_image):
     """Inpainting from files, two 64-vector embeddings in one prompt (two windows), a batch of 2 + grid."""
-    from ti.embeddings import Embedding, write_embedding
+    from mini_ldm.embeddings import Embedding, write_embedding
 
     g = torch.Generator().manual_seed(3)
     for token in ("<ptx>", "<effusion>"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mini_ldm.errors import UserError
 
-from .data import DataError, find_images, warn_stderr
+from readers.images import DataError, find_images, warn_stderr
 from .train_settings import TrainSettings
 
 

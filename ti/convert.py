@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from mini_ldm import cli
-from ti.embeddings import EmbeddingError, read_embedding, write_embedding
+from mini_ldm.embeddings import EmbeddingError, read_embedding, write_embedding
 
 SUFFIX = {"ours": ".safetensors", "a1111": ".pt"}
 

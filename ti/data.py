@@ -1,145 +1,33 @@
-"""Image folders -> training tensors -> a cached latent distribution per image.
+"""Training images -> tensors -> a cached latent distribution per image.
 
-Medical exports are awkward (16-bit grayscale PNG/TIFF, RGBA, palette, CMYK), so `load_image`
-turns all of them into plain 8-bit RGB, the only thing the SD VAE was trained on. Training then
-encodes every image once (`LatentCache`) and samples latents from the cached mean/std each step,
-so the VAE never runs inside the training loop.
+The folder is read by `readers.images` (any image format as 8-bit RGB). Training then encodes every image
+once (`LatentCache`) and samples latents from the cached mean/std each step, so the VAE never runs inside
+the training loop.
 """
 import hashlib
 import json
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 import safetensors.torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from mini_ldm.errors import UserError
 from mini_ldm.io import write_bytes_atomic
 from mini_ldm.vae import posterior_std
+from readers.images import DataError, Warn, find_images, load_frames, to_rgb, warn_stderr
 
-from .medical.dicom import DicomError, is_dicom, load_frames as load_dicom_frames
-from .medical.volumes import volume_suffix
-
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 CACHE_FORMAT = "mini-ldm-latents-1"  # part of the cache key: bump it when the stored layout changes
-
-Warn = Callable[[str], None]
-
-
-class DataError(UserError):
-    """A problem with the user's images; the message is one line that says what to do."""
-
-
-def warn_stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-# --------------------------------------------------------------------------- finding and reading images
-
-def find_images(root, warn: Warn = warn_stderr) -> list[Path]:
-    """All images (and 2-D DICOM files) under `root` (recursively), sorted by relative path so every run
-    sees the same order. A 3-D volume is an error that points to prepare.py."""
-    root = Path(root)
-    if volume_suffix(root):
-        raise _volume_error(root, root)
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist or is not a folder; pass the folder holding your images")
-    files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
-    # Hidden files and folders (.DS_Store, .ipynb_checkpoints/) are tool clutter, not user data: skip them silently.
-    files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)]
-    for p in files:
-        if volume_suffix(p):
-            raise _volume_error(p, root)
-    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS or is_dicom(p)]
-    stems = {p.with_suffix("") for p in images}
-    image_set = set(images)
-    for p in files:
-        if p in image_set:
-            continue
-        if p.suffix.lower() == ".txt" and p.with_suffix("") in stems:
-            continue  # a caption beside its image, read by load_dataset
-        warn(f"skipping {p.relative_to(root)}: not an image")
-    if not images:
-        exts = ", ".join(sorted(IMAGE_EXTENSIONS)) + ", DICOM"
-        raise DataError(f"no images found in {root} (looked for {exts}, subfolders included); put the concept's images there")
-    return images
-
-
-def _volume_error(path: Path, root: Path) -> DataError:
-    return DataError(f"{path} is a 3-D volume and train.py reads 2-D images: turn the scans into PNGs with "
-                     f"python prepare.py {root} OUT (see prepare.py --help), then train with --data OUT")
-
-
-def load_frames(path) -> list[Image.Image]:
-    """Every image a file holds, as 8-bit RGB: one per frame of a DICOM file, else just the image."""
-    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS and is_dicom(path):
-        try:
-            return load_dicom_frames(path)  # modality LUT, VOI window, MONOCHROME1 inverted
-        except DicomError as e:
-            raise DataError(str(e)) from None
-    return [load_image(path)]
-
-
-def load_image(path) -> Image.Image:
-    """Read any supported image as 8-bit RGB (a DICOM file: its first frame). Raises DataError naming the
-    file if it cannot be read."""
-    path = Path(path)
-    if path.suffix.lower() not in IMAGE_EXTENSIONS and is_dicom(path):
-        return load_frames(path)[0]
-    try:
-        with Image.open(path) as im:
-            im.load()  # multi-page TIFF: the first page
-            im = ImageOps.exif_transpose(im)  # phone/camera photos (e.g. of slides) store rotation in EXIF
-            return to_rgb(im)
-    except UnidentifiedImageError as e:  # its own message repeats the path
-        raise DataError(f"cannot read image {path}: not a readable image (empty, corrupt or wrong extension)") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        # PIL reports truncated/damaged files as OSError or SyntaxError
-        raise DataError(f"cannot read image {path}: {e}") from e
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode.startswith("I") or im.mode == "F":
-        return _high_bit_depth_to_rgb(im)
-    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
-        # Composite on black, not white: medical images have black backgrounds (outside the body, empty
-        # slide regions after export), so transparent padding should look like what surrounds the anatomy.
-        black = Image.new("RGBA", im.size, (0, 0, 0, 255))
-        return Image.alpha_composite(black, im.convert("RGBA")).convert("RGB")
-    return im.convert("RGB")  # L, P, 1, CMYK, YCbCr, RGB
-
-
-def _high_bit_depth_to_rgb(im: Image.Image) -> Image.Image:
-    """16-bit / 32-bit / float grayscale -> 8-bit by stretching the image's own min..max to 0..255.
-
-    There is no shared display window we could know (DICOM exports put values anywhere in 0..65535),
-    and a plain `convert("L")` clips everything above 255 to white, so per-image min/max is the
-    safest choice. A constant image has no contrast to stretch and becomes black.
-    """
-    arr = np.asarray(im).astype(np.float64)
-    finite = np.isfinite(arr)
-    if not finite.any():
-        return Image.new("RGB", im.size)
-    lo, hi = arr[finite].min(), arr[finite].max()
-    arr = np.where(finite, arr, lo)
-    if hi > lo:
-        arr = (arr - lo) * (255.0 / (hi - lo))
-    else:
-        arr = np.zeros_like(arr)
-    arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    return Image.fromarray(arr, mode="L").convert("RGB")
 
 
 # --------------------------------------------------------------------------- images -> tensors
 
-def prepare(image: Image.Image, resolution: int, crop: str = "center", rng: random.Random | None = None) -> torch.Tensor:
+def to_training_tensor(image: Image.Image, resolution: int, crop: str = "center", rng: random.Random | None = None) -> torch.Tensor:
     """Resize the shorter side to `resolution`, crop a square -> float tensor (3, R, R) in [-1, 1]."""
     if crop not in ("center", "random"):
         raise ValueError(f"crop must be 'center' or 'random', not {crop!r}")
@@ -162,7 +50,7 @@ def prepare(image: Image.Image, resolution: int, crop: str = "center", rng: rand
 
 
 @dataclass
-class Item:
+class TrainingImage:
     path: Path
     image: torch.Tensor  # (3, R, R) in [-1, 1]
     caption: str  # from <stem>.txt beside the image, "" if there is none
@@ -177,8 +65,8 @@ def read_caption(image_path: Path) -> str:
 
 
 def load_dataset(root, resolution: int, crop: str = "center", flip: bool = False, warn: Warn = warn_stderr,
-                 seed: int = 0, paths: Sequence[Path] | None = None) -> list[Item]:
-    """Load every readable image under `root` as an Item; unreadable ones are skipped with a warning.
+                 seed: int = 0, paths: Sequence[Path] | None = None) -> list[TrainingImage]:
+    """Load every readable image under `root` as an TrainingImage; unreadable ones are skipped with a warning.
 
     flip=True also adds each image's horizontal mirror. Off by default: in chest X-rays laterality
     is anatomy (the heart is on the left), so a mirror is a different, implausible image.
@@ -189,15 +77,15 @@ def load_dataset(root, resolution: int, crop: str = "center", flip: bool = False
     items = []
     for path in paths:
         try:
-            images = [prepare(frame, resolution, crop, rng) for frame in load_frames(path)]
+            images = [to_training_tensor(frame, resolution, crop, rng) for frame in load_frames(path)]
         except DataError as e:
             warn(f"{e}; skipping it")
             continue
         caption = read_caption(path)
         for image in images:  # a multi-frame DICOM file gives one item per frame
-            items.append(Item(path, image, caption))
+            items.append(TrainingImage(path, image, caption))
             if flip:
-                items.append(Item(path, image.flip(-1), caption, flipped=True))
+                items.append(TrainingImage(path, image.flip(-1), caption, flipped=True))
     if not items:
         raise DataError(f"none of the {len(paths)} image files in {root} could be read; check that they open in an image viewer")
     return items
@@ -229,7 +117,7 @@ class LatentCache:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, items: Sequence[Item], encode: Callable, batch_size: int = 4, device="cpu",
+    def build(cls, items: Sequence[TrainingImage], encode: Callable, batch_size: int = 4, device="cpu",
               progress: bool = True) -> "LatentCache":
         """`encode(images (B, 3, R, R) float32 CPU in [-1, 1]) -> (mean, logvar)`, each (B, 4, r, r).
 

@@ -22,7 +22,7 @@ from mini_ldm.io import first_line, write_bytes_atomic
 
 from .concepts import Concept
 from .early_stop import ValidationRecord, dump_records, load_records
-from .embeddings import Embedding, intermediate_path, read_embedding, write_embedding
+from mini_ldm.embeddings import Embedding, intermediate_path, read_embedding, write_embedding
 from .run_files import check_resumable, last_path, state_path, trim_loss_log
 
 # Settings a resume must share with the saved run (the others, e.g. --steps or --save-every, may change).

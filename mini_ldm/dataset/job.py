@@ -31,15 +31,16 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import hashes, manifest
-from . import prompt as prompting
-from .cli import check_writable
-from .dataset_rows import check_learned_tokens, job_rows
-from .errors import UserError
-from .png import parameters_text, parse_parameters, save_png
+from .. import hashes
+from .. import prompt as prompting
+from ..cli import check_writable
+from . import manifest
+from .rows import check_learned_tokens, job_rows
+from ..errors import UserError
+from ..png import parameters_text, parse_parameters, save_png
 from .ranks import Group
-from .sample_settings import SampleSettings
-from .settings import SEED_LIMIT, check_positive, option
+from ..sample_settings import SampleSettings
+from ..settings import SEED_LIMIT, check_positive, option
 
 CUDA_BATCHES = (8, 4, 2, 1)  # tried in turn on CUDA when --batch is not given: the first that fits is kept
 # which flag (or prompts-file column) sets each manifest column / PNG field, for messages

@@ -24,8 +24,8 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from mini_ldm.errors import UserError
-from mini_ldm.io import UnsafePickle, first_line, torch_load, write_bytes_atomic
+from .errors import UserError
+from .io import UnsafePickle, first_line, torch_load, write_bytes_atomic
 
 FORMAT = "mini-ldm-ti"  # the metadata "format" value that marks our own files
 SUFFIXES = (".safetensors", ".pt", ".bin")  # what load_embeddings picks up from a folder

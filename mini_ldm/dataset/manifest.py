@@ -11,8 +11,8 @@ import io
 import os
 from pathlib import Path
 
-from .errors import UserError
-from .io import write_text_atomic
+from ..errors import UserError
+from ..io import write_text_atomic
 
 NAME = "metadata.csv"
 COLUMNS = ("file_name", "prompt", "negative_prompt", "seed", "steps", "cfg", "scheduler", "width", "height",

@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import samplers
-from .errors import UserError
-from .sample_settings import SampleSettings
-from .settings import check_positive, check_seed
+from .. import samplers
+from ..errors import UserError
+from ..sample_settings import SampleSettings
+from ..settings import check_positive, check_seed
 
 REQUIRED = ("prompt", "count")
 OPTIONAL = ("negative_prompt", "folder", "cfg", "steps", "scheduler", "seed")

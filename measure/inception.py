@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cli import weights_folder
-from . import hashes
-from .errors import UserError
-from .io import UnsafePickle, first_line, torch_load
+from mini_ldm import hashes
+from mini_ldm.cli import weights_folder
+from mini_ldm.errors import UserError
+from mini_ldm.io import UnsafePickle, first_line, torch_load
 
 INPUT_SIZE = 299
 FEATURE_DIMS = (64, 192, 768, 2048)

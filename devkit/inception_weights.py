@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mini_ldm.inception import InceptionV3FID
+from measure.inception import InceptionV3FID
 
 
 def random_inception_state(seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
