@@ -210,13 +210,15 @@ def run_experiment(s: ClassifySettings, log=print) -> dict:
             for r in range(s.repeats):
                 path = run_path(s.output, arm, r)
                 run = finished_run(path, data, s)
+                desc = f"{arm.name} repeat {r + 1}/{s.repeats}"
                 if run is None:
-                    desc = f"{arm.name} repeat {r + 1}/{s.repeats}"
                     run = train_and_test(train, data, s, s.seed + r, backbone, device, dtype, desc)
                     run.update(arm=arm.name, repeat=r, n_train=train.per_class(data.classes, data.positive), **sizes)
                     write_text_atomic(path, json.dumps(run) + "\n")
+                    log(f"{desc}: test AUC {stats.auc_mann_whitney(run['scores'], data.test.labels.tolist()):.3f} "
+                        f"(best validation AUC {run['best_val_auc']:.3f} at step {run['best_step']})")
                 else:
-                    log(f"{arm.name} repeat {r + 1}/{s.repeats}: finished earlier, read from {path}")
+                    log(f"{desc}: finished earlier, read from {path}")
                 runs[arm.name, r] = run
                 results = write_outputs(s.output, s, data, arms, runs, sha)
     return results

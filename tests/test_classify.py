@@ -388,3 +388,24 @@ def test_cli_exit_status_2_for_unsafe_weights_and_help_lists_the_flags(toy, tmp_
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "run code" in proc.stderr, proc.stderr
     assert not MARKER.exists() and not (tmp_path / "out" / "runs").exists()
+
+
+def test_cli_run_writes_the_files_and_prints_the_table(toy, tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, str(REPO / "classify.py"), "--train", str(toy / "train"), "--val", str(toy / "val"),
+            "--test", str(toy / "test"), "--synthetic", str(toy / "synthetic"), "--arms", "real,synthetic",
+            "--synthetic-count", "4", "--from-scratch", "--steps", "2", "--batch", "4", "--size", "32",
+            "--repeats", "1", "--augment", "light", "--device", "cpu", "--output", str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "positive class (label 1): pos" in proc.stdout
+    table = proc.stdout[proc.stdout.index("\narm "):].splitlines()[1:]
+    header, *rows = [line for line in table if line.startswith(("arm ", "real", "synthetic"))]
+    assert header.split()[:3] == ["arm", "real", "synthetic"]
+    assert [row.split()[:3] for row in rows] == [["real", "6", "0"], ["synthetic", "0", "24"],
+                                                 ["real+synthetic:4", "6", "8"]]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["arms"]) == ["real", "synthetic", "real+synthetic:4"]
+    assert [c["b"] for c in results["comparisons"]] == ["synthetic", "real+synthetic:4"]
+    assert results["arms"]["real+synthetic:4"]["n_train"] == {"neg": 7, "pos": 7}
+    assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
