@@ -126,16 +126,18 @@ def train_and_test(train: ImageSet, data: Data, s: ClassifySettings, seed: int, 
         if step % val_every == 0 or step == s.steps:
             val_scores = predict(model, data.val, device, dtype, 2 * s.batch)
             val_auc = stats.auc_mann_whitney(val_scores, data.val.labels.tolist()) if _finite(val_scores) else math.nan
-            history.append([step, val_auc])
+            history.append([step, val_auc if math.isfinite(val_auc) else None])  # JSON has no NaN
             if val_auc > best["val_auc"]:  # the first of equal AUCs is kept, as Lightning's checkpoint does
                 best = {"val_auc": val_auc, "step": step,
                         "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
             bar.set_postfix(loss=f"{loss.item():.3f}", val_auc=f"{val_auc:.3f}", best=f"{best['val_auc']:.3f}")
-    if best["state"] is None:
+    if best["state"] is None:  # every validation gave NaN scores
         raise UserError(f"{desc}: the training diverged (validation scores are not finite); try --dtype fp32 or "
                         "a lower --lr")
     model.load_state_dict(best["state"])
     scores = predict(model, data.test, device, dtype, 2 * s.batch)
+    if not _finite(scores):
+        raise UserError(f"{desc}: the best checkpoint gives test scores that are not finite; try --dtype fp32")
     return {"seed": seed, "best_step": best["step"], "best_val_auc": best["val_auc"], "val_auc": history,
             "test_files": data.test.names, "scores": scores}
 
@@ -148,25 +150,37 @@ def run_path(output: Path, arm: Arm, repeat: int) -> Path:
     return Path(output) / RUNS / f"{arm.name.replace('+', '_').replace(':', '-')}-r{repeat}.json"
 
 
+OUTPUT_FILES = ("results.json", "predictions.csv", "roc.png")
+
+
 def prepare_output(s: ClassifySettings, weights_sha256: str | None) -> None:
-    """A new experiment writes its settings; a rerun with the same ones continues; other settings are refused
-    unless --overwrite, which removes the earlier experiment's files."""
+    """A new experiment writes its settings; a rerun with the same ones continues; other settings (or
+    trainings whose settings are unknown) are refused unless --overwrite, which removes the earlier
+    experiment's files (only those)."""
     stamp = {"settings": s.identity(), "weights_sha256": weights_sha256}
     path = s.output / SETTINGS_FILE
-    if path.is_file() and not s.overwrite:
+    earlier_files = [*(s.output / RUNS).glob("*.json"), *(s.output / name for name in OUTPUT_FILES)]
+    earlier_files = [f for f in earlier_files if f.is_file()]
+    if s.overwrite:
+        for old in earlier_files:
+            old.unlink()
+    elif path.is_file() or earlier_files:
         try:
             earlier = json.loads(path.read_text())
         except (OSError, ValueError):
-            earlier = None
+            earlier = {}
         if earlier != stamp:
-            changed = sorted(k for k in stamp["settings"] if (earlier or {}).get("settings", {}).get(k) != stamp["settings"][k])
-            what = ", ".join(f"--{k.replace('_', '-')}" for k in changed) or "the weights file"
-            raise UserError(f"--output {s.output}: holds an experiment with other settings ({what}); rerun with "
-                            "the same settings to continue it, add --overwrite to replace it, or choose another --output")
-    elif path.is_file():  # --overwrite: remove only what an experiment writes
-        for old in [*(s.output / RUNS).glob("*.json"), *(s.output / n for n in ("results.json", "predictions.csv", "roc.png"))]:
-            old.unlink(missing_ok=True)
+            raise UserError(f"--output {s.output}: holds an experiment with other settings ({_changes(earlier, stamp)}); "
+                            "rerun with the same settings to continue it, add --overwrite to replace it, or choose "
+                            "another --output")
     write_text_atomic(path, json.dumps(stamp, indent=2) + "\n")
+
+
+def _changes(earlier: dict, stamp: dict) -> str:
+    if "settings" not in earlier:
+        return f"its {SETTINGS_FILE} is missing or damaged"
+    changed = [f"--{k.replace('_', '-')}" for k, v in stamp["settings"].items() if earlier["settings"].get(k) != v]
+    return ", ".join(changed) or "another weights file"
 
 
 def finished_run(path: Path, data: Data, s: ClassifySettings) -> dict | None:
