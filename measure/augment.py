@@ -86,7 +86,8 @@ def shift_scale_rotate(x: torch.Tensor, r: Recipe, g: torch.Generator) -> torch.
 
 def affine(x: torch.Tensor, degrees: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate by `degrees` (B,) and zoom by `zoom` (B,) about the centre, then shift by `shift` (B, 2) (x, y
-    fractions of the size); bilinear, borders mirrored (albumentations' reflect-101)."""
+    fractions of the size); bilinear, borders mirrored. (torch's reflection repeats the edge pixel, OpenCV's
+    reflect-101 that albumentations uses does not: a one-pixel difference at the border.)"""
     angle, shift = degrees * math.pi / 180, shift * 2  # grid units: the image spans [-1, 1]
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     # output grid point p samples the input at R(-angle) (p - shift) / zoom
@@ -100,7 +101,8 @@ def affine(x: torch.Tensor, degrees: torch.Tensor, zoom: torch.Tensor, shift: to
 def optical_distortion(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """OpenCV's radial lens model with k1 = k2 = k (B,), focal length = the image size, centre = the image
     centre (albumentations' OpticalDistortion: its shift rounds to 0 pixels): output pixel at normalised
-    position u (|u| <= 1/2) samples the input at u (1 + k r^2 + k r^4), r = |u|."""
+    position u (|u| <= 1/2) samples the input at u (1 + k r^2 + k r^4), r = |u|; borders mirrored as in
+    `affine`."""
     n, _, h, w = x.shape
     identity = torch.eye(2, 3, device=x.device, dtype=x.dtype).expand(n, 2, 3)
     grid = F.affine_grid(identity, [n, 1, h, w], align_corners=False)  # (B, H, W, 2) in [-1, 1]
