@@ -73,14 +73,17 @@ def training_set(arm: Arm, data: Data, seed: int) -> tuple:
 
 
 def epoch_batches(n: int, batch: int, g: torch.Generator):
-    """Index batches forever: a new shuffle each epoch; the last, smaller batch is kept unless it would hold
-    a single image (BatchNorm cannot train on one image)."""
+    """Index batches forever, a new shuffle each epoch. As the paper's Lightning Flash loader: the last,
+    smaller batch of an epoch is dropped when the set holds more than one batch (so every step sees `batch`
+    images); a smaller set is one batch of all of it."""
     while True:
         order = torch.randperm(n, generator=g)
-        for start in range(0, n, batch):
-            chunk = order[start:start + batch]
-            if len(chunk) > 1 or n == 1:
-                yield chunk
+        for start in range(0, max(n - batch, 0) + 1, batch):
+            yield order[start:start + batch]
+
+
+def steps_per_epoch(n: int, batch: int) -> int:
+    return max(n // batch, 1)
 
 
 def autocast(device: torch.device, dtype: str):
@@ -111,7 +114,7 @@ def train_and_test(train: ImageSet, data: Data, s: ClassifySettings, seed: int, 
     model = build(backbone, 2, g).to(device).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=s.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and dtype == "fp16")
-    val_every = s.val_every or math.ceil(len(train.names) / s.batch)  # default: once per epoch, as Lightning
+    val_every = s.val_every or steps_per_epoch(len(train.names), s.batch)  # default: once per epoch, as Lightning
     best = {"val_auc": -math.inf, "step": 0, "state": None}
     history, batches = [], epoch_batches(len(train.names), s.batch, g)
     for step in (bar := tqdm(range(1, s.steps + 1), desc=desc, unit="step", leave=False)):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from measure import auc as stats
 from measure.augment import RECIPES, affine, augment, optical_distortion
-from measure.classifier import run_experiment
+from measure.classifier import epoch_batches, run_experiment, steps_per_epoch
 from measure.classify_settings import ClassifySettings
 from measure.resnet import ResNet18, build, read_backbone
 from measure.toy_classes import write_toy_classes
@@ -251,6 +251,16 @@ def test_augment_levels_stay_in_range_and_are_seeded():
 
 
 # --------------------------------------------------------------------------- the experiment
+
+def test_epochs_see_every_image_once_in_full_batches_as_flash_did():
+    batches = epoch_batches(10, 4, torch.Generator().manual_seed(0))
+    epoch = [next(batches) for _ in range(2)]  # 10 > 4: floor(10 / 4) = 2 full batches, the rest dropped
+    assert [len(b) for b in epoch] == [4, 4] and len(set(torch.cat(epoch).tolist())) == 8
+    assert not torch.equal(torch.cat(epoch), torch.cat([next(batches) for _ in range(2)]))  # reshuffled
+    small = epoch_batches(3, 4, torch.Generator().manual_seed(0))  # a set smaller than a batch: all of it
+    assert sorted(next(small).tolist()) == [0, 1, 2]
+    assert (steps_per_epoch(10, 4), steps_per_epoch(3, 4)) == (2, 1)
+
 
 def toy_settings(root: Path, **changes) -> ClassifySettings:
     base = ClassifySettings(train=root / "train", val=root / "val", test=root / "test", synthetic=root / "synthetic",
