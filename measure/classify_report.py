@@ -66,8 +66,10 @@ def write_predictions(path, arms: list, runs: dict, data) -> None:
 
 
 def mean_roc(curves: list, grid: np.ndarray) -> np.ndarray:
-    """Vertical averaging: each curve's TPR interpolated at the FPRs of `grid`, averaged over the curves."""
-    return np.mean([np.interp(grid, fpr, tpr, right=1.0) for fpr, tpr in curves], axis=0)
+    """Vertical averaging: each curve's TPR interpolated at the FPRs of `grid`, averaged over the curves; it
+    starts at (0, 0) like every ROC curve (at FPR 0 np.interp would give a point of the vertical first step)."""
+    mean = np.mean([np.interp(grid, fpr, tpr, right=1.0) for fpr, tpr in curves], axis=0)
+    return np.r_[0.0, mean]
 
 
 def draw_roc(arms: list, runs: dict, data, results: dict, size: int = 640) -> Image.Image:
@@ -99,7 +101,7 @@ def draw_roc(arms: list, runs: dict, data, results: dict, size: int = 640) -> Im
             continue
         for fpr, tpr in curves:
             draw.line(to_px(fpr, tpr), fill=(*colour, 70), width=1)
-        draw.line(to_px(grid, mean_roc(curves, grid)), fill=colour, width=3)
+        draw.line(to_px(np.r_[0.0, grid], mean_roc(curves, grid)), fill=colour, width=3)
         entry = results["arms"][arm.name]
         std = "" if entry["auc_std"] is None else f" ± {entry['auc_std']:.3f}"
         y = top + side - 20 - 20 * (len(arms) - 1 - i)

@@ -66,6 +66,11 @@ class ClassifySettings:
     demo: bool = option(False, "check the install: a tiny from-scratch run on generated two-class images "
                                "(writes demo-output/classify/)")
 
+    def __post_init__(self):  # the Python API may pass folders as text
+        for name in ("train", "val", "test", "synthetic", "weights", "output"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, Path(getattr(self, name)))
+
     def check(self) -> "ClassifySettings":
         """Refuse what cannot be honoured, before any image is read. Returns self."""
         for flag, value in (("--repeats", self.repeats), ("--steps", self.steps), ("--batch", self.batch),
