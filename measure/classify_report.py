@@ -114,8 +114,9 @@ def draw_roc(arms: list, runs: dict, data, results: dict, size: int = 640) -> Im
 def table(results: dict) -> str:
     """The paper's table (real, synthetic, AUC mean +/- std) plus the mean 95% CI and the paired p per repeat."""
     positive = results["positive"]
+    reference = results["comparisons"][0]["a"] if results["comparisons"] else "-"
     rows = [f"{'arm':<24}{'real':>6}{'synthetic':>11}   {'AUC mean ± std':<16}{'95% CI (mean of repeats)':<26}"
-            "p vs reference (per repeat)"]
+            f"p vs {reference} (per repeat)"]
     p_of = {c["b"]: c["p"] for c in results["comparisons"]}
     for name, arm in results["arms"].items():
         if not arm["auc"]:
