@@ -352,6 +352,11 @@ def test_a_second_run_on_the_same_output_is_refused(toy):
     (settings.output / "classify.lock").write_text(str(os.getppid()))  # a live process that is not us
     with pytest.raises(UserError, match="another classify.py run"):
         run_experiment(settings, log=lambda *a: None)
+    assert not (settings.output / "runs").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (settings.output / "classify.lock").write_text(dead.stdout.strip())  # left by a run killed with -9: stale
+    run_experiment(settings, log=lambda *a: None)
+    assert (settings.output / "results.json").is_file() and not (settings.output / "classify.lock").exists()
 
 
 # --------------------------------------------------------------------------- bad input
