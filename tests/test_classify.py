@@ -370,8 +370,11 @@ def bad_layouts(root: Path) -> dict:
     write_toy_classes(root / "thin-val", 3, 0.5, seed=9, size=32)
     for extra in sorted((root / "thin-val" / "neg").iterdir())[1:]:
         extra.unlink()
+    write_toy_classes(root / "broken", 3, 0.5, seed=9, size=32)
+    (root / "broken" / "pos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     return {
         "missing": ({"train": root / "nowhere"}, "no such folder"),
+        "unreadable image": ({"test": root / "broken"}, "cannot read image"),
         "one class": ({"val": root / "one-class"}, "exactly two class subfolders"),
         "other names": ({"test": root / "other-names"}, "differ from"),
         "one val image": ({"val": root / "thin-val"}, "class neg has 1 image; it needs at least 2"),
