@@ -5,7 +5,6 @@ import csv
 import json
 import math
 import os
-import pickle
 import statistics
 import subprocess
 import sys
@@ -175,29 +174,27 @@ def test_resnet18_loads_the_torchvision_layout_and_equals_the_reference(tmp_path
     assert len(read_backbone(path)[0]) == len(backbone) - 20
 
 
-class RunsCode:
-    def __reduce__(self):
-        return (os.system, (f"touch {MARKER}",))
-
-
-MARKER = Path("/nonexistent")  # set per test
+def save_code_pickle(path: Path, marker: Path):
+    """A weights file whose unpickling would run `touch marker` (os.system): it must be refused, never run."""
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    torch.save({"conv1.weight": RunsCode()}, path, pickle_protocol=2)
 
 
 @pytest.mark.parametrize("content", ["garbage", "code", "foreign"])
 def test_bad_weights_files_are_refused(tmp_path, content):
-    global MARKER
-    MARKER = tmp_path / "code-ran"
-    path = tmp_path / "weights.pth"
+    marker, path = tmp_path / "code-ran", tmp_path / "weights.pth"
     if content == "garbage":
         path.write_bytes(b"\x00not a torch file at all")
     elif content == "code":
-        torch.save({"conv1.weight": RunsCode()}, path, pickle_protocol=2)
+        save_code_pickle(path, marker)
     else:
         torch.save({"encoder.weight": torch.zeros(3)}, path)
     with pytest.raises(UserError) as e:
         read_backbone(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
-    assert not MARKER.exists()
+    assert not marker.exists()
     if content == "code":
         assert "run code" in str(e.value)
 
@@ -396,16 +393,14 @@ def test_bad_input_fails_in_one_line_before_training(toy, tmp_path):
 
 
 def test_cli_exit_status_2_for_unsafe_weights_and_help_lists_the_flags(toy, tmp_path):
-    global MARKER
-    MARKER = tmp_path / "code-ran"
-    weights = tmp_path / "resnet18-f37072fd.pth"
-    torch.save({"conv1.weight": RunsCode()}, weights, pickle_protocol=2)
+    marker, weights = tmp_path / "code-ran", tmp_path / "resnet18-f37072fd.pth"
+    save_code_pickle(weights, marker)
     args = [sys.executable, str(REPO / "classify.py"), "--train", str(toy / "train"), "--val", str(toy / "val"),
             "--test", str(toy / "test"), "--weights", str(weights), "--output", str(tmp_path / "out"),
             "--device", "cpu", "--steps", "1"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "run code" in proc.stderr, proc.stderr
-    assert not MARKER.exists() and not (tmp_path / "out" / "runs").exists()
+    assert not marker.exists() and not (tmp_path / "out" / "runs").exists()
 
 
 def test_cli_run_writes_the_files_and_prints_the_table(toy, tmp_path):
