@@ -200,6 +200,15 @@ def finished_run(path: Path, data: Data, s: ClassifySettings) -> dict | None:
     return run
 
 
+def experiment_lock(output: Path):
+    """output/classify.lock while this run writes there: a second run stops at once (a stale lock of a killed
+    run is taken over)."""
+    output.mkdir(parents=True, exist_ok=True)
+    return pid_lock(output / "classify.lock", lambda pid: f"--output {output}: another classify.py run (pid {pid}) "
+                    "is writing it; wait for it to finish or choose another --output (remove classify.lock if no "
+                    "such run exists)")
+
+
 def resolve_runtime(s: ClassifySettings) -> tuple:
     device = check_device(s.device or default_device())
     dtype = s.dtype or ("bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32")
@@ -219,7 +228,7 @@ def run_experiment(s: ClassifySettings, log=print) -> dict:
     log(f"classes: {', '.join(data.classes)}; positive class (label 1): {data.positive}")
     log(f"arms: {', '.join(a.name for a in arms)}; {s.repeats} repeats each; {device}, {dtype}, "
         f"{'from scratch' if backbone is None else 'ImageNet weights'}")
-    with pid_lock(s.output / "classify.lock", f"--output {s.output}", "another classify.py run"):
+    with experiment_lock(s.output):
         prepare_output(s, sha)
         runs = {}
         for arm in arms:

@@ -15,6 +15,7 @@ import pytest
 
 from measure.classify_settings import ClassifySettings
 from mini_ldm.dataset.job import DatasetOptions
+from mini_ldm.loading import ModelSettings
 from mini_ldm.sample_settings import SampleSettings
 from mini_ldm.settings import add_flags, markdown_table
 from ti.train_settings import TrainSettings
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
-@pytest.mark.parametrize("cls", [SampleSettings, TrainSettings, DatasetOptions, ClassifySettings])
+@pytest.mark.parametrize("cls", [SampleSettings, TrainSettings, DatasetOptions, ModelSettings, ClassifySettings])
 def test_settings_tables_are_generated(cls):
     table = markdown_table(cls)
     assert table in README, f"README's table of {cls.__name__} is stale; paste this over it:\n{table}"
@@ -46,3 +47,15 @@ def test_every_flag_is_in_the_readme(script):
     flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", proc.stdout)) - {"--help"}
     missing = sorted(flag for flag in flags if f"`{flag}" not in README)
     assert not missing, f"{script} flags not documented in README.md: {missing}"
+
+
+@pytest.mark.parametrize("script", ["sample.py", "train.py"])
+def test_model_flags_come_from_model_settings(script):
+    """--model, --device, --dtype/--precision, --prediction: one definition (ModelSettings) for every CLI that
+    loads Stable Diffusion; --device's help names every kind of device (issue 16, item 18)."""
+    proc = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    help_text = " ".join(proc.stdout.split())
+    for words in ("cpu, cuda, cuda:N (the N-th GPU) or mps", "what a single-file model predicts",
+                  "a .safetensors/.ckpt single file or a diffusers folder", "--dtype {fp32,fp16,bf16}, --precision"):
+        assert words in help_text, (script, words)

@@ -85,7 +85,11 @@ def check_fresh_output(output: Path, concepts: bool = False, embeddings=()):
 def output_lock(output: Path, concepts: bool = False):
     """Hold `<name>.lock` (holding our pid) while a run writes its files; a second run on the same output
     stops at once. A lock whose process is gone (kill -9, a power cut) is stale and taken over."""
-    with pid_lock(RunFiles.of(output, concepts).lock, f"--output {output}", "another training run"):
+    lock = RunFiles.of(output, concepts).lock
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with pid_lock(lock, lambda pid: f"--output {output}: another training run (pid {pid}) is writing it; wait "
+                                    f"for it to finish or choose another --output (remove {lock.name} if no such "
+                                    "run exists)"):
         yield
 
 
