@@ -20,7 +20,7 @@ from measure.features import folder_features
 from measure.inception import find_default_weights, load_inception
 from measure.metrics import PER_REAL_RATIO, default_kid_subset_size, fid, inception_score, kid, memorization_audit
 from measure.report import summary_table, write_memorization_csv, write_memorization_png, write_metrics_json
-from measure.settings import EvaluateSettings
+from measure.evaluate_settings import EvaluateSettings
 
 OUT_OF_MEMORY_HINT = "try a smaller --batch (e.g. 1), --device cpu, or fewer or smaller images"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from measure.settings import EvaluateSettings
+from measure.classify_settings import ClassifySettings
+from measure.evaluate_settings import EvaluateSettings
 from mini_ldm.dataset.job import DatasetOptions
 from mini_ldm.loading import ModelSettings
 from mini_ldm.sample_settings import SampleSettings
@@ -25,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
-@pytest.mark.parametrize("cls", [SampleSettings, TrainSettings, DatasetOptions, ModelSettings, PrepareSettings,
-                                 EvaluateSettings])
+@pytest.mark.parametrize("cls", [SampleSettings, TrainSettings, DatasetOptions, ModelSettings, ClassifySettings,
+                                 PrepareSettings, EvaluateSettings])
 def test_settings_tables_are_generated(cls):
     table = markdown_table(cls)
     assert table in README, f"README's table of {cls.__name__} is stale; paste this over it:\n{table}"
@@ -41,7 +42,7 @@ def test_flags_from_settings_carry_their_defaults():
     assert "(default: 30)" in help_text and "random, printed" in help_text
 
 
-@pytest.mark.parametrize("script", ["sample.py", "train.py", "prepare.py", "evaluate.py"])
+@pytest.mark.parametrize("script", ["sample.py", "train.py", "prepare.py", "evaluate.py", "classify.py"])
 def test_every_flag_is_in_the_readme(script):
     proc = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
