@@ -14,17 +14,20 @@ from pathlib import Path
 import pytest
 
 from measure.classify_settings import ClassifySettings
+from measure.evaluate_settings import EvaluateSettings
 from mini_ldm.dataset.job import DatasetOptions
 from mini_ldm.loading import ModelSettings
 from mini_ldm.sample_settings import SampleSettings
 from mini_ldm.settings import add_flags, markdown_table
+from prepare import PrepareSettings
 from ti.train_settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
-@pytest.mark.parametrize("cls", [SampleSettings, TrainSettings, DatasetOptions, ModelSettings, ClassifySettings])
+@pytest.mark.parametrize("cls", [SampleSettings, TrainSettings, DatasetOptions, ModelSettings, ClassifySettings,
+                                 PrepareSettings, EvaluateSettings])
 def test_settings_tables_are_generated(cls):
     table = markdown_table(cls)
     assert table in README, f"README's table of {cls.__name__} is stale; paste this over it:\n{table}"
