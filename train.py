@@ -14,7 +14,7 @@ import torch
 import mini_ldm
 from mini_ldm import cli, demo
 from mini_ldm.errors import UserError
-from mini_ldm.loading import ModelParts
+from mini_ldm.loading import ModelSettings
 from mini_ldm.settings import add_flags, from_flags
 from ti import concepts as concept_plan
 from ti.concepts import file_name
@@ -32,17 +32,12 @@ def parse_args(argv=None):
                     "Diffusion weights stay frozen and the result is a small .safetensors file. Defaults follow "
                     "the paper (de Wilde et al. 2024): 64 vectors, AdamW at lr 0.005, batch 1.")
     add_flags(p, TrainSettings)
-    add_flags(p, ModelParts)
-    p.add_argument("--model", type=Path, default=None,
-                   help="checkpoint file or diffusers folder (default: the one checkpoint in weights/)")
-    p.add_argument("--prediction", default="auto", choices=("auto", "epsilon", "v"),
-                   help="what a single-file model predicts (default: auto, as in sample.py)")
+    add_flags(p, ModelSettings, skip=("dtype",))  # TrainSettings has its own --dtype (bf16 on CUDA)
     p.add_argument("--resume", nargs="?", const=True, default=None, type=Path, metavar="FILE",
                    help="continue an interrupted run from its last save (default file: --output), with its "
                         "step count, optimiser and random state")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh where --output already holds an earlier run (its files are replaced)")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--demo", action="store_true", help="check the install: a tiny random model and synthetic "
                    f"phantom images, a few steps, in about a minute on a CPU (writes {demo.DEMO_DIR}/)")
     return p.parse_args(argv)
@@ -117,7 +112,7 @@ def load_model(args, settings: TrainSettings, device: str):
         return demo.tiny_model(device)
     model_path = args.model or cli.find_default_model()
     sd = mini_ldm.load(model_path, device=device, dtype=settings.dtype, prediction=args.prediction,
-                       vae=from_flags(ModelParts, args).vae)
+                       vae=args.vae)
     print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
           f"on {device} in {settings.dtype}")
     return sd
