@@ -17,11 +17,10 @@ from mini_ldm.errors import UserError
 from mini_ldm.settings import add_flags, from_flags
 from ti import concepts as concept_plan
 from ti.concepts import file_name
-from readers.images import find_images
 from ti.data import cached_latents
 from ti.run_files import check_fresh_output, check_resumable, output_lock
 from ti.templates import load_templates
-from ti.train_settings import TrainSettings
+from ti.train_settings import TrainSettings, check_utf8
 from ti.trainer import Trainer
 
 
@@ -86,9 +85,11 @@ def resolve_settings(args) -> TrainSettings:
     settings.check()
     if settings.concepts:
         return replace(settings, output=settings.output or Path("embeddings"))
-    find_images(settings.data, warn=lambda message: None)  # no images: say so now, not after loading a model
     # the folder name is the default token; a prompt word cannot hold spaces, so "chest xr/" gives <chest_xr>
     token = settings.token or f"<{concept_plan.token_word(settings.data.resolve().name)}>"
+    if settings.token is None:
+        check_utf8("--data", settings.data.resolve().name, "the folder's name is not UTF-8 and would be the "
+                                                           "token; pass --token or rename it")
     output = settings.output or Path("embeddings") / f"{file_name(token)}.safetensors"
     return replace(settings, token=token, output=output)
 
@@ -164,7 +165,7 @@ def main(argv=None):
         tokens = ", ".join(c.token for c in concepts)
         print(f"token{'s' if len(concepts) > 1 else ''} {tokens}, {settings.vectors} vectors, {settings.steps} "
               f"steps -> {settings.output}")
-        trainer = Trainer(sd, None, templates, settings, concepts=concepts)
+        trainer = Trainer(sd, templates, settings, concepts)
         if resume_from is not None:
             trainer.resume(resume_from)
             print(f"resuming {resume_from} at step {trainer.step}")

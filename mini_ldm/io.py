@@ -3,8 +3,10 @@
 Three rules live here so that no caller has to remember them:
 - a file we write is either the old one or the complete new one, never half of one (`atomic_write`);
 - a pickle is only ever opened with `weights_only=True`, so loading a file never runs its code (`torch_load`);
+- the same tensors and metadata give the same bytes (`safetensors_bytes`);
 - a library's multi-line error becomes the first line of a message of ours (`first_line`).
 """
+import json
 import os
 import pickle
 import re
@@ -13,6 +15,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 
@@ -109,3 +112,17 @@ def _load(path: Path, mmap: bool):
     # an open file, not a name: newer torch.load hands any "*.safetensors" name to safetensors instead
     with open(path, "rb") as f:
         return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def safetensors_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
+    """safetensors.torch.save with the metadata in sorted key order: the library writes it from a hash map, in
+    an order that changes from process to process, so the same tensors would give different file bytes (and
+    hashes). The tensors' own order and data are already deterministic; only the header is rewritten."""
+    raw = safetensors.torch.save(tensors, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes
+    return len(text).to_bytes(8, "little") + text + raw[8 + size:]

@@ -21,6 +21,7 @@ from PIL import Image
 
 import mini_ldm
 from ti import concepts as concept_plan
+from ti.concepts import Concept
 from ti.data import cached_latents
 from mini_ldm.embeddings import read_embedding
 from ti.loss_plot import COLOURS, draw_loss_plot
@@ -67,7 +68,7 @@ def make_trainer(sd, data: Path, output: Path, **config) -> Trainer:
         if c.val_paths:
             c.val_cache = cached_latents(c.data, encode, "tiny", output / ".latent-cache", RES, paths=c.val_paths,
                                          progress=False)
-    return Trainer(sd, None, ["[name]"], settings, log=lambda *a: None, concepts=concepts)
+    return Trainer(sd, ["[name]"], settings, concepts, log=lambda *a: None)
 
 
 def vectors_by_token(trainer: Trainer) -> dict:
@@ -128,7 +129,8 @@ def test_one_concept_run_equals_the_plain_run(sd, data, tmp_path):
     concepts_run = make_trainer(sd, one, tmp_path / "c")
     plain_settings = replace(concepts_run.settings, concepts=False, token="<effusion>",
                              data=one / "effusion", output=tmp_path / "p" / "effusion.safetensors")
-    plain = Trainer(sd, concepts_run.concepts[0].cache, ["[name]"], plain_settings, log=lambda *a: None)
+    plain = Trainer(sd, ["[name]"], plain_settings, [Concept.single(plain_settings, cache=concepts_run.concepts[0].cache)],
+                    log=lambda *a: None)
     concepts_run.run(progress=False)
     plain.run(progress=False)
     assert torch.equal(concepts_run.params[0], plain.vectors)
@@ -280,3 +282,102 @@ def test_sample_loads_the_folder_of_an_early_stopped_run(cli_run):
     found = load_embeddings(out)
     assert {t: e.source.name for t, e in found.items()} == {
         f"<{n}>": f"{n}.safetensors" for n in ("edema", "effusion", "pneumonia")}
+
+
+# ---------------------------------------------------------------- a full disk during a save (issue 16, item 3)
+
+
+class DiskFull:
+    """mini_ldm.io.atomic_write whose files take `budget` bytes in all, then fail as a full disk does."""
+
+    def __init__(self, budget):
+        from mini_ldm import io as mini_io
+        self.budget, self.real, self.written = budget, mini_io.atomic_write, 0
+
+    def __call__(self, path, mode="wb"):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def limited():
+            with self.real(path, mode) as f:
+                yield self.File(self, f)
+        return limited()
+
+    class File:
+        def __init__(self, disk, f):
+            self.disk, self.f = disk, f
+
+        def write(self, data):
+            room = len(data) if self.disk.budget is None else max(0, min(len(data), self.disk.budget - self.disk.written))
+            self.f.write(data[:room])
+            self.disk.written += room
+            if room < len(data):
+                raise OSError(28, "No space left on device")
+            return room
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+
+def test_a_full_disk_at_any_byte_of_a_save_leaves_a_resumable_run(sd, data, tmp_path, monkeypatch):
+    """A save cut short at byte b (a full disk) leaves the run resumable: it resumes at the step of the save
+    cut short or the one before, and ends exactly where an uninterrupted run does. The first save of a run,
+    cut short, leaves either a resumable run or nothing that stops a fresh start."""
+    import shutil
+
+    from mini_ldm import io as mini_io
+    from ti.run_files import check_fresh_output
+
+    config = dict(steps=4, val_images=1, val_every=1, early_stop=3)
+    reference = make_trainer(sd, data, tmp_path / "reference", **config)
+    reference.run(progress=False)
+    out = tmp_path / "out"
+    first = make_trainer(sd, data, out, **config)
+    for _ in range(2):
+        first.train_step()
+        first.validate()
+    counting = DiskFull(None)
+    monkeypatch.setattr(mini_io, "atomic_write", counting)
+    first.save()  # a whole save at step 2; it also measures one
+    monkeypatch.undo()
+    whole_save = counting.written
+    first.train_step()
+    first.validate()
+    saved = tmp_path / "saved-at-2"
+    shutil.copytree(out, saved)
+    budgets = sorted({0, 1, whole_save - 1, *range(0, whole_save, max(1, whole_save // 12))})
+    for budget in budgets:
+        shutil.rmtree(out)
+        shutil.copytree(saved, out)
+        monkeypatch.setattr(mini_io, "atomic_write", DiskFull(budget))
+        with pytest.raises(OSError, match="No space"):
+            first.save()
+        monkeypatch.undo()
+        resumed = make_trainer(sd, data, out, **config)
+        resumed.resume(out)
+        assert resumed.step in (2, 3), (budget, resumed.step)
+        resumed.run(progress=False)
+        for token, vectors in vectors_by_token(reference).items():
+            assert torch.equal(vectors_by_token(resumed)[token], vectors), (budget, token)
+        assert not list(out.glob(".*.tmp")), budget  # no temporary file left behind
+    # the first save of a run, cut short
+    probe = make_trainer(sd, data, tmp_path / "probe", **config)
+    probe.train_step()
+    counting = DiskFull(None)
+    monkeypatch.setattr(mini_io, "atomic_write", counting)
+    probe.save()
+    monkeypatch.undo()
+    for budget in (0, counting.written // 3, counting.written - 1):
+        fresh_out = tmp_path / f"first-{budget}"
+        fresh = make_trainer(sd, data, fresh_out, **config)
+        fresh.train_step()
+        monkeypatch.setattr(mini_io, "atomic_write", DiskFull(budget))
+        with pytest.raises(OSError, match="No space"):
+            fresh.save()
+        monkeypatch.undo()
+        if fresh.files.state.exists():
+            again = make_trainer(sd, data, fresh_out, **config)
+            again.resume(fresh_out)
+            assert again.step == 1
+        else:
+            check_fresh_output(fresh_out, True, [c.output for c in fresh.concepts])  # nothing in the way
