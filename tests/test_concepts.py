@@ -381,3 +381,74 @@ def test_a_full_disk_at_any_byte_of_a_save_leaves_a_resumable_run(sd, data, tmp_
             assert again.step == 1
         else:
             check_fresh_output(fresh_out, True, [c.output for c in fresh.concepts])  # nothing in the way
+
+
+# ---------------------------------------------------------------- tokens a prompt cannot tell apart, names not in UTF-8
+
+
+def train_main(*args):
+    """train.py's main(argv) in this process (flag errors need no subprocess)."""
+    import train
+    return train.main([str(a) for a in args])
+
+
+@pytest.mark.parametrize("a, b", [("a b", "a_b"), ("Effusion", "effusion"), ("x:y", "x_y")],
+                         ids=["space-and-underscore", "case", "file-name"])
+def test_colliding_tokens_are_refused_naming_both_folders(a, b, tmp_path):
+    """Two folders whose tokens prompts match alike (or whose files would be one) would lose a concept
+    silently: refused before any work (the --model does not exist), naming both folders."""
+    from mini_ldm.errors import UserError
+
+    for name in (a, b):
+        write_phantoms(tmp_path / "data" / name, count=2)
+    with pytest.raises(UserError) as refused:
+        train_main("--data", tmp_path / "data", "--concepts", *NO_MODEL, "--output", tmp_path / "out")
+    message = str(refused.value)
+    assert "--concepts" in message and repr(a) in message and repr(b) in message, message
+    assert not (tmp_path / "out").exists()
+
+
+def test_names_and_flags_not_in_utf8_are_one_line_before_the_model_loads(tmp_path):
+    """A Latin-1 subfolder name, --token or --init bytes: one line naming the flag, before any work."""
+    from mini_ldm.errors import UserError
+
+    latin1 = os.fsdecode(b"caf\xe9")  # as Python sees the bytes on a UTF-8 system: a lone surrogate
+    write_phantoms(tmp_path / "data" / latin1, count=2)
+    write_phantoms(tmp_path / "flat" / "images", count=2)
+    cases = [(["--data", tmp_path / "data", "--concepts"], "--concepts 'caf\\xe9'"),
+             (["--data", tmp_path / "flat", "--token", f"<{latin1}>"], "--token '<caf\\xe9>'"),
+             (["--data", tmp_path / "flat", "--init", latin1], "--init 'caf\\xe9'")]
+    for args, needle in cases:
+        with pytest.raises(UserError) as refused:
+            train_main(*args, *NO_MODEL, "--output", tmp_path / "out")
+        assert needle in str(refused.value), str(refused.value)
+        str(refused.value).encode("utf-8")  # printable as it is
+    assert not (tmp_path / "out").exists()
+    # the same through the CLI, with the raw bytes in argv: exit 2, one line
+    proc = subprocess.run([sys.executable, str(TRAIN), "--device", "cpu", "--data", str(tmp_path / "flat"),
+                           "--token", b"<caf\xe9>", *NO_MODEL, "--output", str(tmp_path / "out")], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --token '<caf\\xe9>'"), proc.stderr
+
+
+# ---------------------------------------------------------------- the same command twice, the same bytes (item 4)
+
+
+def test_the_same_command_twice_writes_the_same_bytes(data, sd1_folder, tmp_path):
+    """Every file of a --concepts run with validation and early stopping, byte for byte (the loss log's
+    seconds column, a wall-clock time, aside)."""
+    args = ["--data", data, "--model", sd1_folder, *CLI, "--steps", 3, "--output", "embeddings"]
+    runs = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        ok(train_cli(*args, cwd=tmp_path / name))
+        runs.append(tmp_path / name / "embeddings")
+    files = [sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()) for run in runs]
+    assert files[0] == files[1] and "run.state" in files[0] and "edema.safetensors" in files[0]
+    for name in files[0]:
+        a, b = (run / name for run in runs)
+        if name == "loss.csv":
+            assert [r[:4] for r in rows(a)] == [r[:4] for r in rows(b)]
+        else:
+            assert a.read_bytes() == b.read_bytes(), name

@@ -139,7 +139,7 @@ def check_utf8(flag: str, value, what: str = "is not valid UTF-8 text; pass it i
     or log can hold: refuse them before any work, showing the bytes as escapes."""
     if isinstance(value, str) and any("\ud800" <= ch <= "\udfff" for ch in value):
         shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        raise UserError(f"{flag} {shown!r}: {what}")
+        raise UserError(f"{flag} '{shown}': {what}")
 
 
 def check_vectors(vectors: int, max_length: int = MAX_LENGTH):
