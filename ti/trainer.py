@@ -17,7 +17,9 @@ itself, in the resume-state format of run_state.py.
 import csv
 import json
 import math
+import os
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -61,6 +63,9 @@ def initial_vectors(sd, init_text: str | None, vectors: int, generator) -> torch
     return torch.stack([table[i * len(ids) // vectors] for i in range(vectors)])
 
 
+# Tests of crash recovery: with this variable set to k the process kills itself, as `kill -9` would (no save,
+# no cleanup), once step k is done, logged and (where due) saved; a deterministic stand-in for a timed kill.
+HARD_STOP_VARIABLE = "MINI_LDM_HARD_STOP_AT_STEP"
 MAX_BAD_STEPS_IN_A_ROW = 5  # non-finite steps in a row that end a run (the vectors are saved as they were)
 
 
@@ -392,6 +397,7 @@ class Trainer:
                         log, losses, self.validate() if self.validation_due() else {}, start, bar))
                     bar.update(1)
                     self._after_step(losses)
+                    _hard_stop_if_asked(self.step)
         except KeyboardInterrupt:
             bar.close()
             # The step in flight is dropped: vectors and optimiser are as after self.step steps,
@@ -433,6 +439,13 @@ class Trainer:
         if s.preview_every and self.step % s.preview_every == 0:
             for i, c in enumerate(self.concepts):
                 self.preview(c.output.with_name(f"{c.name}-preview-{self.step}.png"), i)
+
+
+def _hard_stop_if_asked(step: int):
+    if os.environ.get(HARD_STOP_VARIABLE) == str(step):
+        sys.stdout.flush()
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows has no SIGKILL
+        os._exit(137)  # not reached on POSIX
 
 
 @contextmanager
