@@ -452,3 +452,35 @@ def test_the_same_command_twice_writes_the_same_bytes(data, sd1_folder, tmp_path
             assert [r[:4] for r in rows(a)] == [r[:4] for r in rows(b)]
         else:
             assert a.read_bytes() == b.read_bytes(), name
+
+
+# ---------------------------------------------------------------- the loss plot as a person reads it (item 16)
+
+
+def test_loss_plot_legend_sits_off_the_curves_and_marks_best_and_stop(tmp_path):
+    """The legend is right of the plot, not over the curves (a rising curve leaves the plot's top-left corner
+    empty: nothing is drawn there); the best validation and the early stop are marked; a run without
+    validation says nothing about validation."""
+    from ti.loss_plot import LEFT, RIGHT, SIZE, TOP, legend_lines
+
+    log = tmp_path / "rising.csv"
+    with open(log, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for step in range(1, 101):
+            w.writerow([step, "<a>", step / 100, (0.5 + abs(step - 25) / 100) if step % 25 == 0 else "", 0])
+    colour = np.array([int(COLOURS[0][i:i + 2], 16) for i in (1, 3, 5)])
+
+    def drawn(name, marks):
+        with Image.open(draw_loss_plot(log, tmp_path / name, marks=marks)) as im:
+            return np.asarray(im.convert("RGB")).astype(int)
+
+    plain, marked = drawn("plain.png", None), drawn("marked.png", {"<a>": {"best": 25, "stop": 75}})
+    is_colour = (np.abs(marked - colour).sum(axis=2) < 60)
+    assert not is_colour[TOP + 1:TOP + 80, LEFT + 1:LEFT + 250].any()  # no legend over the plot
+    assert is_colour[:, SIZE[0] - RIGHT:].any()  # the legend, right of it, in the concept's colour
+    changed = (plain != marked).any(axis=2)
+    assert changed[:, LEFT + 1:SIZE[0] - RIGHT].sum() > 100  # the ring moved to step 25, the stop line at 75
+    assert not any("validation" in text for text, _ in legend_lines(["<a>"], validation=False, stopped=False))
+    assert any("validation" in text for text, _ in legend_lines(["<a>"], validation=True, stopped=False))
+    assert any("early stop" in text for text, _ in legend_lines(["<a>"], validation=True, stopped=True))

@@ -409,7 +409,7 @@ class Trainer:
         if not self.active:
             self.log(f"every concept stopped early; the run ends at step {self.step}")
         self.save()
-        draw_loss_plot(self.files.loss_csv, self.files.plot, title=f"{what}: loss")
+        draw_loss_plot(self.files.loss_csv, self.files.plot, title=f"{what}: loss", marks=self._plot_marks())
         return self.output
 
     def _log_rows(self, log, losses: dict, val: dict, start: float, bar):
@@ -424,7 +424,11 @@ class Trainer:
             self.postfix["val" if len(self.concepts) == 1 else f"val {self.concepts[i].name}"] = f"{v:.4f}"
         bar.set_postfix(self.postfix, refresh=False)
         if val:
-            draw_loss_plot(self.files.loss_csv, self.files.plot)
+            draw_loss_plot(self.files.loss_csv, self.files.plot, marks=self._plot_marks())
+
+    def _plot_marks(self) -> dict:
+        """The loss plot's best-validation and early-stop steps, per token."""
+        return {token: {"best": r.best_step, "stop": r.stopped_step} for token, r in self.records.items()}
 
     def _after_step(self, losses: dict):
         s = self.settings
