@@ -509,3 +509,45 @@ def test_demo_runs_end_to_end(tmp_path):
     with Image.open(demo / "phantom-preview-60.png") as im:
         assert im.format == "PNG" and im.width == 4 * im.height
     assert "wrote" in proc.stdout
+    run_suggested_command(proc.stdout, tmp_path)
+
+
+def run_suggested_command(stdout: str, cwd: Path):
+    """The command train.py suggests at the end works as printed (from the same folder)."""
+    import shlex
+
+    suggested = stdout.strip().splitlines()[-1].split("use it with: ", 1)[1]
+    words = shlex.split(suggested)
+    assert words[:2] == ["python", "sample.py"], suggested
+    drawn = subprocess.run([sys.executable, str(ROOT / "sample.py"), *words[2:], "--steps", "2", "--device", "cpu"],
+                           cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert drawn.returncode == 0 and "Traceback" not in drawn.stderr, drawn.stderr
+
+
+def test_demo_model_is_one_file_that_the_normal_loader_reads(tmp_path, monkeypatch):
+    """--demo's model: written once into demo-output/ (reused while intact, rewritten when damaged), and
+    mini_ldm.load reads it as the model the demo means: the demo's size, its heads, sd2."""
+    from mini_ldm import demo
+
+    monkeypatch.chdir(tmp_path)
+    path = demo.demo_model_file()
+    assert path == demo.DEMO_MODEL and path.is_file()
+    stamp = path.stat().st_mtime_ns
+    assert demo.demo_model_file() == path and path.stat().st_mtime_ns == stamp  # intact: reused
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    demo.demo_model_file()
+    assert path.read_bytes() != bytes(data)  # damaged: written again
+    sd = mini_ldm.load(path, device="cpu", dtype="fp32")
+    assert (sd.family, sd.native_size, sd.prediction) == ("sd2", demo.DEMO_SIZE, "epsilon")
+    assert sd.unet.cfg.heads == demo.UNET.heads and sd.text_encoder.cfg == demo.TEXT
+
+
+def test_demo_with_concepts_runs_and_its_suggested_command_works(tmp_path):
+    """`train.py --demo --concepts`: two phantom folders, one token each (no --token asked for)."""
+    proc = ok(subprocess.run([sys.executable, str(TRAIN), "--demo", "--concepts", "--steps", "2"], cwd=tmp_path,
+                             env=ENV, capture_output=True, text=True, timeout=600))
+    out = tmp_path / "demo-output" / "concepts"
+    assert {read_embedding(out / f"phantom-{x}.safetensors").token for x in "ab"} == {"<phantom-a>", "<phantom-b>"}
+    run_suggested_command(proc.stdout, tmp_path)
