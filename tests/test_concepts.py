@@ -129,8 +129,8 @@ def test_one_concept_run_equals_the_plain_run(sd, data, tmp_path):
     concepts_run = make_trainer(sd, one, tmp_path / "c")
     plain_settings = replace(concepts_run.settings, concepts=False, token="<effusion>",
                              data=one / "effusion", output=tmp_path / "p" / "effusion.safetensors")
-    plain = Trainer(sd, ["[name]"], plain_settings, [Concept.single(plain_settings, cache=concepts_run.concepts[0].cache)],
-                    log=lambda *a: None)
+    plain = Trainer(sd, ["[name]"], plain_settings,
+                    [Concept.single(plain_settings, cache=concepts_run.concepts[0].cache)], log=lambda *a: None)
     concepts_run.run(progress=False)
     plain.run(progress=False)
     assert torch.equal(concepts_run.params[0], plain.vectors)
@@ -308,7 +308,8 @@ class DiskFull:
             self.disk, self.f = disk, f
 
         def write(self, data):
-            room = len(data) if self.disk.budget is None else max(0, min(len(data), self.disk.budget - self.disk.written))
+            left = len(data) if self.disk.budget is None else self.disk.budget - self.disk.written
+            room = max(0, min(len(data), left))
             self.f.write(data[:room])
             self.disk.written += room
             if room < len(data):

@@ -152,7 +152,7 @@ class LatentCache:
         meta = {"format": CACHE_FORMAT, "key": key,
                 "captions": json.dumps(self.captions), "names": json.dumps(self.names)}
         tensors = {"mean": self.mean.contiguous().cpu(), "std": self.std.contiguous().cpu()}
-        write_bytes_atomic(file, safetensors_bytes(tensors, meta))  # never half a cache on disk; the same bytes each run
+        write_bytes_atomic(file, safetensors_bytes(tensors, meta))  # never half a file; the same bytes each run
         self.file = file
 
     @classmethod

@@ -2,7 +2,8 @@
 
 Per concept, one colour: the training loss smoothed by a trailing moving average (thin line) and the
 validation loss (thick line with dots), a ring on its best point and a dashed line where early stopping
-stopped the concept. The legend sits in its own column right of the plot, never over a curve. Steps on x, loss on y, both labelled with round-number ticks.
+stopped the concept. The legend sits in its own column right of the plot, never over a curve. Steps on x,
+loss on y, both labelled with round-number ticks.
 The CSV is the one source: the plot is redrawn from it, so a resumed run draws its whole history.
 """
 import csv
