@@ -3,8 +3,10 @@
 
     python evaluate.py data/effusion outputs/effusion                      # -> evaluation/metrics.json, ...
     python evaluate.py data/effusion outputs/effusion --resize tf1 --zscore   # the paper's setting
+    python evaluate.py --demo                                              # random weights, two demo folders
 """
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -12,64 +14,49 @@ import torch
 from mini_ldm import cli
 from mini_ldm.errors import UserError
 from mini_ldm.loading import check_device
-from measure.inception import FEATURE_DIMS, WEIGHTS_FILES, find_default_weights, load_inception
-from measure.preprocess import RESIZE_MODES
-from measure.metrics import default_kid_subset_size, fid, inception_score, kid, memorization_audit
-from measure.features import default_cache_dir, folder_features
+from mini_ldm.settings import add_flags, from_flags
+from measure.demo import DEMO_DIR, demo_folders, demo_weights
+from measure.features import folder_features
+from measure.inception import find_default_weights, load_inception
+from measure.metrics import PER_REAL_RATIO, default_kid_subset_size, fid, inception_score, kid, memorization_audit
 from measure.report import summary_table, write_memorization_csv, write_memorization_png, write_metrics_json
+from measure.evaluate_settings import EvaluateSettings
+
+OUT_OF_MEMORY_HINT = "try a smaller --batch (e.g. 1), --device cpu, or fewer or smaller images"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="FID, KID and Inception Score of SYNTH against REAL, as the paper "
                                 "measured them, plus a memorisation audit (nearest real image of every synthetic one).")
-    p.add_argument("real", type=Path, help="folder of real images (searched recursively; any format train.py --data reads)")
-    p.add_argument("synth", type=Path, help="folder of synthetic images")
-    p.add_argument("--output", type=Path, default=Path("evaluation"),
-                   help="folder for metrics.json, memorization.csv and memorization.png (default: evaluation/)")
-    p.add_argument("--weights", type=Path, default=None,
-                   help=f"Inception-v3 FID weights, {WEIGHTS_FILES[0]} (pytorch-fid) or {WEIGHTS_FILES[1]} "
-                        "(torch-fidelity) (default: the one in weights/)")
-    p.add_argument("--resize", choices=RESIZE_MODES, default="antialias",
-                   help="to 299 px: antialias (bilinear with antialiasing, torchmetrics >= 1.0; default) or tf1 "
-                        "(TensorFlow-1 bilinear, torch-fidelity and torchmetrics 0.x: the paper's numbers)")
-    p.add_argument("--zscore", action="store_true",
-                   help="the paper's per-image normalisation first: (x - mean) / std over the whole RGB image, "
-                        "* 64 + 128, clipped, 8-bit")
-    p.add_argument("--dims", type=int, choices=FEATURE_DIMS, default=2048,
-                   help="Inception features for FID and KID (default: 2048, the final pool)")
-    p.add_argument("--kid-subsets", type=int, default=100, help="KID: random subsets averaged (default: 100)")
-    p.add_argument("--kid-subset-size", type=int, default=None,
-                   help="KID: images per subset (default: min(1000, the smaller set))")
-    p.add_argument("--is-splits", type=int, default=10, help="Inception Score: splits of SYNTH (default: 10)")
-    p.add_argument("--memorization-top", type=int, default=16, metavar="K",
-                   help="memorization.png shows the K closest synthetic/real pairs (default: 16)")
-    p.add_argument("--no-mirror", action="store_true",
-                   help="memorisation audit: do not count a left-right mirrored copy of a real image as a copy "
-                        "(saves encoding the real set a second time, mirrored)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the KID subsets and the IS permutation (default: 0)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu, cuda, cuda:1, mps (default: cuda if available)")
-    p.add_argument("--batch", type=int, default=16, help="images per Inception forward pass (default: 16)")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help=f"where folder features are cached (default: {default_cache_dir()})")
-    p.add_argument("--no-cache", action="store_true", help="encode both folders again and cache nothing")
-    return p.parse_args(argv)
+    p.add_argument("real", type=Path, nargs="?", metavar="REAL", help="folder of real images (searched recursively; any format "
+                   "train.py --data reads)")
+    p.add_argument("synth", type=Path, nargs="?", metavar="SYNTH", help="folder of synthetic images")
+    add_flags(p, EvaluateSettings)
+    args = p.parse_args(argv)
+    if not args.demo and (args.real is None or args.synth is None):
+        p.error("give REAL and SYNTH (or --demo)")
+    return args
 
 
-def check_args(args) -> None:
-    for flag, value in (("--kid-subsets", args.kid_subsets), ("--is-splits", args.is_splits), ("--batch", args.batch)):
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
-    if args.memorization_top < 0:
-        raise UserError(f"--memorization-top must be 0 or more, got {args.memorization_top}")
-    check_device(args.device)
-    cli.check_writable(args.output, "--output", is_file=False)  # before both folders are encoded, not after
+def check_cheap_things(args, settings: EvaluateSettings) -> None:
+    """Everything that costs nothing, before the weights are hashed or an image is encoded."""
+    settings.check()
+    for role, folder in (("REAL", args.real), ("SYNTH", args.synth)):
+        if not folder.is_dir():
+            raise UserError(f"{role} folder {folder} does not exist or is not a folder; give the folder of "
+                            f"{role.lower()} images")
+    check_device(settings.device)
+    cli.check_writable(settings.output, "--output", is_file=False)  # before both folders are encoded, not after
 
 
-def encode(args, model, folder: Path, role: str):
-    feats = folder_features(folder, model, args.resize, args.zscore, args.dims, args.batch,
-                            cache_dir=False if args.no_cache else args.cache_dir,
-                            mirror=role == "REAL" and not args.no_mirror)
+def encode(s: EvaluateSettings, model, folder: Path, role: str):
+    try:
+        feats = folder_features(folder, model, s.resize, s.zscore, s.dims, s.batch,
+                                cache_dir=False if s.no_cache else s.cache_dir, mirror=role == "REAL" and not s.no_mirror)
+    except (MemoryError, RuntimeError) as e:  # Python's, or torch's CPU/CUDA allocators: name the folder
+        if not cli.is_out_of_memory(e):
+            raise
+        raise UserError(f"out of memory encoding {role} folder {folder}: {OUT_OF_MEMORY_HINT}") from None
     print(f"{role}: {len(feats)} images from {folder}" + (" (cached features)" if feats.from_cache else ""))
     if len(feats) < 2:
         raise UserError(f"{role} folder {folder} has {len(feats)} readable image; FID, KID and the memorisation "
@@ -77,46 +64,72 @@ def encode(args, model, folder: Path, role: str):
     return feats
 
 
-def compute(args, real, synth) -> tuple:
-    size = args.kid_subset_size or default_kid_subset_size(len(real), len(synth))
+def inception_score_checked(s: EvaluateSettings, synth) -> tuple:
+    if len(synth) < s.is_splits:
+        print(f"warning: {len(synth)} synthetic images and --is-splits {s.is_splits}: each split holds one image at "
+              "most, so the Inception Score is 1.0 +- 0 whatever the images; give more images or fewer splits",
+              file=sys.stderr)
+    return inception_score(synth.logits, s.is_splits, seed=s.seed)
+
+
+def compute(args, s: EvaluateSettings, real, synth) -> tuple:
+    size = s.kid_subset_size or default_kid_subset_size(len(real), len(synth))
     if not 2 <= size <= min(len(real), len(synth)):
         raise UserError(f"--kid-subset-size {size} must be between 2 and the smaller set ({min(len(real), len(synth))})")
-    kid_mean, kid_std = kid(real.features, synth.features, args.kid_subsets, size, seed=args.seed)
-    is_mean, is_std = inception_score(synth.logits, args.is_splits, seed=args.seed)
+    kid_mean, kid_std = kid(real.features, synth.features, s.kid_subsets, size, seed=s.seed)
+    is_mean, is_std = inception_score_checked(s, synth)
     audit = memorization_audit(real.pool, synth.pool, real.pool_mirrored)
     metrics = {
         "fid": fid(real.features, synth.features), "kid_mean": kid_mean, "kid_std": kid_std,
         "is_mean": is_mean, "is_std": is_std, "n_real": len(real), "n_synth": len(synth),
         "memorized": audit.n_flagged, "memorized_fraction": audit.n_flagged / len(synth),
-        "real_nn_max": audit.real_nn_max, "real_nn_p99": audit.real_nn_p99,
+        "memorized_global": int(audit.flagged_global.sum()), "memorized_per_real": int(audit.flagged_per_real.sum()),
+        "per_real_ratio": PER_REAL_RATIO, "real_nn_max": audit.real_nn_max, "real_nn_p99": audit.real_nn_p99,
         "n_unreadable": len(real.skipped) + len(synth.skipped),
         "unreadable_real": real.skipped, "unreadable_synth": synth.skipped,
-        "real": str(args.real), "synth": str(args.synth), "dims": args.dims, "resize": args.resize,
-        "zscore": args.zscore, "kid_subsets": args.kid_subsets, "kid_subset_size": size, "kid_degree": 3,
-        "is_splits": args.is_splits, "seed": args.seed,
-        "memorization_features": "2048-d pool, cosine" + ("" if args.no_mirror else "; mirrored real images count"),
+        "real": str(args.real), "synth": str(args.synth), "dims": s.dims, "resize": s.resize,
+        "zscore": s.zscore, "kid_subsets": s.kid_subsets, "kid_subset_size": size, "kid_degree": 3,
+        "is_splits": s.is_splits, "seed": s.seed,
+        "memorization_features": "2048-d pool, cosine" + ("" if s.no_mirror else "; mirrored real images count"),
     }
     return metrics, audit
 
 
+def demo(args, settings: EvaluateSettings) -> None:
+    """--demo: the demo folders where REAL or SYNTH is not given, output and splits sized for them."""
+    print("demo: random Inception weights; this checks the install, its numbers mean nothing (real runs need "
+          "the FID weights in weights/, see README)")
+    real, synth = demo_folders()
+    args.real, args.synth = args.real or real, args.synth or synth
+    if settings.output == EvaluateSettings.output:  # the default: keep everything under demo-output/
+        settings.output = DEMO_DIR / "evaluation"
+    if settings.is_splits == EvaluateSettings.is_splits:
+        settings.is_splits = 2
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    check_args(args)
-    weights = args.weights or find_default_weights()
-    model = load_inception(weights, device=args.device)
+    settings = from_flags(EvaluateSettings, args)
+    if settings.device is None:
+        settings.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if settings.demo:
+        demo(args, settings)
+    check_cheap_things(args, settings)
+    weights = settings.weights or (demo_weights() if settings.demo else find_default_weights())
+    model = load_inception(weights, device=settings.device)
     print(f"Inception-v3 weights: {weights} (sha256 {model.weights_sha256[:12]}...)")
-    real = encode(args, model, args.real, "REAL")
-    synth = encode(args, model, args.synth, "SYNTH")
-    metrics, audit = compute(args, real, synth)
+    real = encode(settings, model, args.real, "REAL")
+    synth = encode(settings, model, args.synth, "SYNTH")
+    metrics, audit = compute(args, settings, real, synth)
     metrics.update(weights=str(weights), weights_sha256=model.weights_sha256)
-    out = args.output
+    out = settings.output
     write_metrics_json(out / "metrics.json", metrics)
     write_memorization_csv(out / "memorization.csv", audit, real.names, synth.names)
     write_memorization_png(out / "memorization.png", audit, real.root, real.names, synth.root, synth.names,
-                           args.memorization_top)
+                           settings.memorization_top)
     print(summary_table(metrics))
     print(f"wrote {out / 'metrics.json'}, {out / 'memorization.csv'}, {out / 'memorization.png'}")
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, memory_hint=OUT_OF_MEMORY_HINT)

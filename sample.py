@@ -17,12 +17,11 @@ from pathlib import Path
 
 import mini_ldm
 from mini_ldm import cli, demo
-from mini_ldm.dataset import generate_dataset, ranks
-from mini_ldm.dataset.job import DatasetOptions
-from mini_ldm.dataset.rows import job_rows
+from mini_ldm.dataset import ranks
+from mini_ldm.dataset.job import DatasetOptions, dataset_request, run_dataset
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
-from mini_ldm.loading import DTYPES
+from mini_ldm.loading import ModelSettings
 from mini_ldm.pipeline import INTERPOLATE_MODES
 from mini_ldm.png import parameters_text, save_png
 from mini_ldm.sample_settings import SampleSettings
@@ -38,8 +37,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Text-to-image with a Stable Diffusion 1.x/2.x checkpoint. Defaults follow the paper "
                     "(de Wilde et al. 2024): Euler ancestral sampling at a low CFG scale.")
-    p.add_argument("--model", type=Path, default=None,
-                   help="a .safetensors/.ckpt single file or a diffusers folder (default: the one checkpoint in weights/)")
+    add_flags(p, ModelSettings)
     add_flags(p, SampleSettings)
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                    help="a .png file, or a folder where numbered PNGs are written (default: outputs/)")
@@ -52,17 +50,11 @@ def parse_args(argv=None):
     p.add_argument("--interpolate-mode", default=None, choices=INTERPOLATE_MODES,
                    help="prompt: draw \"A:1-a AND B:a\" (the paper's way, default); vectors: blend two learned "
                         "tokens' vectors (same vector count needed) inside --prompt, or alone")
-    p.add_argument("--prediction", default="auto", choices=("auto", "epsilon", "v"),
-                   help="what a single-file model predicts; auto = epsilon unless the file name says v "
-                        "(768-v, v-pred, SD2 768); diffusers folders say it themselves")
     p.add_argument("--embeddings", type=Path, nargs="+", default=None,
                    help="Textual Inversion files or folders (ours, diffusers, AUTOMATIC1111 .pt, kohya); each token "
                         "is used where it stands as a word in the prompt (default: the embeddings/ folder if present; "
                         "files there that cannot be read are skipped with a warning)")
     p.add_argument("--no-embeddings", action="store_true", help="do not load the default embeddings/ folder")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu, mps (default: cuda if available)")
-    p.add_argument("--dtype", "--precision", dest="dtype", default=None, choices=tuple(DTYPES),
-                   help="weights and activations precision (default: fp16 on CUDA, fp32 elsewhere)")
     p.add_argument("--demo", action="store_true", help="check the install: a tiny random model made on the spot "
                    f"(with the embedding of `train.py --demo` if present), writing to {demo.DEMO_DIR}/")
     return p.parse_args(argv)
@@ -184,18 +176,12 @@ def make_dataset(args, settings):
     if args.interpolate:
         raise UserError("--interpolate: not with --count/--prompts-file (a dataset job draws text-to-image)")
     options = from_flags(DatasetOptions, args)
-    if options.batch is not None and options.batch < 1:
-        raise UserError(f"--batch {options.batch}: must be at least 1")
-    job_rows(settings, options.count, options.prompts_file)  # bad input fails before the model loads
-    if args.output.suffix.lower() == ".png":
-        raise UserError(f"--output {args.output}: a dataset goes to a folder, not a .png name")
-    cli.check_writable(args.output, "--output", is_file=False)
+    request = dataset_request(settings, args.output, options.count, options.prompts_file, options.batch,
+                              options.overwrite)  # bad input fails before the model loads
     args.device = ranks.local_device(args.device or mini_ldm.loading.default_device())
     sd = load_model(args)
     found = register_embeddings(sd, args.embeddings, use_default_folder=not args.no_embeddings)
-    report = generate_dataset(sd, args.output, settings, count=options.count, prompts_file=options.prompts_file,
-                                 batch=options.batch, overwrite=options.overwrite,
-                                 embedding_files={token: emb.source for token, emb in found.items()})
+    report = run_dataset(sd, request, embedding_files={token: emb.source for token, emb in found.items()})
     if report.interrupted:
         raise KeyboardInterrupt
 
@@ -212,6 +198,7 @@ def refuse_unused_flags(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    cli.check_utf8_flags(args)  # text that is not UTF-8 fails here, not when a PNG or the manifest is written
     if args.demo:
         demo_defaults(args)
     refuse_unused_flags(args)
@@ -238,5 +225,7 @@ def main(argv=None):
         write_images(images, used, args.output, args.no_grid)
 
 
+MEMORY_HINT = "lower --height/--width (the model's native size is the default), --n or --batch, or use --dtype fp16"
+
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, memory_hint=MEMORY_HINT)

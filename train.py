@@ -14,13 +14,14 @@ import torch
 import mini_ldm
 from mini_ldm import cli, demo
 from mini_ldm.errors import UserError
+from mini_ldm.loading import ModelSettings
 from mini_ldm.settings import add_flags, from_flags
 from ti import concepts as concept_plan
 from ti.concepts import file_name
 from ti.data import cached_latents
 from ti.run_files import check_fresh_output, check_resumable, output_lock
 from ti.templates import load_templates
-from ti.train_settings import TrainSettings, check_utf8
+from ti.train_settings import TrainSettings
 from ti.trainer import Trainer
 
 
@@ -30,16 +31,12 @@ def parse_args(argv=None):
                     "Diffusion weights stay frozen and the result is a small .safetensors file. Defaults follow "
                     "the paper (de Wilde et al. 2024): 64 vectors, AdamW at lr 0.005, batch 1.")
     add_flags(p, TrainSettings)
-    p.add_argument("--model", type=Path, default=None,
-                   help="checkpoint file or diffusers folder (default: the one checkpoint in weights/)")
-    p.add_argument("--prediction", default="auto", choices=("auto", "epsilon", "v"),
-                   help="what a single-file model predicts (default: auto, as in sample.py)")
+    add_flags(p, ModelSettings, skip=("dtype",))  # TrainSettings has its own --dtype (bf16 on CUDA)
     p.add_argument("--resume", nargs="?", const=True, default=None, type=Path, metavar="FILE",
                    help="continue an interrupted run from its last save (default file: --output), with its "
                         "step count, optimiser and random state")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh where --output already holds an earlier run (its files are replaced)")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--demo", action="store_true", help="check the install: a tiny random model and synthetic "
                    f"phantom images, a few steps, in about a minute on a CPU (writes {demo.DEMO_DIR}/)")
     return p.parse_args(argv)
@@ -96,9 +93,6 @@ def resolve_settings(args) -> TrainSettings:
         return replace(settings, output=settings.output or Path("embeddings"))
     # the folder name is the default token; a prompt word cannot hold spaces, so "chest xr/" gives <chest_xr>
     token = settings.token or f"<{concept_plan.token_word(settings.data.resolve().name)}>"
-    if settings.token is None:
-        check_utf8("--data", settings.data.resolve().name, "the folder's name is not UTF-8 and would be the "
-                                                           "token; pass --token or rename it")
     output = settings.output or Path("embeddings") / f"{file_name(token)}.safetensors"
     return replace(settings, token=token, output=output)
 
@@ -158,6 +152,7 @@ def encode_concepts(sd, settings: TrainSettings, concepts: list):
 
 def main(argv=None):
     args = parse_args(argv)
+    cli.check_utf8_flags(args)  # text that is not UTF-8 (--token, --init, --data ...) fails here, before any work
     device = args.device or mini_ldm.loading.default_device()
     mini_ldm.loading.check_device(device)
     settings = resolve_settings(args)

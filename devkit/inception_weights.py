@@ -1,35 +1,21 @@
 """Random Inception-v3 FID weights, saved in both public key layouts, for tests and benchmarks.
 
-Every tensor is random and non-zero: convolutions He-scaled so activations stay O(1) through 94 layers,
-BatchNorm scales, shifts and running statistics drawn around their identity values, a random classifier.
+Every tensor is random and non-zero (measure.demo draws them: convolutions He-scaled so activations stay O(1)
+through 94 layers, BatchNorm scales, shifts and running statistics around their identity values, a random
+classifier); here they are float32 and saved in either public key layout.
 """
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
-from measure.inception import InceptionV3FID
+from measure.demo import random_inception_state as demo_state
 
 
 def random_inception_state(seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
-    gen = torch.Generator().manual_seed(seed)
-    state = OrderedDict()
-    for name, t in InceptionV3FID().state_dict().items():
-        if name.endswith("num_batches_tracked"):
-            continue
-        if name.endswith("conv.weight"):
-            fan_in = t[0].numel()
-            value = torch.randn(t.shape, generator=gen) * (2.0 / fan_in) ** 0.5
-        elif name.endswith("bn.weight") or name.endswith("running_var"):
-            value = 0.75 + 0.5 * torch.rand(t.shape, generator=gen)
-        elif name.endswith("bn.bias") or name.endswith("running_mean"):
-            value = 0.1 * torch.randn(t.shape, generator=gen)
-        elif name == "fc.weight":
-            value = torch.randn(t.shape, generator=gen) * (1.0 / t.shape[1]) ** 0.5
-        else:  # fc.bias
-            value = 0.1 * torch.randn(t.shape, generator=gen)
-        state[name] = value.float()
-    return state
+    """measure.demo's random weights (the product's --demo file), in float32, without BatchNorm counters."""
+    return OrderedDict((name, value.float()) for name, value in demo_state(seed).items()
+                       if not name.endswith("num_batches_tracked"))
 
 
 def save_pytorch_fid_layout(state: dict, path: Path) -> Path:

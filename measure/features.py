@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save
 
 from measure.inception import FEATURE_DIMS
 from measure.preprocess import inception_input, to_uint8_tensor, zscore_paper
-from mini_ldm.io import user_cache_dir, write_bytes_atomic
+from mini_ldm.errors import UserError
+from mini_ldm.io import first_line, user_cache_dir, write_bytes_atomic
 from readers.images import DataError, find_images, load_image, warn_stderr
 
 CACHE_FORMAT = "mini-ldm-inception-features-1"  # bump when the stored layout changes
@@ -117,6 +118,9 @@ def read_images(root: Path, paths: list, zscore: bool, warn) -> tuple:
         except DataError as e:
             warn(f"warning: {e}; skipping it")
             skipped.append(name)
+        except MemoryError:  # one huge image (a 100k x 100k slide export): name it, stop with one line
+            raise UserError(f"out of memory reading image {p}: make it smaller (or leave it out of {root}), "
+                            "or free memory") from None
     return images, names, skipped
 
 
@@ -135,7 +139,9 @@ def folder_features(folder, model, resize: str = "antialias", zscore: bool = Fal
         key = cache_key(root, paths, model.weights_sha256, resize, zscore, dims, dtype, mirror)
         cache_file = Path(cache_dir or default_cache_dir()) / f"{key[:40]}.safetensors"
         if cache_file.is_file():
-            return _read_cache(cache_file, root)
+            cached = _read_cache(cache_file, root, len(paths), warn)
+            if cached is not None:
+                return cached
     images, names, skipped = read_images(root, paths, zscore, warn)
     if not images:
         raise DataError(f"none of the {len(paths)} image files in {root} could be read; check that they open in an image viewer")
@@ -148,11 +154,21 @@ def folder_features(folder, model, resize: str = "antialias", zscore: bool = Fal
     return result
 
 
-def _read_cache(path: Path, root: Path) -> FolderFeatures:
+def _read_cache(path: Path, root: Path, n_files: int, warn) -> FolderFeatures | None:
+    """The cached features, or None (with a warning) when the entry is damaged: a cache only saves time, so
+    a truncated or foreign file is encoded again and overwritten, never an error."""
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    taps = load_file(str(path))
-    return FolderFeatures(root, json.loads(meta["names"]), taps["features"], taps["pool"], taps["logits"],
-                          taps.get("pool_mirrored"), json.loads(meta["skipped"]), from_cache=True)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        taps = load_file(str(path))
+        names, skipped = json.loads(meta["names"]), json.loads(meta["skipped"])
+        rows = {len(taps[k]) for k in ("features", "pool", "logits")}
+        if meta.get("format") != CACHE_FORMAT or rows != {len(names)} or len(names) + len(skipped) != n_files:
+            raise ValueError("its contents do not match its key")
+    except Exception as e:  # SafetensorError, a JSON or key error, a short file: all mean "damaged"
+        warn(f"warning: cached features {path} are damaged ({first_line(e)}); encoding the images again")
+        return None
+    return FolderFeatures(root, names, taps["features"], taps["pool"], taps["logits"],
+                          taps.get("pool_mirrored"), skipped, from_cache=True)

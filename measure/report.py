@@ -22,46 +22,70 @@ def write_metrics_json(path, metrics: dict) -> None:
     write_text_atomic(path, json.dumps({k: json_number(v) for k, v in metrics.items()}, indent=2) + "\n")
 
 
+CSV_COLUMNS = ["synthetic", "nearest_real", "similarity", "flagged", "flagged_global", "flagged_per_real",
+               "distance_ratio", "nearest_real_own_nn"]
+
+
 def write_memorization_csv(path, audit, real_names: list, synth_names: list) -> None:
-    """One row per synthetic image, most similar first: synthetic,nearest_real,similarity,flagged (0/1)."""
+    """One row per synthetic image, most similar first: its nearest real image and similarity, flagged (either
+    rule, 0/1), each rule's verdict, the per-real distance ratio and that real image's own nearest-neighbour
+    similarity (what the per-real rule is calibrated on)."""
     buf = io.StringIO()
     out = csv.writer(buf, lineterminator="\n")
-    out.writerow(["synthetic", "nearest_real", "similarity", "flagged"])
+    out.writerow(CSV_COLUMNS)
     for i in audit.similarity.argsort(descending=True).tolist():
-        out.writerow([synth_names[i], real_names[int(audit.nearest_real[i])], f"{float(audit.similarity[i]):.6f}",
-                      int(audit.flagged[i])])
+        j = int(audit.nearest_real[i])
+        out.writerow([synth_names[i], real_names[j], f"{float(audit.similarity[i]):.6f}", int(audit.flagged[i]),
+                      int(audit.flagged_global[i]), int(audit.flagged_per_real[i]),
+                      f"{float(audit.distance_ratio[i]):.4f}", f"{float(audit.real_nn[j]):.6f}"])
     write_text_atomic(path, buf.getvalue())
 
 
 def _thumbnail(path) -> Image.Image:
+    """The image scaled (up or down, proportions kept) to fill a THUMB x THUMB tile, centred on black."""
     try:
         image = load_image(path)
     except DataError:  # deleted or changed since its features were cached: leave a grey square
         return Image.new("RGB", (THUMB, THUMB), (128, 128, 128))
-    image.thumbnail((THUMB, THUMB))
+    scale = THUMB / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    # a small image is enlarged with visible pixels (nearest), not smoothed into something it is not
+    image = image.resize(size, Image.NEAREST if scale >= 2 else Image.LANCZOS)
     square = Image.new("RGB", (THUMB, THUMB))
     square.paste(image, ((THUMB - image.width) // 2, (THUMB - image.height) // 2))
     return square
 
 
+def _short(name: str, width: int, font, draw) -> str:
+    """The file name, cut at the front (keeping its end, where names differ) to fit `width` pixels."""
+    if draw.textlength(name, font=font) <= width:
+        return name
+    while name and draw.textlength("..." + name, font=font) > width:
+        name = name[1:]
+    return "..." + name
+
+
 def memorization_sheet(audit, real_root, real_names, synth_root, synth_names, top: int) -> Image.Image:
-    """The `top` closest (synthetic | nearest real) pairs side by side, similarity written under each pair
-    (red and marked FLAGGED when above the real-real threshold), in rows of up to four pairs."""
+    """The `top` closest (synthetic | nearest real) pairs side by side, each image's file name under it and the
+    similarity under the pair (red and marked FLAGGED when either rule flags it), in rows of up to four pairs."""
     order = audit.similarity.argsort(descending=True)[:top].tolist()
     cols = min(4, max(1, len(order)))
     rows = math.ceil(len(order) / cols)
     band = 22
-    cell_w, cell_h = 2 * THUMB + 8, THUMB + band + 8
+    cell_w, cell_h = 2 * THUMB + 8, THUMB + 2 * band + 8
     sheet = Image.new("RGB", (cols * cell_w, max(1, rows) * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
-    font = _font(band)
+    font, small = _font(band), _font(int(band * 0.8))
     for k, i in enumerate(order):
         x, y = (k % cols) * cell_w, (k // cols) * cell_h
+        real_name = real_names[int(audit.nearest_real[i])]
         sheet.paste(_thumbnail(synth_root / synth_names[i]), (x, y))
-        sheet.paste(_thumbnail(real_root / real_names[int(audit.nearest_real[i])]), (x + THUMB, y))
+        sheet.paste(_thumbnail(real_root / real_name), (x + THUMB, y))
+        for dx, name in ((0, synth_names[i]), (THUMB, real_name)):
+            draw.text((x + dx + 2, y + THUMB + 2), _short(name, THUMB - 4, small, draw), fill="black", font=small)
         flagged = bool(audit.flagged[i])
         text = f"{float(audit.similarity[i]):.4f}" + ("  FLAGGED" if flagged else "")
-        draw.text((x + 4, y + THUMB + 2), text, fill=(200, 0, 0) if flagged else "black", font=font)
+        draw.text((x + 4, y + THUMB + band + 2), text, fill=(200, 0, 0) if flagged else "black", font=font)
     return sheet
 
 
@@ -87,8 +111,9 @@ def summary_table(m: dict) -> str:
          f"unbiased: the number to trust with ~100 images ({m['kid_subsets']} subsets of {m['kid_subset_size']})"),
         ("IS (synthetic)", pm(m["is_mean"], m["is_std"]), "ImageNet classes: says little about medical images"),
         ("memorized", f"{m['memorized']} of {m['n_synth']} ({m['memorized_fraction']:.1%})",
-         f"closer to a real image than real images are to each other (> {m['real_nn_max']:.4f}; "
-         f"real-real p99 {m['real_nn_p99']:.4f})"),
+         f"{m['memorized_global']} closer to a real image than real images are to each other (> "
+         f"{m['real_nn_max']:.4f}; real-real p99 {m['real_nn_p99']:.4f}), {m['memorized_per_real']} within "
+         f"{m['per_real_ratio']:g} of their real image's own nearest-neighbour distance"),
     ]
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)

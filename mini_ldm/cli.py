@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .settings import check_utf8
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = REPO / "weights"
@@ -52,13 +53,45 @@ def check_writable(path: Path, flag: str, is_file: bool) -> None:
         raise UserError(f"{flag} {path}: {existing} is not writable; choose another place")
 
 
-def run(main) -> None:
-    """Run a CLI main(); a UserError or a file-system error (permission denied, disk full) becomes
-    'error: ...' on stderr and exit status 2, Ctrl-C exit status 130."""
+def check_utf8_flags(args) -> None:
+    """Refuse, before any work, a flag whose text holds bytes that are not UTF-8 (Python hands them over as
+    lone surrogates, which fail later when a PNG text, the manifest or the terminal encodes them)."""
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (str, Path)):
+                check_utf8("--" + name.replace("_", "-"), item)
+
+
+OUT_OF_MEMORY = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, the CPU allocator's RuntimeError ("DefaultCPUAllocator: not enough
+    memory"), MPS's, or Python's own MemoryError."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(e, RuntimeError) and any(words in str(e).lower() for words in OUT_OF_MEMORY)
+
+
+def out_of_memory_line(e: BaseException, hint: str) -> str:
+    """One line for an allocator's error: what it said (its first line) and what to lower."""
+    said = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return f"out of memory ({said}); {hint}"
+
+
+def run(main, argv=None, memory_hint: str = "use a smaller input or another --device") -> None:
+    """Run a CLI main(argv); a UserError or a file-system error (permission denied, disk full) becomes
+    'error: ...' on stderr and exit status 2, running out of memory the same with `memory_hint` (what to
+    lower, in that CLI's flags), Ctrl-C exit status 130."""
     try:
-        main()
+        main(argv)
     except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        print(f"error: {out_of_memory_line(e, memory_hint)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,7 +1,8 @@
 """File helpers every part of the project shares: atomic writes, safe torch loading, one-line error text.
 
-Three rules live here so that no caller has to remember them:
+Five rules live here so that no caller has to remember them:
 - a file we write is either the old one or the complete new one, never half of one (`atomic_write`);
+- two runs never write one output at once: the first holds a lock file with its pid (`pid_lock`);
 - a pickle is only ever opened with `weights_only=True`, so loading a file never runs its code (`torch_load`);
 - the same tensors and metadata give the same bytes (`safetensors_bytes`);
 - a library's multi-line error becomes the first line of a message of ours (`first_line`).
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+
+from .errors import UserError
 
 
 def user_cache_dir() -> Path:
@@ -112,6 +115,49 @@ def _load(path: Path, mmap: bool):
     # an open file, not a name: newer torch.load hands any "*.safetensors" name to safetensors instead
     with open(path, "rb") as f:
         return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def lock_holder(lock: Path) -> int | None:
+    """The pid written in a lock file, or None when it cannot be read."""
+    try:
+        return int(Path(lock).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def pid_lock(lock, busy):
+    """Hold the file `lock` (holding our pid) for the duration; a second holder stops at once with
+    UserError(busy(pid of the holder)). A lock whose process is gone (kill -9, a power cut) is stale and
+    taken over. The lock's folder must exist."""
+    lock = Path(lock)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            holder = lock_holder(lock)
+            if holder is not None and holder != os.getpid() and _running(holder):
+                raise UserError(busy(holder)) from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise UserError(f"{lock}: cannot be taken; remove it if no other run is writing there")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def safetensors_bytes(tensors: dict, metadata: dict | None = None) -> bytes:

@@ -1,12 +1,32 @@
-"""`mini_ldm.load`: a checkpoint path -> a ready StableDiffusion."""
+"""`mini_ldm.load`: a checkpoint path -> a ready StableDiffusion; `ModelSettings`: the flags that choose it."""
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, UserError
 from .pipeline import StableDiffusion
+from .settings import option
 from .tokenizer import CLIPTokenizer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PREDICTIONS = ("auto", "epsilon", "v")
+
+
+@dataclass
+class ModelSettings:
+    """Which model, where and in what precision: the flags every CLI that loads Stable Diffusion shares
+    (sample.py, train.py), so they read and default the same everywhere."""
+    model: Path | None = option(None, "a .safetensors/.ckpt single file or a diffusers folder",
+                                shown="the one checkpoint in weights/", metavar="PATH")
+    device: str | None = option(None, "where to run: cpu, cuda, cuda:N (the N-th GPU) or mps (Apple GPUs)",
+                                shown="cuda if available, else cpu")
+    dtype: str | None = option(None, "weights and activations precision", choices=tuple(DTYPES),
+                               aliases=("--precision",), shown="fp16 on CUDA, fp32 elsewhere")
+    prediction: str = option("auto", "what a single-file model predicts; auto = epsilon unless the file name says "
+                                     "v (768-v, v-pred, SD2 768); diffusers folders say it themselves",
+                             choices=PREDICTIONS)
 
 
 def default_device() -> str:
@@ -46,7 +66,7 @@ def load(path, device=None, dtype=None, prediction="auto") -> StableDiffusion:
     """
     device = device or default_device()
     check_device(device)
-    if prediction not in ("auto", "epsilon", "v"):
+    if prediction not in PREDICTIONS:
         raise UserError(f"--prediction {prediction}: choose auto, epsilon or v")
     ckpt = load_checkpoint(path, device=device, dtype=resolve_dtype(dtype, device), prediction=prediction)
     if ckpt.tokenizer_dir is not None:

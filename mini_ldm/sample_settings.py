@@ -5,7 +5,7 @@ from pathlib import Path
 
 from . import samplers
 from .errors import UserError
-from .settings import check_finite, check_positive, check_seed, option
+from .settings import check_finite, check_positive, check_seed, check_utf8, option
 
 # A documented cap, checked before the model loads: SD's attention over (side/8)^2 latent cells grows with the
 # fourth power of the side, and past 4096 px (8x the 512 px training size) a run takes hours on any GPU and
@@ -46,6 +46,9 @@ class SampleSettings:
 
     def check(self) -> "SampleSettings":
         """Refuse what cannot be honoured, before any model is loaded. Returns self."""
+        for flag, text in (("--prompt", self.prompt), ("--negative-prompt", self.negative_prompt),
+                           ("--init-image", self.init_image), ("--mask", self.mask)):
+            check_utf8(flag, text)
         if self.scheduler not in samplers.SCHEDULERS:
             raise UserError(f"--scheduler {self.scheduler}: unknown; choose one of {', '.join(samplers.SCHEDULERS)}")
         check_positive("--steps", self.steps)

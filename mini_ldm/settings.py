@@ -83,7 +83,8 @@ def markdown_table(cls, skip: tuple = ()) -> str:
             literal = meta["shown"] is None and f.default not in (None, "", False)
             if literal or "<" in shown or "[" in shown:
                 shown = f"`{shown}`"  # a literal value; and markdown would swallow <token> as a tag
-            rows.append(f"| `{flag_name(f)}` | {shown} | {meta['help'].replace('<', '&lt;')} |")
+            names = f"`{flag_name(f)}`" + "".join(f" (or `{alias}`)" for alias in meta["aliases"])
+            rows.append(f"| {names} | {shown} | {meta['help'].replace('<', '&lt;')} |")
     return "\n".join(rows)
 
 
@@ -110,3 +111,15 @@ def check_positive(flag: str, value, allow_zero: bool = False):
 def check_finite(flag: str, value: float, example: str):
     if not math.isfinite(value):
         raise UserError(f"{flag} {value}: must be a finite number, e.g. {example}")
+
+
+def check_utf8(flag: str, text) -> None:
+    """Text (or a path) that holds bytes which are not UTF-8 (lone surrogates, as Python decodes such command-line
+    bytes) would fail later, when a PNG's text or the manifest is written: refuse it before any work."""
+    if text is None:
+        return
+    try:
+        str(text).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{flag} {ascii(str(text))}: holds bytes that are not UTF-8 text; write it in UTF-8 (for "
+                        "a file, rename it with a UTF-8 name)") from None

@@ -7,6 +7,7 @@
   volumes.py    volumes: LPS reorientation, resampling through physical space, crop/pad, slice picking
   cases.py      which files make a case (one volume, or one file per sequence) and which mask is its
   slices.py     one case -> its 8-bit slices, as prepare.py writes them
+  phantom.py    a synthetic phantom volume and lesion mask for prepare.py --demo
 
 Imports only mini_ldm.errors and mini_ldm.io from the rest of the project.
 """

@@ -13,7 +13,7 @@ import numpy as np
 
 from mini_ldm.errors import UserError
 
-from .dicom import is_dicom
+from .dicom import is_dicom, quiet_pydicom
 from .extras import require
 from .volumes import VOLUME_SUFFIXES, strip_volume_suffix, volume_suffix
 
@@ -27,6 +27,7 @@ class Source:
     paths: list[Path]  # one file, or a DICOM series' files in slice order
     label: str  # its path relative to SRC, for messages and metadata.csv
     kind: str  # "volume", "series" or "dicom2d"
+    positions: list[float] | None = None  # a series' slice positions along its normal (mm), ascending
 
 
 @dataclass
@@ -66,7 +67,7 @@ def find_cases(src: Path, sequences: list[str] | None, skip: Skip, warn: Callabl
             dicoms.append(path)
         elif not path.name.lower().endswith(DATA_FILE_SUFFIXES):
             warn(f"skipping {relative(path, src)}: not a DICOM file or a volume")
-    for source in group_dicom(dicoms, src):
+    for source in group_dicom(dicoms, src, warn):
         name = source.label if source.kind == "series" else source.label.rsplit(".", 1)[0]
         cases.append(Case(Path(name).name, [source]))
     _make_ids_unique(cases)
@@ -75,31 +76,73 @@ def find_cases(src: Path, sequences: list[str] | None, skip: Skip, warn: Callabl
     return cases
 
 
-def group_dicom(paths: list[Path], root: Path) -> list[Source]:
+def group_dicom(paths: list[Path], root: Path, warn: Callable[[str], None] = lambda m: None) -> list[Source]:
     """Files of one SeriesInstanceUID in one folder, each with a slice position, make a series (a
-    volume); every other DICOM file is a 2-D image (a radiograph, or a multi-frame file)."""
+    volume); every other DICOM file is a 2-D image (a radiograph, or a multi-frame file). Files that share
+    a position (several echoes, b-values, or one image saved several times) are not stacked as slices:
+    see `split_repeated_positions`."""
     if not paths:
         return []
     pydicom = require("pydicom", f"reading DICOM file {paths[0]}")
     groups, sources = defaultdict(list), []
     for path in paths:
-        try:
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
-        except Exception:
-            ds = None  # read_dicom says what is wrong with it, as a 2-D file
-        position = _slice_position(ds)
+        with quiet_pydicom(relative(path, root), notice=warn):
+            try:
+                ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+            except Exception:
+                ds = None  # read_dicom says what is wrong with it, as a 2-D file
+            position = _slice_position(ds)
+            uid = None if position is None else str(ds.SeriesInstanceUID)
         if position is None:
             sources.append(Source([path], relative(path, root), "dicom2d"))
         else:
-            groups[(path.parent, str(ds.SeriesInstanceUID))].append((position, path))
+            groups[(path.parent, uid)].append(Slot(position, path, ds))
     for (folder, uid), members in sorted(groups.items()):
-        if len(members) == 1:
-            sources.append(Source([members[0][1]], relative(members[0][1], root), "dicom2d"))
-            continue
-        members.sort(key=lambda m: m[0])  # along the slice normal, as the volume's z axis
         label = relative(folder, root) if folder != root else root.name
-        sources.append(Source([p for _, p in members], label, "series"))
+        for suffix, part in split_repeated_positions(members, label, warn):
+            sources.append(_series_or_image(part, label + suffix, root))
     return sources
+
+
+@dataclass
+class Slot:
+    position: float  # along the slice normal, mm
+    path: Path
+    dataset: object  # its header
+
+
+# what tells apart the images of one series that share slice positions, most specific first
+SPLIT_BY = (("EchoNumbers", "echo"), ("DiffusionBValue", "b"), ("TemporalPositionIdentifier", "t"),
+            ("AcquisitionNumber", "acq"))
+
+
+def split_repeated_positions(members: list, label: str, warn) -> list[tuple[str, list]]:
+    """[(label suffix, slots)]: the series whole when every position is held once; else one series per
+    echo number (b-value, temporal position, acquisition) when that makes every position unique; else every
+    file on its own, as a 2-D image. Either way a line says what was done."""
+    def key(slot):
+        return round(slot.position, 3)
+
+    if len({key(m) for m in members}) == len(members):
+        return [("", members)]
+    for attribute, short in SPLIT_BY:
+        parts = defaultdict(list)
+        for m in members:
+            parts[str(getattr(m.dataset, attribute, ""))].append(m)
+        if len(parts) > 1 and all(len({key(m) for m in part}) == len(part) for part in parts.values()):
+            warn(f"note: {label}: {len(members)} files at {len({key(m) for m in members})} slice positions; "
+                 f"split into {len(parts)} series by {attribute} ({label}_{short}<value>)")
+            return [(f"_{short}{value}", part) for value, part in sorted(parts.items())]
+    warn(f"note: {label}: {len(members)} files share slice positions and nothing tells them apart (the same "
+         "image saved several times?); each file is prepared as a 2-D image, not stacked as a volume")
+    return [("", [m]) for m in members]
+
+
+def _series_or_image(members: list, label: str, root: Path) -> Source:
+    if len(members) == 1:
+        return Source([members[0].path], relative(members[0].path, root), "dicom2d")
+    members = sorted(members, key=lambda m: m.position)  # along the slice normal, as the volume's z axis
+    return Source([m.path for m in members], label, "series", [m.position for m in members])
 
 
 def _slice_position(ds) -> float | None:
@@ -151,7 +194,7 @@ def _series_folder(folder: Path, root: Path) -> Source | None:
     series = [s for s in group_dicom(files, root) if s.kind == "series"]
     if len(series) != 1:
         return None
-    return Source(series[0].paths, relative(folder, root), "series")
+    return Source(series[0].paths, relative(folder, root), "series", series[0].positions)
 
 
 def _make_ids_unique(cases: list[Case]) -> None:

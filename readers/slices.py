@@ -8,6 +8,7 @@ statistics of its own whole volume, and voxels outside a scan end up black.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -17,8 +18,9 @@ from .cases import Case, Source
 from .dicom import DicomError, dicom_window, display_frames, read_dicom
 from .extras import MissingExtraError
 from .intensity import Normalization, to_unit, unit_to_uint8, value_range
-from .volumes import (VolumeError, mask_on_grid, pick_slices, read_volume, reference_grid, resample_onto,
-                      sitk_module)
+from .volumes import (DEFAULT_MAX_VOXELS, MEMORY_HINT, UNEVEN_GAPS, VolumeError, is_allocation_failure,
+                      mask_on_grid, pick_slices, read_volume, reference_grid, resample_onto, restack_from_positions,
+                      sitk_module, uneven_gaps)
 
 
 class CaseSkipped(UserError):
@@ -39,6 +41,9 @@ class Options:
     fallback_masks: dict = field(default_factory=dict)
     fallback_slice: str = "median"
     split_by_mask: bool = False
+    max_voxels: int = DEFAULT_MAX_VOXELS  # larger volumes are refused from their header
+    uneven_slices: bool = False  # resample series with uneven slice gaps (else skip them)
+    warn: Callable[[str], None] = lambda message: None  # one-line notices
 
 
 @dataclass
@@ -59,7 +64,13 @@ def prepare_case(case: Case, opts: Options) -> list[Slice]:
     except MissingExtraError:
         raise  # not this case's fault: every case would fail, so stop
     except (DicomError, VolumeError) as e:
-        raise CaseSkipped(str(e), "unreadable") from None
+        raise CaseSkipped(str(e), e.why) from None
+    except MemoryError:
+        raise CaseSkipped(f"out of memory preparing {case.sources[0].label}: {MEMORY_HINT}", "out of memory") from None
+    except RuntimeError as e:  # SimpleITK's failed allocations while resampling
+        if not is_allocation_failure(e):
+            raise
+        raise CaseSkipped(f"out of memory preparing {case.sources[0].label}: {MEMORY_HINT}", "out of memory") from None
 
 
 def _dicom_frames(case: Case, opts: Options) -> list[Slice]:
@@ -71,8 +82,23 @@ def _dicom_frames(case: Case, opts: Options) -> list[Slice]:
     return [Slice(f, i, "", "", used) for f, i in zip(frames, indices)]
 
 
+def read_source(source: Source, opts: Options):
+    """A volume file or DICOM series as a 3-D image; a series with uneven slice gaps is skipped, or with
+    --uneven-slices put on an even grid from its slices' true positions."""
+    image = read_volume(source.paths, opts.max_voxels)
+    gaps = uneven_gaps(source.positions) if source.positions else None
+    if gaps is None:
+        return image
+    spread = f"slice gaps of {source.label} vary from {gaps[0]:.3g} to {gaps[1]:.3g} mm (more than {UNEVEN_GAPS:.0%})"
+    if not opts.uneven_slices:
+        raise VolumeError(f"{spread}: missing slices, or slices of several stacks; add --uneven-slices to "
+                          "resample it from the slices' true positions", "uneven slice gaps")
+    opts.warn(f"warning: {spread}; resampled from the slices' true positions (--uneven-slices)")
+    return restack_from_positions(image, source.positions)
+
+
 def _volume_slices(case: Case, opts: Options) -> list[Slice]:
-    volumes = [read_volume(s.paths) for s in case.sources]
+    volumes = [read_source(s, opts) for s in case.sources]
     sitk = sitk_module("reading volumes")
     grid = reference_grid(volumes[0], opts.spacing, opts.crop)
     on_grid = [sitk.GetArrayFromImage(grid)] + [resample_onto(v, grid) for v in volumes[1:]]
@@ -103,7 +129,7 @@ def _choose_mask(case: Case, grid, opts: Options):
     """(mask on the grid or None, slice mode, positive): the first mask when it has voxels on the grid,
     else the fallback mask with --fallback-slice. `positive` (for --split-by-mask) asks whether the first
     mask has any voxel at all, on the grid or not."""
-    first = _read_mask(case.id, opts.masks, "--masks")
+    first = _read_mask(case.id, opts.masks, "--masks", opts.max_voxels)
     positive = first is not None and bool(sitk_module("reading masks").GetArrayViewFromImage(first).any())
     if opts.slice not in ("largest", "median"):
         return None, opts.slice, positive
@@ -112,7 +138,7 @@ def _choose_mask(case: Case, grid, opts: Options):
         return mask, opts.slice, positive
     if opts.fallback_slice == "middle":
         return None, "middle", positive
-    fallback = _read_mask(case.id, opts.fallback_masks, "--fallback-masks")
+    fallback = _read_mask(case.id, opts.fallback_masks, "--fallback-masks", opts.max_voxels)
     mask = mask_on_grid(fallback, grid) if fallback is not None else None
     if mask is not None and mask.any():
         return mask, opts.fallback_slice, positive
@@ -121,11 +147,11 @@ def _choose_mask(case: Case, grid, opts: Options):
     raise CaseSkipped(f"--slice {opts.slice} needs a mask; its --masks mask is {state}{has_fallback}", "no mask")
 
 
-def _read_mask(case_id: str, masks: dict, flag: str):
+def _read_mask(case_id: str, masks: dict, flag: str, max_voxels: int):
     path: Path | None = masks.get(case_id)
     if path is None:
         return None
     try:
-        return read_volume([path])
+        return read_volume([path], max_voxels)
     except VolumeError as e:
-        raise CaseSkipped(f"{flag}: {e}", "unreadable mask") from None
+        raise CaseSkipped(f"{flag}: {e}", f"{e.why} mask") from None

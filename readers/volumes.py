@@ -11,8 +11,10 @@ Conventions (easy to get wrong):
   radiological convention), whatever order the file stored its axes in.
 SimpleITK is imported only when a volume is met (it is an optional extra).
 """
+import gzip
 import os
 import re
+import struct
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,10 +28,20 @@ from .extras import require
 
 VOLUME_SUFFIXES = (".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".nii")
 SLICE_MODES = ("middle", "all", "largest", "median")
+# 256 Mi voxels: 1 GiB as float32, and prepare.py holds a few copies of the first sequence (LPS, resampled,
+# cropped). Larger than any CT or MRI series in everyday use (512 x 512 x 1000 is 262 Mi); --max-voxels raises it.
+DEFAULT_MAX_VOXELS = 2**28
+UNEVEN_GAPS = 0.10  # slice gaps that differ from their median by more than this fraction are uneven
+MEMORY_HINT = "free memory, or use --spacing with larger values, or skip such volumes with a lower --max-voxels"
 
 
 class VolumeError(UserError):
-    """A volume or DICOM series that cannot be read or used; the message names it."""
+    """A volume or DICOM series that cannot be read or used; the message names it, `why` sums it up for the
+    summary line (unreadable, not 3-D, too large, ...)."""
+
+    def __init__(self, message: str, why: str = "unreadable"):
+        super().__init__(message)
+        self.why = why
 
 
 def volume_suffix(path) -> str | None:
@@ -47,29 +59,172 @@ def sitk_module(what: str):
     return require("SimpleITK", what)
 
 
-def read_volume(paths: list[Path]):
-    """One volume file, or the ordered files of a DICOM series -> a 3-D float32 sitk.Image."""
+def read_volume(paths: list[Path], max_voxels: int = DEFAULT_MAX_VOXELS):
+    """One volume file, or the ordered files of a DICOM series -> a 3-D float32 sitk.Image. The header is
+    read first: a volume of more than `max_voxels` voxels is refused before its data is decoded."""
     sitk = sitk_module(f"reading {paths[0]}")
     name = paths[0] if len(paths) == 1 else paths[0].parent
     try:
         with native_stderr_silenced():  # ITK's readers also print their complaints straight to stderr
+            if nifti_version(paths[0]) == 2:  # SimpleITK reads NIfTI-1 only
+                return read_nifti2(paths[0], max_voxels)
+            check_size(sitk, paths, name, max_voxels)
             if len(paths) == 1:
                 image = sitk.ReadImage(str(paths[0]))
             else:
                 reader = sitk.ImageSeriesReader()
                 reader.SetFileNames([str(p) for p in paths])
                 image = reader.Execute()  # applies RescaleSlope/Intercept
+            image = _scalar_3d(sitk, image, name)
+            return sitk.Cast(image, sitk.sitkFloat32)
+    except MemoryError:
+        raise VolumeError(f"out of memory reading volume {name}: {MEMORY_HINT}", "out of memory") from None
     except RuntimeError as e:
+        if is_allocation_failure(e):
+            raise VolumeError(f"out of memory reading volume {name}: {MEMORY_HINT}", "out of memory") from None
         raise VolumeError(f"cannot read volume {name}: {_itk_reason(e)} (damaged, or not the format its name "
                           "says)") from None
+
+
+def is_allocation_failure(e: BaseException) -> bool:
+    """SimpleITK reports a failed allocation as a RuntimeError (std::bad_alloc, 'Failed to allocate')."""
+    text = str(e).lower()
+    return "bad_alloc" in text or "allocate" in text or "out of memory" in text
+
+
+def nifti_version(path: Path) -> int | None:
+    """1 or 2 for a NIfTI file (its first four bytes: the header size, 348 or 540, in either byte order)."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as f:
+            head = f.read(4)
+    except (OSError, EOFError):
+        return None  # SimpleITK names what is wrong with it
+    sizes = {int.from_bytes(head, "little"), int.from_bytes(head, "big")} if len(head) == 4 else set()
+    return 2 if 540 in sizes else 1 if 348 in sizes else None
+
+
+NIFTI_TYPES = {2: np.uint8, 4: np.int16, 8: np.int32, 16: np.float32, 64: np.float64, 256: np.int8,
+               512: np.uint16, 768: np.uint32, 1024: np.int64, 1280: np.uint64}
+
+
+def read_nifti2(path: Path, max_voxels: int):
+    """A NIfTI-2 file (540-byte header, 64-bit sizes) -> a 3-D float32 sitk.Image, as SimpleITK reads NIfTI-1:
+    scl_slope/inter applied, the qform (else the sform, else pixdim) for geometry, RAS turned into LPS."""
+    sitk = sitk_module(f"reading {path}")
+    with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as f:
+        head = f.read(540)
+        e = "<" if int.from_bytes(head[:4], "little") == 540 else ">"
+        (datatype,), dims = struct.unpack_from(e + "h", head, 12), struct.unpack_from(e + "8q", head, 16)
+        size_xyz = (list(dims[1:1 + dims[0]]) + [1, 1])[:3]
+        if dims[0] > 3 and any(n > 1 for n in dims[4:1 + dims[0]]):
+            raise VolumeError(f"{path} is {dims[0]}-D; prepare.py reads 3-D volumes (split 4-D files first)", "not 3-D")
+        voxels = int(np.prod(size_xyz, dtype=np.int64))
+        if voxels > max_voxels:
+            raise VolumeError(f"{path} holds {voxels:,} voxels, more than --max-voxels {max_voxels:,}; raise "
+                              "--max-voxels if this machine has the memory for it", "too large")
+        if datatype not in NIFTI_TYPES:
+            raise VolumeError(f"{path}: NIfTI datatype {datatype} is not a scalar type prepare.py reads", "not scalar")
+        (offset,) = struct.unpack_from(e + "q", head, 168)
+        f.seek(offset)
+        dtype = np.dtype(NIFTI_TYPES[datatype]).newbyteorder(e)
+        data = np.frombuffer(f.read(voxels * dtype.itemsize), dtype=dtype)
+    if data.size != voxels:
+        raise VolumeError(f"cannot read volume {path}: it ends before its {voxels:,} voxels (damaged)")
+    values = data.reshape(size_xyz[::-1]).astype(np.float32)  # x varies fastest: (z, y, x)
+    slope, inter = struct.unpack_from(e + "2d", head, 176)
+    if slope and np.isfinite(slope):
+        values = values * np.float32(slope) + np.float32(inter)
+    image = sitk.GetImageFromArray(values)
+    _set_geometry(image, nifti_affine(head, e))
+    return image
+
+
+def nifti_affine(head: bytes, e: str) -> np.ndarray:
+    """The 4 x 4 voxel -> RAS (mm) matrix of a NIfTI-2 header: qform if set, else sform, else pixdim."""
+    pixdim = struct.unpack_from(e + "8d", head, 104)
+    qform_code, sform_code = struct.unpack_from(e + "2i", head, 344)
+    affine = np.eye(4)
+    if qform_code > 0:
+        b, c, d, *offset = struct.unpack_from(e + "6d", head, 352)
+        a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
+        rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                             [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                             [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - b * b - c * c]])
+        qfac = -1.0 if pixdim[0] < 0 else 1.0
+        affine[:3, :3] = rotation @ np.diag([pixdim[1], pixdim[2], qfac * pixdim[3]])
+        affine[:3, 3] = offset
+    elif sform_code > 0:
+        affine[:3] = np.array(struct.unpack_from(e + "12d", head, 400)).reshape(3, 4)
+    else:
+        affine[:3, :3] = np.diag(pixdim[1:4])
+    return affine
+
+
+def _set_geometry(image, ras_affine: np.ndarray) -> None:
+    lps = np.diag([-1.0, -1.0, 1.0]) @ ras_affine[:3]  # NIfTI is RAS, ITK is LPS
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    image.SetSpacing(tuple(float(v) for v in spacing))
+    image.SetDirection(tuple(float(v) for v in (lps[:, :3] / spacing).reshape(-1)))
+    image.SetOrigin(tuple(float(v) for v in lps[:, 3]))
+
+
+def check_size(sitk, paths: list[Path], name, max_voxels: int) -> None:
+    """The voxel count from the header alone (the first file's, times the number of files of a series)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(paths[0]))
+    reader.ReadImageInformation()
+    size = list(reader.GetSize()) + ([len(paths)] if len(paths) > 1 else [])
+    voxels = int(np.prod(size, dtype=np.int64)) * reader.GetNumberOfComponents()
+    if voxels > max_voxels:
+        shape = " x ".join(str(n) for n in size)
+        raise VolumeError(f"{name} holds {voxels:,} voxels ({shape}), more than --max-voxels {max_voxels:,}; "
+                          "raise --max-voxels if this machine has the memory for it (about 12 bytes per voxel)",
+                          "too large")
+
+
+def _scalar_3d(sitk, image, name):
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(f"{name} has {image.GetNumberOfComponentsPerPixel()} values per voxel; prepare.py reads "
-                          "scalar volumes (give each sequence as its own file)")
+                          "scalar volumes (give each sequence as its own file)", "not scalar")
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)  # a single slice stored as a 2-D .mha/.nrrd: depth 1
     if image.GetDimension() != 3:
-        raise VolumeError(f"{name} is {image.GetDimension()}-D; prepare.py reads 3-D volumes (split 4-D files first)")
-    return sitk.Cast(image, sitk.sitkFloat32)
+        raise VolumeError(f"{name} is {image.GetDimension()}-D; prepare.py reads 3-D volumes (split 4-D files "
+                          "first)", "not 3-D")
+    return image
+
+
+def uneven_gaps(positions: list[float]) -> tuple[float, float] | None:
+    """(smallest, largest) gap between consecutive slice positions (mm, sorted) when some gap differs from
+    their median by more than UNEVEN_GAPS; None when the slices are evenly spaced."""
+    gaps = np.diff(np.asarray(positions, float))
+    if len(gaps) < 2:
+        return None
+    median = float(np.median(gaps))
+    if np.all(np.abs(gaps - median) <= UNEVEN_GAPS * median):
+        return None
+    return float(gaps.min()), float(gaps.max())
+
+
+def restack_from_positions(image, positions: list[float]):
+    """A series read slice by slice, put on an even grid along its normal from the slices' true positions
+    (mm, ascending): linear between the two nearest slices, spacing the median gap."""
+    sitk = sitk_module("resampling a DICOM series")
+    p = np.asarray(positions, float) - positions[0]
+    step = float(np.median(np.diff(p)))
+    depth = int(round(p[-1] / step)) + 1
+    z = np.linspace(0.0, p[-1], depth)
+    values = sitk.GetArrayFromImage(image)  # (slices, y, x) in file order = position order
+    upper = np.clip(np.searchsorted(p, z, side="right"), 1, len(p) - 1)
+    weight = ((z - p[upper - 1]) / (p[upper] - p[upper - 1]))[:, None, None]
+    even = (1 - weight) * values[upper - 1] + weight * values[upper]  # (depth, y, x)
+    out = sitk.GetImageFromArray(even.astype(np.float32))
+    out.SetOrigin(image.GetOrigin())
+    out.SetDirection(image.GetDirection())
+    out.SetSpacing((*image.GetSpacing()[:2], p[-1] / (depth - 1)))
+    return out
 
 
 @contextmanager

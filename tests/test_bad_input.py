@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import sample
+from in_process import run_main
+
 from mini_ldm.embeddings import Embedding, read_embedding, write_embedding
 from ti.phantoms import write_phantoms
 from ti.run_files import lock_path, loss_csv_path, state_path
@@ -34,6 +37,11 @@ def run(script, *args, cwd=REPO):
 def start(script, *args, cwd=REPO, env=None):
     return subprocess.Popen([sys.executable, str(REPO / script), "--device", "cpu", *map(str, args)], cwd=cwd,
                             env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def sample_in_process(*args):
+    """sample.py's main(argv) in this process, as its script runs it (exit status, stdout, stderr)."""
+    return run_main(sample.main, "--device", "cpu", *args)
 
 
 def one_line_error(proc, *needles):
@@ -74,17 +82,23 @@ NO_MODEL = ["--model", "/nonexistent/model.safetensors", "--prompt", "a chest x-
         "seed-negative", "strength-alone", "mask-blur-alone", "steps-0", "height-4", "alphas-alone",
         "mode-alone", "no-grid-single", "device-unknown"])
 def test_sample_flags_refused_before_loading(args, needles, tmp_path):
-    one_line_error(run("sample.py", *NO_MODEL, *args, "--output", tmp_path / "out"), *needles)
+    one_line_error(sample_in_process(*NO_MODEL, *args, "--output", tmp_path / "out"), *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_refused_flag_exits_2_in_a_real_process(tmp_path):
+    """The cases above run in this process; this one checks the real interpreter's exit status and stderr."""
+    one_line_error(run("sample.py", *NO_MODEL, "--height", 100000, "--output", tmp_path / "out"), "--height 100000")
     assert not (tmp_path / "out").exists()
 
 
 def test_sample_output_that_cannot_be_written_is_refused_before_loading(tmp_path):
     (tmp_path / "x.png").mkdir()  # a folder named like a file
     (tmp_path / "plain-file").write_text("not a folder")
-    one_line_error(run("sample.py", *NO_MODEL, "--output", tmp_path / "x.png"), "x.png", "is a folder")
-    one_line_error(run("sample.py", *NO_MODEL, "--output", tmp_path / "plain-file" / "out"), "plain-file",
+    one_line_error(sample_in_process(*NO_MODEL, "--output", tmp_path / "x.png"), "x.png", "is a folder")
+    one_line_error(sample_in_process(*NO_MODEL, "--output", tmp_path / "plain-file" / "out"), "plain-file",
                    "is a file")
-    one_line_error(run("sample.py", *NO_MODEL, "--output", tmp_path / "plain-file"), "plain-file", "is a file")
+    one_line_error(sample_in_process(*NO_MODEL, "--output", tmp_path / "plain-file"), "plain-file", "is a file")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any folder")
@@ -93,7 +107,7 @@ def test_sample_read_only_output_is_refused(tmp_path):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        one_line_error(run("sample.py", *NO_MODEL, "--output", locked / "out"), "not writable")
+        one_line_error(sample_in_process(*NO_MODEL, "--output", locked / "out"), "not writable")
     finally:
         locked.chmod(0o700)
 

@@ -24,8 +24,12 @@ import pytest
 import torch
 from PIL import Image
 
+import sample
+from in_process import run_main
 from mini_ldm import hashes
 from mini_ldm.dataset import generate_dataset
+from mini_ldm.dataset.job import LOCK
+from mini_ldm.errors import UserError
 from mini_ldm.png import read_parameters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,8 +171,10 @@ def test_batch_size_changes_nothing(tiny, tmp_path, monkeypatch):
 
 
 def wait_for_pngs(proc, folder, n):
+    deadline = time.monotonic() + TIMEOUT
     while len(list(Path(folder).glob("*.png"))) < n:
         assert proc.poll() is None, finish(proc).stderr
+        assert time.monotonic() < deadline, f"fewer than {n} PNGs in {folder} after {TIMEOUT} s"
         time.sleep(0.02)
 
 
@@ -250,7 +256,7 @@ def test_bad_prompts_files_write_nothing(csv_text, needles, sd1_single, env, tmp
     assert not (tmp_path / "out").exists()
 
 
-def test_output_that_is_a_file_and_other_bad_flags(env, tmp_path):
+def test_output_that_is_a_file_and_other_bad_flags(tmp_path):
     (tmp_path / "taken").write_text("a file")
     no_model = ["--model", tmp_path / "none.safetensors", "--prompt", PROMPT]
     cases = [
@@ -260,9 +266,8 @@ def test_output_that_is_a_file_and_other_bad_flags(env, tmp_path):
         ([*no_model, "--count", 3, "--n", 2, "--output", tmp_path / "o3"], ["--n 2", "--batch"]),
         ([*no_model, "--batch", 2, "--output", tmp_path / "o4"], ["--batch", "--count"]),
     ]
-    procs = [start(env, *args) for args, _ in cases]
-    for proc, (_, needles) in zip(procs, cases):
-        one_line_error(finish(proc), *needles)
+    for args, needles in cases:  # in this process: each is refused before a model would load
+        one_line_error(run_main(sample.main, "--device", "cpu", "--no-embeddings", *args), *needles)
     assert tree(tmp_path) == ["taken"]
 
 
@@ -299,3 +304,122 @@ def test_inpainting_unet_draws_text_to_image_per_seed(tmp_path, sd1_folder):
     for seed, image in zip((3, 4, 5), batch):
         alone, _ = sd.sample(PROMPT, seed=seed, steps=2, height=32, width=32, progress=False)
         assert np.abs(np.asarray(image).astype(int) - np.asarray(alone[0]).astype(int)).max() <= 1
+
+
+# --- issue 16: two jobs on one folder, huge counts, a growing job, text that is not UTF-8 -------------------
+
+NO_MODEL = ["--model", "/nonexistent/model.safetensors", "--device", "cpu", "--no-embeddings"]
+
+
+def quiet(**more):
+    return {**dict(prompt=PROMPT, seed=SEED, steps=2, height=32, width=32, cfg=3.0, progress=False,
+                   log=lambda *a: None), **more}
+
+
+def test_a_second_job_on_the_same_output_stops_naming_the_first(tiny, tmp_path):
+    """Rank 0 holds DIR/.dataset.lock with its pid while the job runs: a second job (here: other settings) stops
+    at once, with one line naming the holder, and writes nothing; a lock whose process is gone is taken over."""
+    sd, out = tiny("sd1", "single"), tmp_path / "shared"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        (out / LOCK).write_text(str(holder.pid))  # what a running job leaves there
+        with pytest.raises(UserError, match=f"another dataset job \\(pid {holder.pid}\\)"):
+            generate_dataset(sd, out, count=2, **quiet(cfg=5.0))
+        assert tree(out) == [LOCK]
+    finally:
+        holder.kill()
+        holder.wait()
+    report = generate_dataset(sd, out, count=2, **quiet())  # its process is gone: a stale lock, taken over
+    assert report.written == 2 and tree(out) == ["00000.png", "00001.png", "metadata.csv"]
+
+
+def test_two_jobs_at_once_the_second_stops(sd1_single, env, tmp_path):
+    """The case as a user meets it: a job running with --cfg 3, the same --output asked for with --cfg 5."""
+    out = tmp_path / "busy"
+    first = start(env, *job_args(sd1_single, out, "--batch", 1)[:-2], "--count", 10**6, "--output", out)
+    try:
+        wait_for_pngs(first, out, 1)
+        second = run_main(sample.main, "--model", sd1_single, "--device", "cpu", "--no-embeddings", "--prompt", PROMPT,
+                          "--count", 2, "--seed", SEED, *FAST[:-4], "--cfg", 5, "--output", out)
+        one_line_error(second, "another dataset job", f"pid {first.pid}")
+        first.send_signal(signal.SIGINT)
+        assert finish(first).returncode == 130
+    finally:
+        if first.poll() is None:
+            first.kill()
+    pngs = list(out.glob("*.png"))
+    assert pngs and all("CFG scale: 3.0," in read_parameters(png) for png in pngs), read_parameters(pngs[0])
+    assert not (out / LOCK).exists()
+
+
+@pytest.mark.parametrize("where", ["--count", "prompts-file"])
+def test_a_count_the_disk_cannot_hold_is_refused_before_loading(where, tmp_path):
+    """--count 10**12 used to plan every image in memory (growing by ~100 MB/s); now one line, nothing written."""
+    if where == "--count":
+        args = ["--prompt", PROMPT, "--count", 10**12]
+    else:
+        (tmp_path / "prompts.csv").write_text(f"prompt,count,folder\na,2,small\nb,{10**12},huge\n")
+        args = ["--prompts-file", tmp_path / "prompts.csv"]
+    r = run_main(sample.main, *NO_MODEL, *args, "--output", tmp_path / "out")
+    one_line_error(r, "--output", "1000000000002" if where != "--count" else "1000000000000", "cannot fit", "--count")
+    assert not (tmp_path / "out").exists()
+
+
+def test_growing_a_finished_job_past_99999_keeps_its_files(tiny, tmp_path):
+    """Names widen only when a number needs it (99999.png, 100000.png), so --count 2 grown to --count 100001 keeps
+    00000.png and 00001.png (they were refused as 'not made by this job' when the width followed the count)."""
+    sd, out = tiny("sd1", "single"), tmp_path / "growing"
+    generate_dataset(sd, out, count=2, **quiet())
+    before = {name: (out / name).read_bytes() for name in tree(out)}
+
+    class Planned(Exception):
+        pass
+
+    def stop_once_planned(line):
+        if "images into" in line:
+            assert line.startswith("100001 images"), line
+            raise Planned  # the folder was accepted; drawing 100,001 images is not this test's business
+
+    with pytest.raises(Planned):
+        generate_dataset(sd, out, count=100001, **quiet(log=stop_once_planned))
+    assert {name: (out / name).read_bytes() for name in tree(out)} == before
+    from mini_ldm.dataset.job import Plan
+    from mini_ldm.dataset.rows import job_rows
+    from mini_ldm.sample_settings import SampleSettings
+    plan = Plan(job_rows(SampleSettings(prompt=PROMPT), count=100001), base=0)
+    assert [plan[i].file_name for i in (0, 99999, 100000)] == ["00000.png", "99999.png", "100000.png"]
+    assert plan.find("100000.png") == plan[100000] and plan.find("000001.png") is None
+
+
+def test_a_row_folder_named_like_the_manifest_is_refused(tmp_path):
+    (tmp_path / "prompts.csv").write_text("prompt,count,folder\na,1,neg\nb,1,metadata.csv\n")
+    r = run_main(sample.main, *NO_MODEL, "--prompts-file", tmp_path / "prompts.csv", "--output", tmp_path / "out")
+    one_line_error(r, "prompts.csv line 3", "'metadata.csv'", "manifest")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag", ["--prompt", "--negative-prompt", "--init-image"])
+def test_text_that_is_not_utf8_is_refused_before_any_work(flag, tmp_path):
+    """Bytes that are not UTF-8 arrive as lone surrogates (b"caf\\xe9" -> "caf\\udce9"): one line before any work,
+    and no header-only metadata.csv."""
+    text = "caf\udce9"
+    args = ["--prompt", PROMPT, flag, text] if flag != "--prompt" else ["--prompt", text]
+    r = run_main(sample.main, *NO_MODEL, *args, "--count", 2, "--output", tmp_path / "out")
+    one_line_error(r, flag, "not UTF-8")
+    assert not (tmp_path / "out").exists()
+
+
+def test_text_that_is_not_utf8_is_refused_by_the_python_api(tiny, tmp_path):
+    with pytest.raises(UserError, match="--prompt .*not UTF-8"):
+        generate_dataset(tiny("sd1", "single"), tmp_path / "out", count=1, **quiet(prompt="caf\udce9"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_prompt_in_bytes_that_are_not_utf8_in_a_real_process(env, tmp_path):
+    """The same through the real command line: the bytes as a shell passes them."""
+    proc = subprocess.run([sys.executable, str(REPO / "sample.py"), *NO_MODEL, "--prompt", b"caf\xe9", "--count",
+                           "2", "--output", str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    one_line_error(proc, "--prompt", "not UTF-8")
+    assert not (tmp_path / "out").exists()

@@ -11,10 +11,10 @@ import pytest
 pytest.importorskip("pydicom")
 pytest.importorskip("SimpleITK")
 
-from medical_files import write_dicom, write_volume  # noqa: E402
+from medical_files import write_dicom, write_enhanced_dicom, write_palette_dicom, write_volume  # noqa: E402
 from readers.images import DataError, find_images, load_frames, load_image
 from ti.data import load_dataset  # noqa: E402
-from readers.dicom import display_frames, read_dicom  # noqa: E402
+from readers.dicom import DicomError, display_frames, read_dicom  # noqa: E402
 from readers.extras import MissingExtraError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,3 +118,37 @@ def test_train_cli_reads_a_dicom_folder_and_refuses_a_volume(sd1_single, tmp_pat
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("error: ") and "t2w.mha is a 3-D volume" in lines[0] and "prepare.py" in lines[0]
+
+
+def window_by_hand(stored, slope, intercept, centre, width):
+    x = slope * stored.astype(np.float64) + intercept
+    return np.rint(255 * np.clip((x - (centre - 0.5)) / (width - 1) + 0.5, 0, 1)).astype(np.uint8)
+
+
+def test_enhanced_multiframe_reads_rescale_and_window_per_frame_from_the_functional_groups(tmp_path):
+    """eCT_Supplemental-like: nothing at the top level; frame 0 has its own rescale and window, frame 1 its own
+    window and the shared rescale. Min-max (the old fallback) would give other pixels."""
+    stored = np.stack([stored_ramp(), stored_ramp()[::-1]])
+    path = write_enhanced_dicom(tmp_path / "ect.dcm", stored, rescales=[(1.0, -1024.0), None],
+                                windows=[(40.0, 400.0), (300.0, 1500.0)], shared_rescale=(0.5, -100.0))
+    frames, used = display_frames(read_dicom(path))
+    np.testing.assert_array_equal(frames[0], window_by_hand(stored[0], 1.0, -1024.0, 40.0, 400.0))
+    np.testing.assert_array_equal(frames[1], window_by_hand(stored[1], 0.5, -100.0, 300.0, 1500.0))
+    assert used == "window:per-frame"
+
+
+def test_palette_colour_is_looked_up(tmp_path):
+    indices = np.arange(24 * 40).reshape(24, 40) % 4
+    lut = np.array([[0, 0, 0], [65535, 0, 0], [0, 65535, 0], [0, 0, 32768]])
+    path = write_palette_dicom(tmp_path / "pal.dcm", indices, lut)
+    frames, used = display_frames(read_dicom(path))
+    expected = np.rint(lut[indices] / 65535 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(frames[0], expected)
+    assert used == "stored" and frames[0].shape == (24, 40, 3)
+
+
+def test_an_all_zero_image_is_refused_as_blank(tmp_path):
+    path = write_dicom(tmp_path / "blank.dcm", np.zeros((16, 16), np.uint16))
+    with pytest.raises(DicomError, match="blank") as caught:
+        read_dicom(path)
+    assert caught.value.why == "blank" and "blank.dcm" in str(caught.value)

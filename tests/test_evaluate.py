@@ -230,6 +230,43 @@ def test_audit_flags_planted_copies_and_no_unrelated_image(model):
     assert audit.similarity[:2].tolist() == pytest.approx([1.0, 1.0], abs=1e-6)  # exact copy, exact mirror
 
 
+def two_grey_levels(image: Image.Image, seed: int) -> Image.Image:
+    noise = np.random.default_rng(seed).integers(-2, 3, (*image.size[::-1], 3))
+    return Image.fromarray(np.clip(np.asarray(image, dtype=int) + noise, 0, 255).astype(np.uint8))
+
+
+def test_audit_per_real_rule_sees_past_a_duplicate_pair_in_the_real_set(model):
+    """The real set holds the same image twice (a near-duplicate pair), which lifts the global threshold to
+    ~1: a copy of another real image with 2 grey levels of noise escapes the global rule, and the per-real
+    rule still flags it; new images stay unflagged by both."""
+    real = [structured_image(s) for s in range(10)]
+    real.append(two_grey_levels(real[0], 99))  # the same patient twice
+    synth = [two_grey_levels(real[3], 1)] + [structured_image(500 + s) for s in range(3)] + [blob_image(100 + s) for s in range(3)]
+    r = image_features(real, model, "tf1", mirror=True)
+    audit = memorization_audit(r["pool"], image_features(synth, model, "tf1")["pool"], r["pool_mirrored"])
+    assert not audit.flagged_global[0] and audit.flagged_per_real[0] and audit.flagged[0]
+    assert int(audit.nearest_real[0]) == 3 and audit.distance_ratio[0] < 0.05
+    assert not audit.flagged[1:].any(), audit.distance_ratio
+    assert (audit.distance_ratio[1:] > 0.6).all(), audit.distance_ratio
+
+
+def test_memorization_png_names_the_files_and_fills_the_tiles_with_small_images(tmp_path):
+    """32-px images are scaled up to fill their 160-px tiles (no black border), and each image's file name
+    is written under it."""
+    from types import SimpleNamespace
+
+    from measure.report import THUMB, memorization_sheet
+
+    grey = Image.new("RGB", (32, 32), (200, 200, 200))
+    grey.save(tmp_path / "synth-long-name-0001.png")
+    grey.save(tmp_path / "real-0001.png")
+    audit = SimpleNamespace(similarity=torch.tensor([0.5]), nearest_real=torch.tensor([0]), flagged=torch.tensor([False]))
+    sheet = np.asarray(memorization_sheet(audit, tmp_path, ["real-0001.png"], tmp_path, ["synth-long-name-0001.png"], 4))
+    assert (sheet[:THUMB, :2 * THUMB] == 200).all()  # both tiles filled edge to edge
+    under_real = sheet[THUMB + 2:THUMB + 20, THUMB + 2:2 * THUMB - 2]
+    assert (under_real < 128).any()  # the real image's name, where nothing was written before
+
+
 # --------------------------------------------------------------------------- the CLI
 
 def environment(weights_folder=None):
@@ -282,12 +319,13 @@ def test_cli_end_to_end(folders, weight_files, tmp_path):
     assert metrics["unreadable_synth"] == ["broken.png"]
     assert metrics["memorized"] == 4
     rows = (out / "memorization.csv").read_text().splitlines()
-    assert rows[0] == "synthetic,nearest_real,similarity,flagged"
+    assert rows[0].startswith("synthetic,nearest_real,similarity,flagged,")  # + the two rules' columns
     flagged = {r.split(",")[0]: r.split(",")[3] for r in rows[1:]}
     assert flagged == {**{f"copy-{i:03d}.png": "1" for i in range(4)}, **{f"new-{i:03d}.png": "0" for i in range(2)}}
     with Image.open(out / "memorization.png") as im:
         assert im.width > 320 and im.height > 160
     assert "4 of 6 (66.7%)" in stdout and "KID" in stdout and "trust" in stdout
+    assert "6 synthetic images and --is-splits 10" in stderr and "1.0 +- 0" in stderr  # IS would mean nothing
 
     # an unrelated SYNTH flags nothing, and the real set comes from the cache
     code, stdout, stderr = finish(start(folders / "real", folders / "unrelated", *args,
@@ -296,6 +334,52 @@ def test_cli_end_to_end(folders, weight_files, tmp_path):
     assert "cached" not in stdout.splitlines()[1]  # another weights file: another cache key
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["memorized"] == 0 and metrics["n_synth"] == 4
+
+
+def test_a_damaged_cache_entry_is_encoded_again_with_a_warning(folders, weight_files, tmp_path):
+    cache = tmp_path / "cache"
+    args = ["--weights", weight_files[0], "--cache-dir", cache, "--dims", "64", "--kid-subsets", "2", "--output",
+            tmp_path / "out"]
+    assert finish(start(folders / "unrelated", folders / "unrelated", *args))[0] == 0
+    entries = sorted(cache.glob("*.safetensors"))  # REAL (with mirrors) and SYNTH
+    assert len(entries) == 2
+    entries[0].write_bytes(entries[0].read_bytes()[:100])  # truncated, as by a full disk or a crash elsewhere
+    entries[1].write_bytes(b"not safetensors at all")
+    code, stdout, stderr = finish(start(folders / "unrelated", folders / "unrelated", *args))
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert all(f"cached features {e} are damaged" in stderr for e in entries), stderr
+    assert "(cached features)" not in stdout
+    code, stdout, _ = finish(start(folders / "unrelated", folders / "unrelated", *args))
+    assert code == 0 and stdout.count("(cached features)") == 2  # the entries were written again, whole
+
+
+def test_demo_writes_random_weights_in_pytorch_fids_layout_once_and_evaluates(tmp_path):
+    runs = [subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--demo", "--device", "cpu", "--dims", "64",
+                            "--kid-subsets", "2"], cwd=tmp_path, env=environment(), capture_output=True, text=True,
+                           timeout=TIMEOUT) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "writing random Inception-v3 weights" in runs[0].stdout and "writing" not in runs[1].stdout
+    weights = tmp_path / "demo-output" / "pt_inception-2015-12-05-6726825d.pth"
+    state = torch.load(weights, weights_only=True)
+    assert "Mixed_7c.branch_pool.bn.num_batches_tracked" in state and state["fc.weight"].shape == (1008, 2048)
+    assert all(v.float().abs().sum() > 0 for k, v in state.items() if not k.endswith("num_batches_tracked"))
+    metrics = json.loads((tmp_path / "demo-output" / "evaluation" / "metrics.json").read_text())
+    assert metrics["n_real"] == metrics["n_synth"] == 6 and metrics["is_splits"] == 2
+    assert "(cached features)" in runs[1].stdout
+
+
+def test_out_of_memory_is_one_line_naming_the_image(folders, weight_files, tmp_path, monkeypatch):
+    import evaluate
+    import measure.features
+    from mini_ldm.errors import UserError
+
+    def too_big(path):
+        raise MemoryError
+    monkeypatch.setattr(measure.features, "load_image", too_big)
+    with pytest.raises(UserError, match=r"out of memory reading image .*img-000\.png: make it smaller"):
+        evaluate.main([str(folders / "real"), str(folders / "unrelated"), "--weights", str(weight_files[0]),
+                       "--no-cache", "--device", "cpu", "--output", str(tmp_path / "out")])
 
 
 def test_cli_reuses_cached_features(folders, weight_files, tmp_path):
@@ -310,6 +394,7 @@ def test_cli_reuses_cached_features(folders, weight_files, tmp_path):
 
 BAD = {
     "empty folder": (["{empty}", "{real}"], "no images found"),
+    "missing folder before missing weights": (["{empty}/nothing", "{real}"], "REAL folder"),  # cheap checks first
     "one image": (["{one}", "{real}"], "at least two"),
     "sd checkpoint": (["{real}", "{real}", "--weights", "{sd}"], "not an Inception-v3 FID weights file"),
     "missing weights": (["{real}", "{real}"], "pt_inception-2015-12-05-6726825d.pth"),

@@ -14,10 +14,10 @@ from PIL import Image
 pytest.importorskip("pydicom")
 pytest.importorskip("SimpleITK")
 
-from medical_files import ball, write_dicom, write_volume  # noqa: E402
+from medical_files import ball, nifti1_to_nifti2, write_dicom, write_inflating_nifti, write_volume  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}  # the progress bar: its own test
 BALL_CENTRE = (5.0, -3.0, 0.0)  # mm, physical (x, y, z)
 
 
@@ -74,7 +74,7 @@ def test_three_sequences_on_different_grids_line_up(tmp_path):
         write_volume(src / f"p1_1_{name}.mha", values, **geo)
     out = tmp_path / "out"
     r = ok(prepare(tmp_path / "src", out, "--sequences", "t2w,adc,hbv"))
-    assert "wrote 1 images of 1 cases" in r.stdout
+    assert "wrote 1 image of 1 case" in r.stdout
     rows = metadata(out)
     assert list(rows[0]) == ["file_name", "case", "slice", "sources", "spacing", "normalize"]
     assert rows == [dict(file_name="p1_1.png", case="p1_1", slice="10", spacing="3,0.5,0.5",
@@ -127,7 +127,7 @@ def test_largest_median_fallback_and_split(tmp_path):
     assert rows["healthy"]["file_name"] == "neg/healthy.png" and rows["healthy"]["slice"] == "12"
     assert (png(out / "split" / "neg" / "healthy.png") == value_of(12)).all()
     assert "nomask" not in rows and "skipping nomask: --slice largest needs a mask" in r.stderr
-    assert "wrote 2 images of 2 cases" in r.stdout and "skipped 1 cases (1 no mask)" in r.stdout
+    assert "wrote 2 images of 2 cases" in r.stdout and "skipped 1 case (1 no mask)" in r.stdout
 
 
 def test_flipped_and_permuted_storage_gives_the_same_png(tmp_path):
@@ -206,7 +206,7 @@ def test_bad_input_is_one_line(tmp_path):
     assert len(lines) == 2 and lines[0].startswith("skipping c9: cannot read volume") and "c9.mha" in lines[0]
     ok(r["mismatched"])
     assert r["mismatched"].stderr.strip().splitlines() == ["skipping c2: no hbv file (found c2_t2w.mha, c2_adc.mha)"]
-    assert "skipped 1 cases (1 missing sequence)" in r["mismatched"].stdout
+    assert "skipped 1 case (1 missing sequence)" in r["mismatched"].stdout
     for name, words in {"empty masks": ("--masks", "no mask files"), "spacing": ("--spacing 3,0.5",),
                         "recipe": ("--recipe picai needs --masks",), "normalize": ("--normalize window:40",)}.items():
         assert len(one_error_line(r[name], *words)) == 1, name
@@ -271,3 +271,143 @@ def test_normalization_methods():
     for bad in ("percentile:90,10", "window:40", "minmax:1", "gamma"):
         with pytest.raises(Exception, match="--normalize"):
             parse_normalization(bad)
+
+
+# --------------------------------------------------------------------------- files a radiologist would expect read right
+
+def series(folder, uid, positions, values, extra=None, prefix=""):
+    """One MR slice file per position (0, 0, z), each slice a constant `values[k]` over a little ramp."""
+    ramp = np.arange(8 * 8, dtype=np.uint16).reshape(8, 8)
+    for k, (z, v) in enumerate(zip(positions, values)):
+        write_dicom(folder / f"{prefix}s{k:02d}.dcm", ramp + np.uint16(v), series_uid=uid,
+                    position=(0, 0, z), extra=extra[k] if extra else None)
+
+
+def test_repeated_slice_positions_are_not_stacked_as_one_volume(tmp_path):
+    """Two echoes of one series (3 positions each) become two series; three copies of one image (nothing
+    tells them apart) become three 2-D images. Both with a note; never one 6- or 3-slice fake volume."""
+    uid = "1.2.826.0.1.3680043.8.498.7"
+    for echo in (1, 2):
+        series(tmp_path / "src" / "echoes", uid, [0, 2, 4], [100 * echo] * 3,
+               extra=[dict(EchoNumbers=echo)] * 3, prefix=f"e{echo}")
+    series(tmp_path / "src" / "copies", "1.2.826.0.1.3680043.8.498.8", [5, 5, 5], [10, 20, 30])
+    out = tmp_path / "out"
+    r = ok(prepare(tmp_path / "src", out, "--slice", "all"))
+    rows = metadata(out)
+    by_case = {}
+    for row in rows:
+        by_case.setdefault(row["case"], []).append(row["slice"])
+    assert by_case == {"echoes_echo1": ["0", "1", "2"], "echoes_echo2": ["0", "1", "2"],
+                       "s00": [""], "s01": [""], "s02": [""]}, by_case
+    assert "echoes: 6 files at 3 slice positions; split into 2 series by EchoNumbers" in r.stderr and "each file is prepared as a 2-D image" in r.stderr
+
+
+def test_uneven_slice_gaps_are_refused_or_resampled_from_true_positions(tmp_path):
+    """Slices at z = 0, 2, 4, 10 mm with values 10 z: skipped by default (one line); with --uneven-slices an
+    even 2 mm grid of 6 slices whose values are still 10 z (linear between the true neighbours)."""
+    positions = [0.0, 2.0, 4.0, 10.0]
+    series(tmp_path / "src" / "ct", "1.2.826.0.1.3680043.8.498.9", positions, [int(10 * z) for z in positions])
+    r = prepare_together({"default": [tmp_path / "src", tmp_path / "o1", "--slice", "all"],
+                          "resampled": [tmp_path / "src", tmp_path / "o2", "--slice", "all", "--uneven-slices",
+                                        "--normalize", "window:50.5,101"]})
+    one_error_line(r["default"], "slice gaps of ct vary from 2 to 6 mm", "--uneven-slices")
+    ok(r["resampled"])
+    assert "resampled from the slices' true positions" in r["resampled"].stderr
+    rows = metadata(tmp_path / "o2")
+    assert [row["slice"] for row in rows] == ["0", "1", "2", "3", "4", "5"] and rows[0]["spacing"] == "2,1,1"
+    ramp = np.arange(64).reshape(8, 8)
+    for k, row in enumerate(rows):  # window 50.5/101 maps value v to v exactly: 0..100 -> 0..255 scale
+        values = ramp + 10 * (2 * k)
+        expected = np.clip((values - 50) / 100 + 0.5, 0, 1) * 255  # (exact .5 values may round either way)
+        np.testing.assert_allclose(png(tmp_path / "o2" / row["file_name"]), expected, atol=0.51, err_msg=row["file_name"])
+
+
+def test_a_volume_too_large_is_refused_from_its_header(tmp_path):
+    """A small .nii.gz whose header claims 2048 x 2048 x 512 voxels is refused before its data is read,
+    naming the file and --max-voxels; a real small volume is refused under a low --max-voxels too."""
+    write_inflating_nifti(tmp_path / "bomb" / "huge.nii.gz", (2048, 2048, 512))
+    write_volume(tmp_path / "small" / "c1.mha", np.ones((4, 8, 8), np.float32))
+    r = prepare_together({"bomb": [tmp_path / "bomb", tmp_path / "o1"],
+                          "low cap": [tmp_path / "small", tmp_path / "o2", "--max-voxels", "100"]})
+    lines = one_error_line(r["bomb"], "huge.nii.gz", "2,147,483,648 voxels", "--max-voxels")
+    assert len(lines) == 2 and "skipped 1 case (1 too large)" in lines[-1]
+    one_error_line(r["low cap"], "c1.mha", "256 voxels (8 x 8 x 4)", "--max-voxels 100")
+
+
+def test_out_of_memory_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    """MemoryError, or SimpleITK's failed allocation, while reading a volume: one line naming the file and what
+    to try, no traceback."""
+    import SimpleITK as sitk
+
+    import prepare
+    from mini_ldm.errors import UserError
+
+    write_volume(tmp_path / "src" / "c1.mha", np.ones((4, 8, 8), np.float32))
+    for failure in (MemoryError(), RuntimeError("Exception thrown in SimpleITK ReadImage: ITK ERROR: "
+                                                "Failed to allocate memory for image.")):
+        def fail(*args, **kwargs):
+            raise failure
+        monkeypatch.setattr(sitk, "ReadImage", fail)
+        with pytest.raises(UserError, match="no case written"):
+            prepare.main([str(tmp_path / "src"), str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert "out of memory reading volume" in err and "c1.mha" in err and "--spacing" in err, err
+
+
+def test_skip_counts_say_what_happened(tmp_path):
+    """Two readable 4-D files and a damaged one: 'skipped 3 cases (2 not 3-D, 1 unreadable)', not 3 unreadable."""
+    import SimpleITK as sitk
+
+    (tmp_path / "src").mkdir()
+    for k in range(2):
+        image = sitk.JoinSeries([sitk.GetImageFromArray(np.ones((3, 4, 4), np.float32))] * 2)  # 4-D
+        sitk.WriteImage(image, str(tmp_path / "src" / f"t{k}.nii.gz"))
+    (tmp_path / "src" / "broken.mha").write_text("ObjectType = Image\nNDims = 3\nnot a volume\n")
+    one_error_line(prepare(tmp_path / "src", tmp_path / "out"), "skipped 3 cases (2 not 3-D, 1 unreadable)")
+
+
+def test_nifti2_reads_like_its_nifti1_twin(tmp_path):
+    """A NIfTI-2 file (which SimpleITK cannot read) gives the PNGs its NIfTI-1 twin gives: values, scaling,
+    and geometry (an oblique, flipped direction, so reorientation to LPS depends on reading it right)."""
+    angle = np.deg2rad(20)
+    direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, -1]])
+    values = ball((9, 20, 24), (0.8, 0.9, 2.5), (5, -7, 3), (12, 2, -8), 5, direction=direction)
+    one = write_volume(tmp_path / "v1" / "case.nii", values.astype(np.int16), (0.8, 0.9, 2.5), (5, -7, 3), direction)
+    nifti1_to_nifti2(one, tmp_path / "v2" / "case.nii")
+    r = prepare_together({name: [tmp_path / name, tmp_path / f"o-{name}", "--slice", "all", "--spacing", "2,0.5,0.5"]
+                          for name in ("v1", "v2")})
+    rows = [metadata(tmp_path / f"o-{name}") for name in ("v1", "v2") if ok(r[name])]
+    assert rows[0] == rows[1] and len(rows[0]) > 5
+    assert max(png(tmp_path / "o-v2" / row["file_name"]).max() for row in rows[0]) == 255  # the ball is in view
+    for row in rows[0]:
+        np.testing.assert_array_equal(png(tmp_path / "o-v2" / row["file_name"]), png(tmp_path / "o-v1" / row["file_name"]))
+
+
+def test_blank_dicom_is_skipped_and_pydicom_warnings_are_one_line_notes(tmp_path):
+    write_dicom(tmp_path / "src" / "blank.dcm", np.zeros((8, 8), np.uint16))
+    write_dicom(tmp_path / "src" / "ok.dcm", np.arange(64, dtype=np.uint16).reshape(8, 8))
+    uid = "1.2.abc"  # not a valid UID: pydicom warns when it is read (and here, when it is written)
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        series(tmp_path / "src" / "mr", uid, [0, 1, 2], [0, 5, 9])
+    r = ok(prepare(tmp_path / "src", tmp_path / "out", env={**ENV, "PYTHONWARNINGS": "default"}))
+    assert "skipping blank: every pixel of DICOM file" in r.stderr and "skipped 1 case (1 blank)" in r.stdout
+    notes = [line for line in r.stderr.splitlines() if "Invalid value for VR UI" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: mr/s00.dcm: "), r.stderr
+    assert "UserWarning" not in r.stderr and "warn_and_log" not in r.stderr, r.stderr
+
+
+def test_help_progress_bar_and_demo(tmp_path):
+    """--help names the extra to install and no vague metavar; the bar shows when stderr is not a terminal;
+    --demo makes a phantom volume and mask in demo-output/ and writes its lesion's largest slice."""
+    runs = prepare_together({"help": ["--help"], "demo": ["--demo"]}, env={**ENV, "TQDM_DISABLE": ""})
+    help_text = ok(runs["help"]).stdout
+    assert "pip install -r requirements-medical.txt" in help_text
+    assert "NORMALIZE" not in help_text and "SEQUENCES" not in help_text and "--max-voxels N" in help_text
+    r = subprocess.run([sys.executable, str(REPO / "prepare.py"), "--demo"], cwd=tmp_path, env={**ENV, "TQDM_DISABLE": ""},
+                       capture_output=True, text=True, timeout=120)
+    ok(r)
+    assert "preparing: 100%" in r.stderr  # stderr is a pipe here, not a terminal
+    rows = metadata(tmp_path / "demo-output" / "prepared")
+    assert [(row["case"], row["slice"]) for row in rows] == [("phantom_001", "7")]
+    assert (tmp_path / "demo-output" / "phantom-volumes" / "masks" / "phantom_001.nii.gz").is_file()
+    assert png(tmp_path / "demo-output" / "prepared" / "phantom_001.png").max() == 255

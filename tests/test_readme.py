@@ -13,16 +13,21 @@ from pathlib import Path
 
 import pytest
 
+from measure.classify_settings import ClassifySettings
+from measure.evaluate_settings import EvaluateSettings
 from mini_ldm.dataset.job import DatasetOptions
+from mini_ldm.loading import ModelSettings
 from mini_ldm.sample_settings import SampleSettings
 from mini_ldm.settings import add_flags, markdown_table
+from prepare import PrepareSettings
 from ti.train_settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
-@pytest.mark.parametrize("cls", [SampleSettings, TrainSettings, DatasetOptions])
+@pytest.mark.parametrize("cls", [SampleSettings, TrainSettings, DatasetOptions, ModelSettings, ClassifySettings,
+                                 PrepareSettings, EvaluateSettings])
 def test_settings_tables_are_generated(cls):
     table = markdown_table(cls)
     assert table in README, f"README's table of {cls.__name__} is stale; paste this over it:\n{table}"
@@ -37,7 +42,7 @@ def test_flags_from_settings_carry_their_defaults():
     assert "(default: 30)" in help_text and "random, printed" in help_text
 
 
-@pytest.mark.parametrize("script", ["sample.py", "train.py", "prepare.py", "evaluate.py"])
+@pytest.mark.parametrize("script", ["sample.py", "train.py", "prepare.py", "evaluate.py", "classify.py"])
 def test_every_flag_is_in_the_readme(script):
     proc = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
@@ -45,3 +50,15 @@ def test_every_flag_is_in_the_readme(script):
     flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", proc.stdout)) - {"--help"}
     missing = sorted(flag for flag in flags if f"`{flag}" not in README)
     assert not missing, f"{script} flags not documented in README.md: {missing}"
+
+
+@pytest.mark.parametrize("script", ["sample.py", "train.py"])
+def test_model_flags_come_from_model_settings(script):
+    """--model, --device, --dtype/--precision, --prediction: one definition (ModelSettings) for every CLI that
+    loads Stable Diffusion; --device's help names every kind of device (issue 16, item 18)."""
+    proc = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    help_text = " ".join(proc.stdout.split())
+    for words in ("cpu, cuda, cuda:N (the N-th GPU) or mps", "what a single-file model predicts",
+                  "a .safetensors/.ckpt single file or a diffusers folder", "--dtype {fp32,fp16,bf16}, --precision"):
+        assert words in help_text, (script, words)

@@ -1,14 +1,16 @@
 """sample.py as a user runs it: a subprocess, its exit status, the files it writes, its error text.
 
 Bad inputs must end with exit status 2 and a single `error: ...` line naming the file or flag, with no
-traceback, and a .ckpt holding a pickled program must never run it. Those runs are independent, so
-they are started together (each is mostly interpreter start-up and imports) and checked one by one.
+traceback, and a .ckpt holding a pickled program must never run it. Those runs go through sample.py's
+main(argv) in this process, as the script runs it (tests/in_process.py); the runs that make images, and
+test_bad_input.py's real-process case, keep a subprocess for the real exit status.
 """
 import builtins
 import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import mini_ldm
+import sample
+from in_process import run_main
+from mini_ldm import cli
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a frontal chest x-ray, PA view"
@@ -182,15 +187,15 @@ def bad_runs(tmp_path_factory, sd1_single):
         "bad_height": (["--model", sd1_single, "--height", 61], ["--height 61", "multiple of 2"], None),
         "no_model": ([], ["--model", str(d / "empty-weights"), "huggingface.co"], d / "empty-weights"),
     }
-    procs = {}
-    for name, (extra, _, weights) in cases.items():
-        out = d / f"out-{name}"
-        procs[name] = subprocess.Popen(command(*base, *extra, "--output", out), cwd=REPO, env=environment(weights),
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=TIMEOUT)
-        results[name] = (proc.returncode, stdout, stderr, cases[name][1], d / f"out-{name}")
+    for name, (extra, _, weights) in cases.items():  # in this process: sample.main(argv) as the script runs it
+        out = d / f"out-{name}"
+        with pytest.MonkeyPatch.context() as env, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as PYTHONWARNINGS=ignore: a library's warning is not the point
+            if weights is not None:
+                env.setenv("MINI_LDM_WEIGHTS", str(weights))
+            proc = run_main(sample.main, *command(*base, *extra, "--output", out)[2:])
+        results[name] = (proc.returncode, proc.stdout, proc.stderr, cases[name][1], out)
     return d, results
 
 
@@ -223,3 +228,31 @@ def test_demo_runs_with_nothing_downloaded(tmp_path):
     text = parameters(written[0])
     assert "Seed: 11" in text and "Steps: 3" in text and "a chest x-ray" in text
     assert np.asarray(Image.open(written[0])).std() > 0  # an image, not a blank
+
+
+# --- out of memory: one line saying what to lower ----------------------------------------------------------
+
+def test_an_allocator_error_is_one_line_naming_what_to_lower():
+    """The CPU allocator's error (a tiny model taken at a native size, asked for 64 GiB), as any CLI gets it."""
+    def greedy(argv):
+        torch.empty(2**62, dtype=torch.uint8)  # far past any machine: the allocator refuses at once
+
+    r = run_main(greedy, memory_hint="lower --size")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: out of memory (") and "lower --size" in r.stderr
+    assert cli.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB"))
+    assert cli.is_out_of_memory(MemoryError()) and not cli.is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+@pytest.mark.parametrize("dataset", [False, True], ids=["sample", "dataset"])
+def test_sample_and_dataset_out_of_memory_say_lower_height_width_batch(dataset, sd1_single, tmp_path, monkeypatch):
+    def allocate_too_much(self, *args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 68719476736 bytes.")
+
+    monkeypatch.setattr(mini_ldm.pipeline.StableDiffusion, "sample_seeds" if dataset else "sample", allocate_too_much)
+    more = ["--count", 1, "--output", tmp_path / "set"] if dataset else ["--output", tmp_path / "one.png"]
+    r = run_main(sample.main, "--model", sd1_single, "--device", "cpu", "--no-embeddings", "--prompt", PROMPT,
+                 "--steps", 1, "--height", 32, "--width", 32, *more, memory_hint=sample.MEMORY_HINT)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr
+    assert "68719476736 bytes" in errors[0] and "--height/--width" in errors[0] and "--batch" in errors[0]

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from mini_ldm.errors import UserError
 from mini_ldm.prompt import match_key
+from mini_ldm.settings import check_utf8
 
 from readers.images import DataError, find_images, warn_stderr
-from .train_settings import TrainSettings, check_utf8
+from .train_settings import TrainSettings
 
 
 @dataclass
@@ -111,8 +112,7 @@ def plan(settings: TrainSettings, warn=warn_stderr) -> list[Concept]:
         inits = read_init_file(settings.init_file) if settings.init_file else {}
         concepts = []
         for folder, paths in concept_folders(settings.data, warn):
-            check_utf8("--concepts", folder.name, "this subfolder of --data is not named in UTF-8, and its name "
-                                                  "becomes the token; rename it")
+            check_utf8("--concepts", folder)  # its name becomes the token, which files and logs must hold
             word = token_word(folder.name)
             token = f"<{settings.token_prefix}-{word}>" if settings.token_prefix else f"<{word}>"
             concepts.append(Concept(token, Path(settings.output) / f"{file_name(token)}.safetensors", folder,

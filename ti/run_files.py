@@ -15,13 +15,12 @@ two runs never write the same files at once, and a resumed log holds each step o
 """
 import csv
 import io
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from mini_ldm.errors import UserError
-from mini_ldm.io import write_text_atomic
+from mini_ldm.io import pid_lock, write_text_atomic
 
 
 LOSS_COLUMNS = ["step", "concept", "loss", "val_loss", "seconds"]
@@ -82,48 +81,16 @@ def check_fresh_output(output: Path, concepts: bool = False, embeddings=()):
                             "that run with --resume, replace it with --overwrite, or choose another --output")
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but another user's
-        return True
-    return True
-
-
 @contextmanager
 def output_lock(output: Path, concepts: bool = False):
     """Hold `<name>.lock` (holding our pid) while a run writes its files; a second run on the same output
     stops at once. A lock whose process is gone (kill -9, a power cut) is stale and taken over."""
     lock = RunFiles.of(output, concepts).lock
     lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            holder = _lock_holder(lock)
-            if holder is not None and holder != os.getpid() and _running(holder):
-                raise UserError(f"--output {output}: another training run (pid {holder}) is writing it; wait for "
-                                f"it to finish or choose another --output (remove {lock.name} if no such run "
-                                "exists)") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-    else:
-        raise UserError(f"--output {output}: cannot take {lock.name}; remove it if no other run is writing there")
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
-    try:
+    with pid_lock(lock, lambda pid: f"--output {output}: another training run (pid {pid}) is writing it; wait "
+                                    f"for it to finish or choose another --output (remove {lock.name} if no such "
+                                    "run exists)"):
         yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _lock_holder(lock: Path) -> int | None:
-    try:
-        return int(lock.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def trim_loss_log(path: Path, step: int):

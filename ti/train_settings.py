@@ -84,9 +84,6 @@ class TrainSettings:
         check_vectors(self.vectors)
         if check_seed(self.seed) is None:
             raise UserError(f"--seed {self.seed}: training needs a fixed seed (a whole number, 0 or more)")
-        for flag, value in (("--token", self.token), ("--init", self.init_text), ("--token-prefix", self.token_prefix),
-                            ("--preview-prompt", self.preview_prompt)):
-            check_utf8(flag, value)
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
             raise UserError(f"--token {self.token!r}: must be one word, without spaces (e.g. <chest-xray>)")
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -132,14 +129,6 @@ class TrainSettings:
         if not (0 <= self.early_stop_delta < 1):
             raise UserError(f"--early-stop-delta {self.early_stop_delta}: must be a fraction from 0 to below 1, "
                             "e.g. 0.001")
-
-
-def check_utf8(flag: str, value, what: str = "is not valid UTF-8 text; pass it in UTF-8"):
-    """Bytes that are not UTF-8 (a Latin-1 terminal or file name) reach Python as lone surrogates, which no file
-    or log can hold: refuse them before any work, showing the bytes as escapes."""
-    if isinstance(value, str) and any("\ud800" <= ch <= "\udfff" for ch in value):
-        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        raise UserError(f"{flag} '{shown}': {what}")
 
 
 def check_vectors(vectors: int, max_length: int = MAX_LENGTH):

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import write_text_atomic
+from ..io import atomic_write
 
 NAME = "metadata.csv"
 COLUMNS = ("file_name", "prompt", "negative_prompt", "seed", "steps", "cfg", "scheduler", "width", "height",
@@ -55,21 +55,31 @@ def _read_one(path: Path) -> list:
     return [dict(zip(COLUMNS, r)) for r in records[1:] if len(r) == len(COLUMNS)]
 
 
-def to_text(rows) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for row in sorted(rows, key=lambda r: r["file_name"]):
-        writer.writerow([row[c] for c in COLUMNS])
-    return buf.getvalue()
+def order(file_name: str) -> tuple:
+    """The manifest's order: folders by name, then images by number ("pos/99999.png" before "pos/100000.png",
+    names widen past 5 digits so that a growing job keeps the names it has)."""
+    folder, _, name = file_name.rpartition("/")
+    stem = name.removesuffix(".png")
+    return (folder + "/" if folder else "", int(stem) if stem.isdigit() else -1, name)
 
 
-def write_sorted(folder: Path, rows) -> Path:
-    """metadata.csv holding exactly `rows`, sorted by file_name, replaced in one rename; parts removed."""
-    path = write_text_atomic(Path(folder) / NAME, to_text(rows))
+def write_rows(folder: Path, rows) -> Path:
+    """metadata.csv holding exactly `rows` (an iterable, in manifest order: streamed, never held whole),
+    replaced in one rename; parts removed."""
+    path = Path(folder) / NAME
+    with atomic_write(path, "w") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow([row[c] for c in COLUMNS])
     for part in Path(folder).glob(".metadata.rank*.csv"):
         part.unlink(missing_ok=True)
     return path
+
+
+def write_sorted(folder: Path, rows) -> Path:
+    """metadata.csv holding exactly `rows` (a few: what a folder already lists), sorted into manifest order."""
+    return write_rows(folder, sorted(rows, key=lambda r: order(r["file_name"])))
 
 
 class Appender:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import samplers
+from . import manifest
 from ..errors import UserError
 from ..sample_settings import SampleSettings
 from ..settings import check_positive, check_seed
@@ -117,6 +118,8 @@ def _row(cells: dict, number: int, where: str, defaults: SampleSettings) -> Row:
     folder = cells.get("folder") or str(number)
     if folder in (".", "..") or folder.startswith(".") or any(c in folder for c in "/\\:"):
         raise UserError(f"{where}: folder {folder!r} must be a plain folder name (no '/', '\\', ':' or leading '.')")
+    if folder.casefold() == manifest.NAME.casefold():  # the job's own files all start with '.', but this one
+        raise UserError(f"{where}: folder {folder!r} is the name of the job's own manifest; choose another folder")
     settings = replace(defaults, prompt=cells["prompt"], seed=None, scheduler=scheduler,
                        negative_prompt=cells.get("negative_prompt") or defaults.negative_prompt,
                        steps=steps if steps is not None else defaults.steps,

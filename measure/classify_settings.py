@@ -1,0 +1,129 @@
+"""ClassifySettings: everything that defines a classifier experiment; the source of classify.py's flags and
+what results.json records. Defaults follow the paper's classifier (its train.py and conf/config.yaml)."""
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mini_ldm import loading
+from mini_ldm.errors import UserError
+from mini_ldm.settings import check_positive, check_seed, option
+
+from .augment import LEVELS
+
+ARM_KINDS = ("real", "real+synthetic", "synthetic")
+DTYPES = tuple(loading.DTYPES)
+# what does not change a result: a rerun may differ in these and still continue the same experiment
+NOT_IDENTITY = ("output", "overwrite", "device", "demo")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training set: the real train folder, the synthetic folder (all of it, or `count` per class), or both."""
+    real: bool
+    synthetic: bool
+    count: int | None = None  # synthetic images per class; None: all
+
+    @property
+    def name(self) -> str:
+        base = "+".join(part for part, used in (("real", self.real), ("synthetic", self.synthetic)) if used)
+        return base if self.count is None else f"{base}:{self.count}"
+
+
+@dataclass
+class ClassifySettings:
+    train: Path | None = option(None, "real training images, one subfolder per class (exactly two)", metavar="DIR",
+                                shown="(required for the real arms)")
+    val: Path | None = option(None, "real validation images (picks the best checkpoint), same class subfolders",
+                              metavar="DIR", shown="(required)")
+    test: Path | None = option(None, "real test images, same class subfolders; every AUC is measured here",
+                               metavar="DIR", shown="(required)")
+    synthetic: Path | None = option(None, "synthetic training images, same class subfolders (what sample.py "
+                                          "--prompts-file writes)", metavar="DIR")
+    positive: str | None = option(None, "the positive class (label 1, its probability is the score)",
+                                  metavar="NAME", shown="pos if present, else the second class in sorted order")
+    arms: str | None = option(None, "training sets to compare, comma-separated: real, real+synthetic, synthetic",
+                              shown="every arm the given folders allow")
+    synthetic_count: str | None = option(None, "also one real+synthetic arm per count N, with N synthetic images "
+                                               "per class (a subset fixed by --seed)", metavar="N[,N...]")
+    repeats: int = option(5, "trainings per arm; repeat r of every arm uses seed --seed + r (paired arms)")
+    seed: int = option(0, "first seed (head, batches, augmentation; synthetic subsets)")
+    steps: int = option(6250, "optimiser steps per training (the paper's)")
+    batch: int = option(32, "images per step")
+    lr: float = option(1e-4, "Adam learning rate, constant")
+    size: int = option(196, "images are resized to SIZE x SIZE pixels (bilinear, no ImageNet normalisation)")
+    val_every: int | None = option(None, "validation AUC every N steps and at the end; the best is tested",
+                                   metavar="N", shown="one epoch of the training set (the paper's)")
+    augment: str = option("heavy", "training augmentation, the paper's levels written in torch", choices=LEVELS)
+    weights: Path | None = option(None, "torchvision's ImageNet ResNet-18 file", metavar="FILE",
+                                  shown="weights/resnet18-f37072fd.pth")
+    from_scratch: bool = option(False, "random initial weights instead of ImageNet ones (no weights file needed)")
+    device: str | None = option(None, "cpu, cuda, cuda:1, mps", shown="cuda if available")
+    dtype: str | None = option(None, "autocast precision on CUDA (fp32 elsewhere)", choices=DTYPES,
+                               shown="bf16 on a CUDA GPU that has it, else fp32")
+    output: Path = option(Path("classification"), "folder for results.json, predictions.csv, roc.png and the "
+                                                   "finished trainings (runs/)", metavar="DIR")
+    overwrite: bool = option(False, "start afresh where --output holds an experiment with other settings")
+    demo: bool = option(False, "check the install: a tiny from-scratch run on generated two-class images "
+                               "(writes demo-output/classify/)")
+
+    def __post_init__(self):  # the Python API may pass folders as text
+        for name in ("train", "val", "test", "synthetic", "weights", "output"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, Path(getattr(self, name)))
+
+    def check(self) -> "ClassifySettings":
+        """Refuse what cannot be honoured, before any image is read. Returns self."""
+        for flag, value in (("--repeats", self.repeats), ("--steps", self.steps), ("--batch", self.batch),
+                            ("--size", self.size)):
+            check_positive(flag, value)
+        if self.size < 32:
+            raise UserError(f"--size {self.size}: ResNet-18 downsamples 32 times; use at least 32")
+        if self.val_every is not None:
+            check_positive("--val-every", self.val_every)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr {self.lr}: must be a positive number, e.g. 0.0001")
+        if check_seed(self.seed) is None:
+            raise UserError(f"--seed {self.seed}: needs a fixed seed (a whole number, 0 or more)")
+        if self.weights is not None and self.from_scratch:
+            raise UserError(f"--weights {self.weights} and --from-scratch: choose one")
+        for flag, value in (("--val", self.val), ("--test", self.test)):
+            if value is None:
+                raise UserError(f"{flag}: give the folder of real {flag[2:]} images (one subfolder per class)")
+        self.arm_list()
+        return self
+
+    def counts(self) -> list:
+        if self.synthetic_count is None:
+            return []
+        try:
+            counts = [int(text) for text in self.synthetic_count.split(",")]
+        except ValueError:
+            counts = [0]
+        if not counts or min(counts) < 1:
+            raise UserError(f"--synthetic-count {self.synthetic_count}: give whole numbers of at least 1, "
+                            "comma-separated, e.g. 100,500")
+        return counts
+
+    def arm_list(self) -> list:
+        """The arms to train, in order; refuses arms whose folders were not given."""
+        if self.arms is None:
+            kinds = [k for k in ARM_KINDS if ("real" not in k or self.train) and ("synthetic" not in k or self.synthetic)]
+        else:
+            kinds = [k.strip() for k in self.arms.split(",")]
+            unknown = [k for k in kinds if k not in ARM_KINDS]
+            if unknown or len(set(kinds)) != len(kinds):
+                raise UserError(f"--arms {self.arms}: choose among {', '.join(ARM_KINDS)}, each once")
+        arms = [Arm("real" in k, "synthetic" in k) for k in kinds]
+        arms += [Arm(True, True, n) for n in self.counts()]
+        for arm in arms:
+            for needed, flag, folder in ((arm.real, "--train", self.train), (arm.synthetic, "--synthetic", self.synthetic)):
+                if needed and folder is None:
+                    raise UserError(f"{flag}: the {arm.name} arm needs it; give the folder (or leave the arm out "
+                                    "with --arms)")
+        if not arms:
+            raise UserError("--train or --synthetic: give at least one training folder")
+        return arms
+
+    def identity(self) -> dict:
+        """The settings a finished training depends on, as JSON-ready values."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in NOT_IDENTITY}

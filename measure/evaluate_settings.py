@@ -1,0 +1,51 @@
+"""EvaluateSettings: evaluate.py's options (REAL and SYNTH are its positional arguments), the source of its
+flags and of the README's table."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from mini_ldm.errors import UserError
+from mini_ldm.settings import check_positive, option
+
+from .inception import FEATURE_DIMS, WEIGHTS_FILES
+from .preprocess import RESIZE_MODES
+
+
+@dataclass
+class EvaluateSettings:
+    output: Path = option(Path("evaluation"), "folder for metrics.json, memorization.csv and memorization.png",
+                          metavar="DIR", shown="evaluation/")
+    weights: Path | None = option(None, f"Inception-v3 FID weights, {WEIGHTS_FILES[0]} (pytorch-fid) or "
+                                        f"{WEIGHTS_FILES[1]} (torch-fidelity)", metavar="PATH",
+                                  shown="the file in weights/")
+    resize: str = option("antialias", "to 299 px: antialias (bilinear with antialiasing, torchmetrics >= 1.0) or "
+                                      "tf1 (TensorFlow-1 bilinear, torch-fidelity and torchmetrics 0.x: the "
+                                      "paper's numbers)", choices=RESIZE_MODES)
+    zscore: bool = option(False, "the paper's per-image normalisation first: (x - mean) / std over the whole RGB "
+                                 "image, * 64 + 128, clipped, 8-bit")
+    dims: int = option(2048, "Inception features for FID and KID (2048: the final pool)", choices=FEATURE_DIMS)
+    kid_subsets: int = option(100, "KID: random subsets averaged", metavar="N")
+    kid_subset_size: int | None = option(None, "KID: images per subset", metavar="N", shown="min(1000, the smaller set)")
+    is_splits: int = option(10, "Inception Score: splits of SYNTH (with fewer images than splits IS is "
+                                "trivially 1.0 +- 0, and a warning says so)", metavar="N")
+    memorization_top: int = option(16, "memorization.png shows the K closest synthetic/real pairs", metavar="K")
+    no_mirror: bool = option(False, "memorisation audit: do not count a left-right mirrored copy of a real image "
+                                    "as a copy (saves encoding the real set a second time, mirrored)")
+    seed: int = option(0, "seed of the KID subsets and the IS permutation", metavar="N")
+    device: str | None = option(None, "cpu, cuda, cuda:1, mps", shown="cuda if available")
+    batch: int = option(16, "images per Inception forward pass", metavar="N")
+    cache_dir: Path | None = option(None, "where folder features are cached (key: files, sizes, mtimes, weights "
+                                          "hash, settings; a damaged entry is computed again)", metavar="DIR",
+                                    shown="~/.cache/mini-ldm/inception-features (under $XDG_CACHE_HOME if set)")
+    no_cache: bool = option(False, "encode both folders again and cache nothing")
+    demo: bool = option(False, "check the install: random Inception weights written once to "
+                               "demo-output/, REAL and SYNTH default to two small demo folders made there")
+
+    def check(self) -> "EvaluateSettings":
+        """Refuse bad numbers before anything is read."""
+        for flag, value in (("--kid-subsets", self.kid_subsets), ("--is-splits", self.is_splits),
+                            ("--batch", self.batch)):
+            check_positive(flag, value)
+        check_positive("--memorization-top", self.memorization_top, allow_zero=True)
+        if self.kid_subset_size is not None and self.kid_subset_size < 2:
+            raise UserError(f"--kid-subset-size {self.kid_subset_size}: must be at least 2")
+        return self

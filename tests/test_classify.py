@@ -1,0 +1,424 @@
+"""classify.py and measure/: the statistics against independent computations, ResNet-18 against a functional
+reference forward in torchvision's key layout (torchvision itself stays out), the augmentations' geometry,
+a small two-class task where informative training images raise the AUC, resume, and bad input."""
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+import torch.nn.functional as F
+
+from measure import auc as stats
+from measure.augment import RECIPES, affine, augment, optical_distortion
+from measure.classifier import epoch_batches, run_experiment, steps_per_epoch
+from measure.classify_settings import ClassifySettings
+from measure.resnet import ResNet18, build, read_backbone
+from measure.toy_classes import write_toy_classes
+from mini_ldm.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- statistics
+
+def brute_force_auc(pos, neg) -> float:
+    return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x in pos for y in neg) / (len(pos) * len(neg))
+
+
+def reference_delong(scores_list, labels) -> tuple:
+    """DeLong et al. (1988) straight from the definition, O(m n): AUCs and their covariance matrix."""
+    labels = np.asarray(labels)
+    aucs, v10s, v01s = [], [], []
+    for scores in scores_list:
+        scores = np.asarray(scores, dtype=float)
+        pos, neg = scores[labels == 1], scores[labels == 0]
+        psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # (m, n)
+        aucs.append(psi.mean())
+        v10s.append(psi.mean(axis=1))
+        v01s.append(psi.mean(axis=0))
+    s10, s01 = np.atleast_2d(np.cov(np.array(v10s))), np.atleast_2d(np.cov(np.array(v01s)))
+    return np.array(aucs), s10 / len(v10s[0]) + s01 / len(v01s[0])
+
+
+def random_case(seed: int, m: int = 23, n: int = 31, levels: int = 7):
+    """Scores on a coarse grid (many ties), positives shifted up a little."""
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.ones(m, int), np.zeros(n, int)]
+    rng.shuffle(labels)
+    a = rng.integers(0, levels, m + n) + labels
+    b = a + rng.integers(-2, 3, m + n)  # a correlated second scorer
+    return a.astype(float), b.astype(float), labels
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_is_the_mann_whitney_statistic_with_half_ties(seed):
+    a, _, labels = random_case(seed)
+    pos, neg = a[labels == 1], a[labels == 0]
+    assert stats.auc_mann_whitney(a, labels) == pytest.approx(brute_force_auc(pos, neg), abs=1e-12)
+    u = scipy.stats.mannwhitneyu(pos, neg, alternative="two-sided").statistic
+    assert stats.auc_mann_whitney(a, labels) == pytest.approx(u / (len(pos) * len(neg)), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_delong_variance_ci_and_paired_test_equal_the_definition(seed):
+    a, b, labels = random_case(seed)
+    aucs, cov = reference_delong([a, b], labels)
+    assert stats.delong_variance(a, labels) == pytest.approx(cov[0, 0], rel=1e-10)
+    assert stats.delong_variance(b, labels) == pytest.approx(cov[1, 1], rel=1e-10)
+    half = 1.959963984540054 * math.sqrt(cov[0, 0])
+    assert stats.auc_ci95(a, labels) == pytest.approx((max(0, aucs[0] - half), min(1, aucs[0] + half)), abs=1e-12)
+    z = (aucs[0] - aucs[1]) / math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    assert stats.delong_paired_test(a, b, labels) == pytest.approx(2 * scipy.stats.norm.sf(abs(z)), rel=1e-9)
+
+
+def test_statistics_edge_cases():
+    labels = [0, 0, 1, 1]
+    assert stats.auc_mann_whitney([0.1, 0.2, 0.8, 0.9], labels) == 1.0
+    assert stats.auc_mann_whitney([0.5] * 4, labels) == 0.5
+    assert stats.auc_ci95([0.1, 0.2, 0.8, 0.9], labels) == (1.0, 1.0)  # no spread: a zero-width CI at 1
+    assert stats.auc_ci95([0.1, 0.85, 0.8, 0.9], labels)[1] == 1.0  # clipped at 1
+    assert stats.delong_paired_test([0.1, 0.3, 0.2, 0.9], [0.1, 0.3, 0.2, 0.9], labels) == 1.0
+    assert stats.mean_std([0.7, 0.8, 0.9]) == pytest.approx((0.8, statistics.stdev([0.7, 0.8, 0.9])))
+    assert stats.mean_std([0.7]) == (0.7, None)
+    with pytest.raises(ValueError):
+        stats.auc_mann_whitney([0.1, 0.2], [1, 1])
+
+
+def test_roc_curve_area_is_the_auc():
+    a, _, labels = random_case(7)
+    fpr, tpr = stats.roc_curve(a, labels)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(stats.auc_mann_whitney(a, labels), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- ResNet-18
+
+def random_torchvision_state(seed: int = 0, classes: int = 1000) -> dict:
+    """Every tensor of a torchvision ResNet-18 state dict, in its key layout, random (BN statistics included)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+
+    def conv(key, c_out, c_in, k):
+        state[key] = torch.randn(c_out, c_in, k, k, generator=g) * (2 / (c_in * k * k)) ** 0.5
+
+    def bn(key, c):
+        state[f"{key}.weight"] = 1 + 0.1 * torch.randn(c, generator=g)
+        state[f"{key}.bias"] = 0.1 * torch.randn(c, generator=g)
+        state[f"{key}.running_mean"] = 0.1 * torch.randn(c, generator=g)
+        state[f"{key}.running_var"] = 0.5 + torch.rand(c, generator=g)
+        state[f"{key}.num_batches_tracked"] = torch.tensor(100)
+
+    conv("conv1.weight", 64, 3, 7)
+    bn("bn1", 64)
+    c_in = 64
+    for layer, width in enumerate((64, 128, 256, 512), start=1):
+        for block in (0, 1):
+            p = f"layer{layer}.{block}"
+            conv(f"{p}.conv1.weight", width, c_in if block == 0 else width, 3)
+            bn(f"{p}.bn1", width)
+            conv(f"{p}.conv2.weight", width, width, 3)
+            bn(f"{p}.bn2", width)
+            if block == 0 and layer > 1:
+                conv(f"{p}.downsample.0.weight", width, c_in, 1)
+                bn(f"{p}.downsample.1", width)
+        c_in = width
+    state["fc.weight"] = torch.randn(classes, 512, generator=g) * 0.04
+    state["fc.bias"] = torch.randn(classes, generator=g) * 0.04
+    return state
+
+
+def reference_forward(state: dict, x: torch.Tensor, fc_weight, fc_bias) -> torch.Tensor:
+    """ResNet-18 (eval mode) written with functional calls over the torchvision key layout."""
+    def bn(h, key):
+        return F.batch_norm(h, state[f"{key}.running_mean"], state[f"{key}.running_var"], state[f"{key}.weight"],
+                            state[f"{key}.bias"], training=False, eps=1e-5)
+
+    h = F.relu(bn(F.conv2d(x, state["conv1.weight"], stride=2, padding=3), "bn1"))
+    h = F.max_pool2d(h, kernel_size=3, stride=2, padding=1)
+    for layer in range(1, 5):
+        for block in (0, 1):
+            p, stride = f"layer{layer}.{block}", 2 if layer > 1 and block == 0 else 1
+            out = F.relu(bn(F.conv2d(h, state[f"{p}.conv1.weight"], stride=stride, padding=1), f"{p}.bn1"))
+            out = bn(F.conv2d(out, state[f"{p}.conv2.weight"], padding=1), f"{p}.bn2")
+            if f"{p}.downsample.0.weight" in state:
+                h = bn(F.conv2d(h, state[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1")
+            h = F.relu(out + h)
+    return F.linear(F.adaptive_avg_pool2d(h, 1).flatten(1), fc_weight, fc_bias)
+
+
+def test_resnet18_loads_the_torchvision_layout_and_equals_the_reference(tmp_path):
+    state = random_torchvision_state()
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(state, path)
+    backbone, sha = read_backbone(path)
+    assert len(sha) == 64 and not any(k.startswith("fc.") for k in backbone)
+    model = build(backbone, 2, torch.Generator().manual_seed(0)).eval()
+    assert set(ResNet18().state_dict()) == set(state)  # the same keys as torchvision's file, nothing renamed
+    x = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model(x)
+    expected = reference_forward(state, x, model.fc.weight, model.fc.bias)
+    assert ours.shape == (2, 2)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+    # a file without the BN counters (older torchvision saves) loads too
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, path)
+    assert len(read_backbone(path)[0]) == len(backbone) - 20
+
+
+def save_code_pickle(path: Path, marker: Path):
+    """A weights file whose unpickling would run `touch marker` (os.system): it must be refused, never run."""
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    torch.save({"conv1.weight": RunsCode()}, path, pickle_protocol=2)
+
+
+@pytest.mark.parametrize("content", ["garbage", "code", "foreign"])
+def test_bad_weights_files_are_refused(tmp_path, content):
+    marker, path = tmp_path / "code-ran", tmp_path / "weights.pth"
+    if content == "garbage":
+        path.write_bytes(b"\x00not a torch file at all")
+    elif content == "code":
+        save_code_pickle(path, marker)
+    else:
+        torch.save({"encoder.weight": torch.zeros(3)}, path)
+    with pytest.raises(UserError) as e:
+        read_backbone(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert not marker.exists()
+    if content == "code":
+        assert "run code" in str(e.value)
+
+
+def test_missing_weights_say_where_to_get_them(tmp_path):
+    with pytest.raises(UserError, match=r"download\.pytorch\.org/models/resnet18-f37072fd\.pth.*--from-scratch"):
+        read_backbone(tmp_path / "resnet18-f37072fd.pth")
+
+
+# --------------------------------------------------------------------------- augmentation
+
+def test_augmentation_geometry_against_exact_transforms():
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ones, zeros = torch.ones(3), torch.zeros(3)
+    torch.testing.assert_close(affine(x, zeros, ones, torch.zeros(3, 2)), x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(optical_distortion(x, zeros), x, atol=1e-6, rtol=0)
+    # a quarter turn about the centre moves pixel centres onto pixel centres: exactly torch.rot90
+    quarter = affine(x, 90 * ones, ones, torch.zeros(3, 2))
+    assert any(torch.allclose(quarter, x.rot90(k, dims=(2, 3)), atol=1e-5) for k in (1, 3))
+    # a shift of a quarter of the size moves the image 4 pixels right and down
+    shifted = affine(x, zeros, ones, torch.full((3, 2), 0.25))
+    torch.testing.assert_close(shifted[..., 4:, 4:], x[..., :-4, :-4], atol=1e-5, rtol=0)
+    # zoom 2 about the centre: output pixel i samples input position i / 2 + 3.75, which is where a 2x bilinear
+    # upsampling of the crop starting at pixel 3 puts its pixel i + 2
+    zoomed = affine(x, zeros, 2 * ones, torch.zeros(3, 2))
+    upsampled = F.interpolate(x[..., 3:13, 3:13], scale_factor=2, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(zoomed, upsampled[..., 2:18, 2:18], atol=1e-5, rtol=0)
+    # the lens model on a ramp image (value = column), where bilinear sampling is exact: the output pixel at
+    # normalised position u = (pixel centre - image centre) / size samples column (u_x (1 + k r^2 + k r^4) + 1/2) 16 - 1/2
+    k = 0.08
+    ramp = torch.arange(16.0).expand(1, 3, 16, 16)
+    u = (torch.arange(16.0) + 0.5) / 16 - 0.5
+    r2 = u[None, :] ** 2 + u[:, None] ** 2  # (row, column)
+    expected = (u[None, :] * (1 + k * r2 + k * r2 ** 2) + 0.5) * 16 - 0.5
+    inside = slice(2, 14)  # away from the mirrored border
+    torch.testing.assert_close(optical_distortion(ramp, torch.tensor([k]))[0, 0, inside, inside],
+                               expected[inside, inside], atol=1e-4, rtol=0)
+
+
+def test_augment_levels_stay_in_range_and_are_seeded():
+    x = torch.rand(6, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    assert augment(x, "none", torch.Generator()) is x
+    for level in RECIPES:
+        a = augment(x, level, torch.Generator().manual_seed(5))
+        b = augment(x, level, torch.Generator().manual_seed(5))
+        assert torch.equal(a, b) and a.shape == x.shape and 0 <= a.min() and a.max() <= 1
+        assert not torch.equal(a, augment(x, level, torch.Generator().manual_seed(6)))
+    dropped = augment(x, "heavy", torch.Generator().manual_seed(1))
+    zero_channels = (dropped.flatten(2).amax(-1) == 0).sum(1)  # (B,) channels set to 0 per image
+    assert zero_channels.max() == 1 and zero_channels.sum() >= 1  # p 0.8: one channel of most images
+
+
+# --------------------------------------------------------------------------- the experiment
+
+def test_epochs_see_every_image_once_in_full_batches_as_flash_did():
+    batches = epoch_batches(10, 4, torch.Generator().manual_seed(0))
+    epoch = [next(batches) for _ in range(2)]  # 10 > 4: floor(10 / 4) = 2 full batches, the rest dropped
+    assert [len(b) for b in epoch] == [4, 4] and len(set(torch.cat(epoch).tolist())) == 8
+    assert not torch.equal(torch.cat(epoch), torch.cat([next(batches) for _ in range(2)]))  # reshuffled
+    small = epoch_batches(3, 4, torch.Generator().manual_seed(0))  # a set smaller than a batch: all of it
+    assert sorted(next(small).tolist()) == [0, 1, 2]
+    assert (steps_per_epoch(10, 4), steps_per_epoch(3, 4)) == (2, 1)
+
+
+def toy_settings(root: Path, **changes) -> ClassifySettings:
+    base = ClassifySettings(train=root / "train", val=root / "val", test=root / "test", synthetic=root / "synthetic",
+                            repeats=1, steps=16, batch=8, lr=1e-3, size=32, val_every=4, augment="none",
+                            from_scratch=True, device="cpu", output=root / "out")
+    return replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """Real training images that do not show the blob (uninformative), synthetic ones that show it clearly,
+    and the same synthetic images with their labels swapped."""
+    root = tmp_path_factory.mktemp("toy")
+    write_toy_classes(root / "train", 3, 0.0, seed=1, size=32)
+    write_toy_classes(root / "val", 6, 0.6, seed=2, size=32)
+    write_toy_classes(root / "test", 16, 0.6, seed=3, size=32)
+    write_toy_classes(root / "synthetic", 16, 1.0, seed=4, size=32)
+    write_toy_classes(root / "swapped", 16, 1.0, seed=4, size=32, swap=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def toy_run(toy):
+    torch.set_num_threads(1)
+    results = run_experiment(toy_settings(toy, arms="real,real+synthetic", steps=24), log=lambda *a: None)
+    return toy / "out", results
+
+
+def test_informative_synthetic_images_raise_the_auc_and_swapped_ones_invert_it(toy, toy_run):
+    _, results = toy_run
+    real, mixed = (results["arms"][arm]["auc"][0] for arm in ("real", "real+synthetic"))
+    # --seed 0-3 gave real 0.21-0.66, real+synthetic 0.84-0.97, swapped 0.07-0.42
+    assert mixed > 0.75 and mixed > real + 0.15, (real, mixed)
+    swapped = run_experiment(toy_settings(toy, arms="synthetic", synthetic=toy / "swapped", output=toy / "swapped-out",
+                                          steps=24), log=lambda *a: None)
+    assert swapped["arms"]["synthetic"]["auc"][0] < 0.45
+
+
+def test_results_json_equals_what_predictions_csv_gives(toy_run):
+    out, results = toy_run
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["arm", "repeat", "file", "label", "score"]
+    assert json.loads((out / "results.json").read_text()) == results
+    by_arm = {}
+    for row in rows:
+        by_arm.setdefault(row["arm"], ([], []))
+        by_arm[row["arm"]][0].append(float(row["score"]))
+        by_arm[row["arm"]][1].append(int(row["label"]))
+    assert sorted(by_arm) == ["real", "real+synthetic"] and len(rows) == 2 * 32
+    for arm, (scores, labels) in by_arm.items():
+        pos = [s for s, y in zip(scores, labels) if y == 1]
+        neg = [s for s, y in zip(scores, labels) if y == 0]
+        (auc,), cov = reference_delong([scores], labels)
+        assert results["arms"][arm]["auc"] == [pytest.approx(brute_force_auc(pos, neg), abs=1e-12)]
+        half = 1.959963984540054 * math.sqrt(cov[0, 0])
+        assert results["arms"][arm]["ci95"][0] == pytest.approx([max(0, auc - half), min(1, auc + half)], abs=1e-12)
+    aucs, cov = reference_delong([by_arm["real"][0], by_arm["real+synthetic"][0]], by_arm["real"][1])
+    z = (aucs[0] - aucs[1]) / math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    (comparison,) = results["comparisons"]
+    assert (comparison["a"], comparison["b"]) == ("real", "real+synthetic")
+    assert comparison["p"] == [pytest.approx(2 * scipy.stats.norm.sf(abs(z)), rel=1e-9)]
+    assert comparison["delta_mean"] == pytest.approx(aucs[1] - aucs[0], abs=1e-12)
+    assert results["arms"]["real+synthetic"]["n_train"] == {"neg": 19, "pos": 19}
+    assert results["positive"] == "pos" and results["weights_sha256"] is None
+
+
+def test_resume_equals_an_uninterrupted_run_and_other_settings_are_refused(toy):
+    settings = toy_settings(toy, arms="real", repeats=2, steps=3, val_every=2, augment="heavy", output=toy / "resume")
+    quiet = lambda *a: None  # noqa: E731
+    first = run_experiment(settings, log=quiet)
+    files = {name: (settings.output / name).read_bytes() for name in ("results.json", "predictions.csv")}
+    (settings.output / "runs" / "real-r1.json").unlink()  # as if killed during repeat 2 (runs are saved atomically)
+    (settings.output / "results.json").unlink()
+    said = []
+    assert run_experiment(settings, log=said.append) == first
+    assert {name: (settings.output / name).read_bytes() for name in files} == files
+    assert any("repeat 1/2: finished earlier" in line for line in said)
+    with pytest.raises(UserError, match=r"other settings \(--steps\).*--overwrite"):
+        run_experiment(replace(settings, steps=4), log=quiet)
+    replaced = run_experiment(replace(settings, steps=4, repeats=1, overwrite=True), log=quiet)
+    assert list((settings.output / "runs").iterdir()) == [settings.output / "runs" / "real-r0.json"]
+    assert len(replaced["arms"]["real"]["auc"]) == 1  # the earlier repeats were removed, not mixed in
+
+
+def test_a_second_run_on_the_same_output_is_refused(toy):
+    settings = toy_settings(toy, arms="real", steps=1, output=toy / "locked")
+    settings.output.mkdir()
+    (settings.output / "classify.lock").write_text(str(os.getppid()))  # a live process that is not us
+    with pytest.raises(UserError, match="another classify.py run"):
+        run_experiment(settings, log=lambda *a: None)
+    assert not (settings.output / "runs").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (settings.output / "classify.lock").write_text(dead.stdout.strip())  # left by a run killed with -9: stale
+    run_experiment(settings, log=lambda *a: None)
+    assert (settings.output / "results.json").is_file() and not (settings.output / "classify.lock").exists()
+
+
+# --------------------------------------------------------------------------- bad input
+
+def bad_layouts(root: Path) -> dict:
+    """name -> (settings changes, text the one-line error must hold)."""
+    write_toy_classes(root / "one-class", 3, 0.5, seed=9, size=32)
+    (root / "one-class" / "pos").rename(root / "one-class-pos")
+    write_toy_classes(root / "other-names", 3, 0.5, seed=9, size=32)
+    (root / "other-names" / "pos").rename(root / "other-names" / "tumour")
+    write_toy_classes(root / "thin-val", 3, 0.5, seed=9, size=32)
+    for extra in sorted((root / "thin-val" / "neg").iterdir())[1:]:
+        extra.unlink()
+    write_toy_classes(root / "broken", 3, 0.5, seed=9, size=32)
+    (root / "broken" / "pos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return {
+        "missing": ({"train": root / "nowhere"}, "no such folder"),
+        "unreadable image": ({"test": root / "broken"}, "cannot read image"),
+        "one class": ({"val": root / "one-class"}, "exactly two class subfolders"),
+        "other names": ({"test": root / "other-names"}, "differ from"),
+        "one val image": ({"val": root / "thin-val"}, "class neg has 1 image; it needs at least 2"),
+        "bad positive": ({"positive": "tumour"}, "--positive tumour: not a class"),
+        "arm without folder": ({"synthetic": None, "arms": "synthetic"}, "--synthetic: the synthetic arm needs it"),
+        "too many synthetic": ({"synthetic_count": "500"}, "--synthetic-count 500"),
+        "bad count": ({"synthetic_count": "10,x"}, "--synthetic-count 10,x"),
+        "unknown arm": ({"arms": "real,fake"}, "--arms real,fake"),
+    }
+
+
+def test_bad_input_fails_in_one_line_before_training(toy, tmp_path):
+    for name, (changes, text) in bad_layouts(tmp_path).items():
+        settings = toy_settings(toy, output=tmp_path / "out", **changes)
+        with pytest.raises(UserError) as e:
+            run_experiment(settings, log=lambda *a: None)
+        assert text in str(e.value) and "\n" not in str(e.value), (name, str(e.value))
+        assert not (tmp_path / "out" / "runs").exists(), name
+
+
+def test_cli_exit_status_2_for_unsafe_weights_and_help_lists_the_flags(toy, tmp_path):
+    marker, weights = tmp_path / "code-ran", tmp_path / "resnet18-f37072fd.pth"
+    save_code_pickle(weights, marker)
+    args = [sys.executable, str(REPO / "classify.py"), "--train", str(toy / "train"), "--val", str(toy / "val"),
+            "--test", str(toy / "test"), "--weights", str(weights), "--output", str(tmp_path / "out"),
+            "--device", "cpu", "--steps", "1"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "run code" in proc.stderr, proc.stderr
+    assert not marker.exists() and not (tmp_path / "out" / "runs").exists()
+
+
+def test_cli_run_writes_the_files_and_prints_the_table(toy, tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, str(REPO / "classify.py"), "--train", str(toy / "train"), "--val", str(toy / "val"),
+            "--test", str(toy / "test"), "--synthetic", str(toy / "synthetic"), "--arms", "real,synthetic",
+            "--synthetic-count", "4", "--from-scratch", "--steps", "2", "--batch", "4", "--size", "32",
+            "--repeats", "1", "--augment", "light", "--device", "cpu", "--output", str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "positive class (label 1): pos" in proc.stdout
+    table = proc.stdout[proc.stdout.index("\narm "):].splitlines()[1:]
+    header, *rows = [line for line in table if line.startswith(("arm ", "real", "synthetic"))]
+    assert header.split()[:3] == ["arm", "real", "synthetic"]
+    assert [row.split()[:3] for row in rows] == [["real", "6", "0"], ["synthetic", "0", "32"],
+                                                 ["real+synthetic:4", "6", "8"]]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["arms"]) == ["real", "synthetic", "real+synthetic:4"]
+    assert [c["b"] for c in results["comparisons"]] == ["synthetic", "real+synthetic:4"]
+    assert results["arms"]["real+synthetic:4"]["n_train"] == {"neg": 7, "pos": 7}
+    assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
