@@ -18,7 +18,6 @@ from mini_ldm.loading import ModelSettings
 from mini_ldm.settings import add_flags, from_flags
 from ti import concepts as concept_plan
 from ti.concepts import file_name
-from readers.images import find_images
 from ti.data import cached_latents
 from ti.run_files import check_fresh_output, check_resumable, output_lock
 from ti.templates import load_templates
@@ -60,16 +59,25 @@ def model_stamp(path) -> str:
 
 
 def demo_settings(settings: TrainSettings) -> TrainSettings:
-    """--demo: synthetic phantoms, a short run at a higher learning rate, a preview at the end."""
+    """--demo: synthetic phantoms (with --concepts: two folders of them), a short run at a higher learning rate,
+    a preview at the end, on the tiny random model of demo-output/."""
     from ti.phantoms import write_phantoms
     print("demo: a tiny random model and synthetic phantoms; this checks the install, it does not learn "
           "anything useful (real runs need a real checkpoint in weights/, see README)")
     d = demo.DEMO_TRAINING
-    steps, token = min(settings.steps, d["steps"]), settings.token or demo.DEMO_TOKEN
-    return replace(settings, data=settings.data or write_phantoms(demo.DEMO_DIR / "phantoms"), token=token,
-                   vectors=min(settings.vectors, d["vectors"]), steps=steps, lr=d["lr"],
-                   output=settings.output or demo.DEMO_DIR / f"{file_name(token)}.safetensors",
-                   preview_every=steps, save_every=0, preview_steps=d["preview_steps"])
+    steps = min(settings.steps, d["steps"])
+    if settings.concepts:  # one token per subfolder: <phantom-a>, <phantom-b>
+        data = settings.data or demo.DEMO_DIR / "concepts-data"
+        if settings.data is None:
+            for seed, name in enumerate(("phantom-a", "phantom-b")):
+                write_phantoms(data / name, count=4, seed=seed)
+        token, output = None, settings.output or demo.DEMO_DIR / "concepts"
+    else:
+        data = settings.data or write_phantoms(demo.DEMO_DIR / "phantoms")
+        token = settings.token or demo.DEMO_TOKEN
+        output = settings.output or demo.DEMO_DIR / f"{file_name(token)}.safetensors"
+    return replace(settings, data=data, token=token, vectors=min(settings.vectors, d["vectors"]), steps=steps,
+                   lr=d["lr"], output=output, preview_every=steps, save_every=0, preview_steps=d["preview_steps"])
 
 
 def resolve_settings(args) -> TrainSettings:
@@ -83,7 +91,6 @@ def resolve_settings(args) -> TrainSettings:
     settings.check()
     if settings.concepts:
         return replace(settings, output=settings.output or Path("embeddings"))
-    find_images(settings.data, warn=lambda message: None)  # no images: say so now, not after loading a model
     # the folder name is the default token; a prompt word cannot hold spaces, so "chest xr/" gives <chest_xr>
     token = settings.token or f"<{concept_plan.token_word(settings.data.resolve().name)}>"
     output = settings.output or Path("embeddings") / f"{file_name(token)}.safetensors"
@@ -108,11 +115,8 @@ def check_output(args, settings: TrainSettings, concepts: list) -> Path | None:
 
 
 def load_model(args, settings: TrainSettings, device: str):
-    if args.demo:
-        return demo.tiny_model(device)
-    model_path = args.model or cli.find_default_model()
-    sd = mini_ldm.load(model_path, device=device, dtype=settings.dtype, prediction=args.prediction,
-                       vae=args.vae)
+    model_path = demo.demo_model_file() if args.demo else args.model or cli.find_default_model()
+    sd = mini_ldm.load(model_path, device=device, dtype=settings.dtype, prediction=args.prediction, vae=args.vae)
     print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
           f"on {device} in {settings.dtype}")
     return sd
@@ -148,6 +152,7 @@ def encode_concepts(sd, settings: TrainSettings, concepts: list):
 
 def main(argv=None):
     args = parse_args(argv)
+    cli.check_utf8_flags(args)  # text that is not UTF-8 (--token, --init, --data ...) fails here, before any work
     device = args.device or mini_ldm.loading.default_device()
     mini_ldm.loading.check_device(device)
     settings = resolve_settings(args)
@@ -157,18 +162,25 @@ def main(argv=None):
     resume_from = check_output(args, settings, concepts)
     with output_lock(settings.output, settings.concepts):
         sd = load_model(args, settings, device)
-        settings.base_model = sd.model_name if args.demo else Path(sd.checkpoint.path).name
+        settings.base_model = Path(sd.checkpoint.path).name
         encode_concepts(sd, settings, concepts)
         tokens = ", ".join(c.token for c in concepts)
         print(f"token{'s' if len(concepts) > 1 else ''} {tokens}, {settings.vectors} vectors, {settings.steps} "
               f"steps -> {settings.output}")
-        trainer = Trainer(sd, None, templates, settings, concepts=concepts)
+        trainer = Trainer(sd, templates, settings, concepts)
         if resume_from is not None:
             trainer.resume(resume_from)
             print(f"resuming {resume_from} at step {trainer.step}")
         path = trainer.run()
-    print(f"wrote {path} (step {trainer.step}); use it with: python sample.py --embeddings {path} "
-          f"--prompt \"{concepts[0].token}\"")
+    print(f"wrote {path} (step {trainer.step}); use it with: {next_command(sd, settings, concepts)}")
+
+
+def next_command(sd, settings: TrainSettings, concepts: list) -> str:
+    """The sample.py command that draws with what this run wrote (on the same model, at its training size)."""
+    model = f" --model {sd.checkpoint.path}" if sd.checkpoint.path else ""
+    size = settings.resolution or sd.native_size
+    return (f"python sample.py{model} --embeddings {settings.output} --prompt \"{concepts[0].token}\" "
+            f"--height {size} --width {size}")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def trainer(sd, data: Path, work: Path, concepts: bool, val_images: int, args):
         if c.val_paths:
             c.val_cache = cached_latents(c.data, encode, "bench", work / "cache", args.resolution,
                                          paths=c.val_paths, progress=False)
-    return Trainer(sd, None, ["[name]"], settings, log=lambda *a: None, concepts=found)
+    return Trainer(sd, ["[name]"], settings, found, log=lambda *a: None)
 
 
 def timed_steps(tr, warmup: int, steps: int) -> tuple:

@@ -204,6 +204,7 @@ class OursTI:
         from ti.data import cached_latents
         from ti.templates import load_templates
         from ti.train_settings import TrainSettings
+        from ti.concepts import Concept
         from ti.trainer import Trainer
 
         sd = mini_ldm.load(folder, device=device, dtype=dtype)
@@ -221,7 +222,8 @@ class OursTI:
         cfg = TrainSettings(token=TOKEN, output=workdir / "bench.safetensors", vectors=vectors, init_text=INIT_TOKEN,
                           steps=10**9, lr=0.005, batch=batch, seed=seed, dtype=dtype, save_every=0,
                           compile=compile)
-        self.sd, self.trainer = sd, Trainer(sd, cache, load_templates(template), cfg, log=lambda *a: None)
+        self.sd, self.trainer = sd, Trainer(sd, load_templates(template), cfg, [Concept.single(cfg, cache=cache)],
+                                            log=lambda *a: None)
 
     def step(self, mark=None) -> float:
         if mark is None:

@@ -76,7 +76,9 @@ class TensorSource:
             self._keys = set(self._file.keys())
             self._shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self._keys}
             self._get = self._file.get_tensor
+            self.metadata = self._file.metadata() or {}
         else:
+            self.metadata = {}
             state = _torch_load(path)
             self._keys = set(state)
             self._shapes = {k: tuple(v.shape) for k, v in state.items()}
@@ -294,19 +296,34 @@ SINGLE_FILE_ERRORS = dict(missing="not a Stable Diffusion 1.x/2.x checkpoint (no
                           unexpected="not a Stable Diffusion 1.x/2.x checkpoint (unexpected tensor shapes)")
 
 
+# A single file may state, in its safetensors metadata, the numbers its shapes cannot tell (as the --demo
+# model does, mini_ldm/demo.py): {"unet_heads": [per level], "text_heads": n, "native_size": pixels}.
+CONFIG_METADATA = "mini_ldm.config"
+
+
 def _load_single_file(path: Path, device, dtype, prediction: str) -> Checkpoint:
     with ExitStack() as stack:
         source = TensorSource(path, stack)
         if _sdxl_kind(source) is not None:
             return _load_sdxl_file(source, device, dtype, prediction)
         family, sources, text_layers = _single_file_sources(source)
+        stated = _stated_config(source)
         unet_src, vae_src, text_src = sources
         with _unfit_inputs_as_errors(path, **SINGLE_FILE_ERRORS):
-            configs = (unet_config(unet_src, family, upcast=_upcast_attention(family, dtype)),
-                       vae_config(vae_src), text_config(text_src, family, text_layers))
+            configs = (unet_config(unet_src, family, stated.get("unet_heads"), _upcast_attention(family, dtype)),
+                       vae_config(vae_src), text_config(text_src, family, text_layers, stated.get("text_heads")))
         pred, reason = _single_file_prediction(path, family, prediction)
         unet, vae, text = _build_modules(configs, sources, [path] * 3, device, dtype)
-    return Checkpoint(path, family, unet, vae, text, pred, reason, _native_size(family, pred), None, {})
+    native = stated.get("native_size") or _native_size(family, pred)
+    return Checkpoint(path, family, unet, vae, text, pred, reason, native, None, {})
+
+
+def _stated_config(source: TensorSource) -> dict:
+    try:
+        stated = json.loads(source.metadata.get(CONFIG_METADATA, "{}"))
+    except ValueError:
+        raise CheckpointError(f"{source.path}: its {CONFIG_METADATA} metadata is not JSON") from None
+    return stated if isinstance(stated, dict) else {}
 
 
 def _single_file_sources(source: TensorSource):

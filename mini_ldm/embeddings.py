@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import safetensors.torch
 import torch
 from safetensors import safe_open
 
 from .errors import UserError
-from .io import UnsafePickle, first_line, torch_load, write_bytes_atomic
+from .io import UnsafePickle, first_line, safetensors_bytes, torch_load, write_bytes_atomic
 
 FORMAT = "mini-ldm-ti"  # the metadata "format" value that marks our own files
 SUFFIXES = (".safetensors", ".pt", ".bin")  # what load_embeddings picks up from a folder
@@ -218,7 +217,7 @@ def write_embedding(path, emb: Embedding, format: str = "ours") -> Path:
             format=FORMAT,
         )
         # one tensor keyed by the token is exactly what diffusers' load_textual_inversion expects
-        data = safetensors.torch.save({emb.token: emb.vectors.contiguous()}, metadata=meta)
+        data = safetensors_bytes({emb.token: emb.vectors.contiguous()}, meta)  # the same run: the same bytes
     elif format == "a1111":
         m = emb.metadata
         step = m.get("step", "")

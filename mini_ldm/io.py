@@ -1,11 +1,13 @@
 """File helpers every part of the project shares: atomic writes, safe torch loading, one-line error text.
 
-Four rules live here so that no caller has to remember them:
+Five rules live here so that no caller has to remember them:
 - a file we write is either the old one or the complete new one, never half of one (`atomic_write`);
 - two runs never write one output at once: the first holds a lock file with its pid (`pid_lock`);
 - a pickle is only ever opened with `weights_only=True`, so loading a file never runs its code (`torch_load`);
+- the same tensors and metadata give the same bytes (`safetensors_bytes`);
 - a library's multi-line error becomes the first line of a message of ours (`first_line`).
 """
+import json
 import os
 import pickle
 import re
@@ -14,6 +16,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 from .errors import UserError
@@ -155,3 +158,17 @@ def pid_lock(lock, busy):
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def safetensors_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
+    """safetensors.torch.save with the metadata in sorted key order: the library writes it from a hash map, in
+    an order that changes from process to process, so the same tensors would give different file bytes (and
+    hashes). The tensors' own order and data are already deterministic; only the header is rewritten."""
+    raw = safetensors.torch.save(tensors, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes
+    return len(text).to_bytes(8, "little") + text + raw[8 + size:]

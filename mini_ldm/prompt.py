@@ -28,16 +28,21 @@ class Tokens:
     names: list = field(default_factory=list)  # the learned tokens placed in this window, in order
 
 
+def match_key(name: str) -> str:
+    """What a prompt matches a learned token by: case is ignored, so two tokens with one key are one word."""
+    return name.lower()
+
+
 def split_learned(text: str, learned: dict) -> list:
     """Split text into plain-text pieces and learned-token names, e.g. ["a ", "<ptx>", " with ", "<effusion>"]."""
     if not learned:
         return [text]
     names = sorted(learned, key=len, reverse=True)  # longest first, so "<a-b>" wins over "<a"
     pattern = re.compile(r"(?<![\w])(" + "|".join(re.escape(n) for n in names) + r")(?![\w])", re.IGNORECASE)
-    by_lower = {n.lower(): n for n in names}
+    by_key = {match_key(n): n for n in names}
     pieces, start = [], 0
     for m in pattern.finditer(text):
-        pieces += [text[start:m.start()], by_lower[m.group(1).lower()]]
+        pieces += [text[start:m.start()], by_key[match_key(m.group(1))]]
         start = m.end()
     return pieces + [text[start:]]
 

@@ -21,6 +21,7 @@ from in_process import run_main
 from mini_ldm.embeddings import Embedding, read_embedding, write_embedding
 from ti.phantoms import write_phantoms
 from ti.run_files import lock_path, loss_csv_path, state_path
+from ti.trainer import HARD_STOP_VARIABLE
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -33,9 +34,9 @@ def run(script, *args, cwd=REPO):
                           env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
 
 
-def start(script, *args, cwd=REPO):
+def start(script, *args, cwd=REPO, env=None):
     return subprocess.Popen([sys.executable, str(REPO / script), "--device", "cpu", *map(str, args)], cwd=cwd,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def sample_in_process(*args):
@@ -209,21 +210,18 @@ def test_resume_after_kill_logs_each_step_once(phantoms, sd1_single, tmp_path):
     """kill -9 leaves a stale lock and loss rows past the last save; --resume takes the lock over and the
     log ends with each step exactly once."""
     out = tmp_path / "phantom.safetensors"
-    killed = start("train.py", *train_args(phantoms, sd1_single, out, 10**6, "--save-every", 5))
+    # the run kills itself (SIGKILL, as kill -9) once step 7 is done: two steps past the save at 5, so rows
+    # past it are logged; deterministic, where a kill aimed from here would race the steps
+    killed = start("train.py", *train_args(phantoms, sd1_single, out, 10**6, "--save-every", 5),
+                   env={HARD_STOP_VARIABLE: "7"})
     try:
-        # kill just after a step that is one or two past a save (6, 7, 11, 12, ...), so rows past it are logged
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            wait_for_rows(loss_csv_path(out), 6, killed)
-            if max(logged_steps(loss_csv_path(out))) % 5 in (1, 2):
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        killed.send_signal(signal.SIGKILL)
-        killed.wait(timeout=TIMEOUT)
+        killed.communicate(timeout=TIMEOUT)
+        assert killed.returncode == -signal.SIGKILL, killed.returncode
+        assert max(logged_steps(loss_csv_path(out))) == 7
     finally:
         if killed.poll() is None:
             killed.kill()
+            killed.wait()
     saved = int(read_embedding(out).metadata["step"])
     assert lock_path(out).exists() and max(logged_steps(loss_csv_path(out))) > saved  # the situation to fix
     resumed = run("train.py", *train_args(phantoms, sd1_single, out, saved + 2, "--save-every", 5, "--resume"))

@@ -21,6 +21,7 @@ from PIL import Image
 
 import mini_ldm
 from ti import concepts as concept_plan
+from ti.concepts import Concept
 from ti.data import cached_latents
 from mini_ldm.embeddings import read_embedding
 from ti.loss_plot import COLOURS, draw_loss_plot
@@ -67,7 +68,7 @@ def make_trainer(sd, data: Path, output: Path, **config) -> Trainer:
         if c.val_paths:
             c.val_cache = cached_latents(c.data, encode, "tiny", output / ".latent-cache", RES, paths=c.val_paths,
                                          progress=False)
-    return Trainer(sd, None, ["[name]"], settings, log=lambda *a: None, concepts=concepts)
+    return Trainer(sd, ["[name]"], settings, concepts, log=lambda *a: None)
 
 
 def vectors_by_token(trainer: Trainer) -> dict:
@@ -128,7 +129,8 @@ def test_one_concept_run_equals_the_plain_run(sd, data, tmp_path):
     concepts_run = make_trainer(sd, one, tmp_path / "c")
     plain_settings = replace(concepts_run.settings, concepts=False, token="<effusion>",
                              data=one / "effusion", output=tmp_path / "p" / "effusion.safetensors")
-    plain = Trainer(sd, concepts_run.concepts[0].cache, ["[name]"], plain_settings, log=lambda *a: None)
+    plain = Trainer(sd, ["[name]"], plain_settings,
+                    [Concept.single(plain_settings, cache=concepts_run.concepts[0].cache)], log=lambda *a: None)
     concepts_run.run(progress=False)
     plain.run(progress=False)
     assert torch.equal(concepts_run.params[0], plain.vectors)
@@ -280,3 +282,207 @@ def test_sample_loads_the_folder_of_an_early_stopped_run(cli_run):
     found = load_embeddings(out)
     assert {t: e.source.name for t, e in found.items()} == {
         f"<{n}>": f"{n}.safetensors" for n in ("edema", "effusion", "pneumonia")}
+
+
+# ---------------------------------------------------------------- a full disk during a save (issue 16, item 3)
+
+
+class DiskFull:
+    """mini_ldm.io.atomic_write whose files take `budget` bytes in all, then fail as a full disk does."""
+
+    def __init__(self, budget):
+        from mini_ldm import io as mini_io
+        self.budget, self.real, self.written = budget, mini_io.atomic_write, 0
+
+    def __call__(self, path, mode="wb"):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def limited():
+            with self.real(path, mode) as f:
+                yield self.File(self, f)
+        return limited()
+
+    class File:
+        def __init__(self, disk, f):
+            self.disk, self.f = disk, f
+
+        def write(self, data):
+            left = len(data) if self.disk.budget is None else self.disk.budget - self.disk.written
+            room = max(0, min(len(data), left))
+            self.f.write(data[:room])
+            self.disk.written += room
+            if room < len(data):
+                raise OSError(28, "No space left on device")
+            return room
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+
+def test_a_full_disk_at_any_byte_of_a_save_leaves_a_resumable_run(sd, data, tmp_path, monkeypatch):
+    """A save cut short at byte b (a full disk) leaves the run resumable: it resumes at the step of the save
+    cut short or the one before, and ends exactly where an uninterrupted run does. The first save of a run,
+    cut short, leaves either a resumable run or nothing that stops a fresh start."""
+    import shutil
+
+    from mini_ldm import io as mini_io
+    from ti.run_files import check_fresh_output
+
+    config = dict(steps=4, val_images=1, val_every=1, early_stop=3)
+    reference = make_trainer(sd, data, tmp_path / "reference", **config)
+    reference.run(progress=False)
+    out = tmp_path / "out"
+    first = make_trainer(sd, data, out, **config)
+    for _ in range(2):
+        first.train_step()
+        first.validate()
+    counting = DiskFull(None)
+    monkeypatch.setattr(mini_io, "atomic_write", counting)
+    first.save()  # a whole save at step 2; it also measures one
+    monkeypatch.undo()
+    whole_save = counting.written
+    first.train_step()
+    first.validate()
+    saved = tmp_path / "saved-at-2"
+    shutil.copytree(out, saved)
+    budgets = sorted({0, 1, whole_save - 1, *range(0, whole_save, max(1, whole_save // 12))})
+    for budget in budgets:
+        shutil.rmtree(out)
+        shutil.copytree(saved, out)
+        monkeypatch.setattr(mini_io, "atomic_write", DiskFull(budget))
+        with pytest.raises(OSError, match="No space"):
+            first.save()
+        monkeypatch.undo()
+        resumed = make_trainer(sd, data, out, **config)
+        resumed.resume(out)
+        assert resumed.step in (2, 3), (budget, resumed.step)
+        resumed.run(progress=False)
+        for token, vectors in vectors_by_token(reference).items():
+            assert torch.equal(vectors_by_token(resumed)[token], vectors), (budget, token)
+        assert not list(out.glob(".*.tmp")), budget  # no temporary file left behind
+    # the first save of a run, cut short
+    probe = make_trainer(sd, data, tmp_path / "probe", **config)
+    probe.train_step()
+    counting = DiskFull(None)
+    monkeypatch.setattr(mini_io, "atomic_write", counting)
+    probe.save()
+    monkeypatch.undo()
+    for budget in (0, counting.written // 3, counting.written - 1):
+        fresh_out = tmp_path / f"first-{budget}"
+        fresh = make_trainer(sd, data, fresh_out, **config)
+        fresh.train_step()
+        monkeypatch.setattr(mini_io, "atomic_write", DiskFull(budget))
+        with pytest.raises(OSError, match="No space"):
+            fresh.save()
+        monkeypatch.undo()
+        if fresh.files.state.exists():
+            again = make_trainer(sd, data, fresh_out, **config)
+            again.resume(fresh_out)
+            assert again.step == 1
+        else:
+            check_fresh_output(fresh_out, True, [c.output for c in fresh.concepts])  # nothing in the way
+
+
+# ---------------------------------------------------------------- tokens a prompt cannot tell apart, names not in UTF-8
+
+
+def train_main(*args):
+    """train.py's main(argv) in this process (flag errors need no subprocess)."""
+    import train
+    return train.main([str(a) for a in args])
+
+
+@pytest.mark.parametrize("a, b", [("a b", "a_b"), ("Effusion", "effusion"), ("x:y", "x_y")],
+                         ids=["space-and-underscore", "case", "file-name"])
+def test_colliding_tokens_are_refused_naming_both_folders(a, b, tmp_path):
+    """Two folders whose tokens prompts match alike (or whose files would be one) would lose a concept
+    silently: refused before any work (the --model does not exist), naming both folders."""
+    from mini_ldm.errors import UserError
+
+    for name in (a, b):
+        write_phantoms(tmp_path / "data" / name, count=2)
+    with pytest.raises(UserError) as refused:
+        train_main("--data", tmp_path / "data", "--concepts", *NO_MODEL, "--output", tmp_path / "out")
+    message = str(refused.value)
+    assert "--concepts" in message and repr(a) in message and repr(b) in message, message
+    assert not (tmp_path / "out").exists()
+
+
+def test_names_and_flags_not_in_utf8_are_one_line_before_the_model_loads(tmp_path):
+    """A Latin-1 subfolder name, --token or --init bytes: one line naming the flag, before any work."""
+    from mini_ldm.errors import UserError
+
+    latin1 = os.fsdecode(b"caf\xe9")  # as Python sees the bytes on a UTF-8 system: a lone surrogate
+    write_phantoms(tmp_path / "data" / latin1, count=2)
+    write_phantoms(tmp_path / "flat" / "images", count=2)
+    cases = [(["--data", tmp_path / "data", "--concepts"], "--concepts"),
+             (["--data", tmp_path / "flat", "--token", f"<{latin1}>"], "--token"),
+             (["--data", tmp_path / "flat", "--init", latin1], "--init")]
+    for args, needle in cases:
+        with pytest.raises(UserError) as refused:
+            train_main(*args, *NO_MODEL, "--output", tmp_path / "out")
+        assert str(refused.value).startswith(needle) and "not UTF-8" in str(refused.value), str(refused.value)
+        str(refused.value).encode("utf-8")  # printable as it is
+    assert not (tmp_path / "out").exists()
+    # the same through the CLI, with the raw bytes in argv: exit 2, one line
+    proc = subprocess.run([sys.executable, str(TRAIN), "--device", "cpu", "--data", str(tmp_path / "flat"),
+                           "--token", b"<caf\xe9>", *NO_MODEL, "--output", str(tmp_path / "out")], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --token") and "not UTF-8" in last, proc.stderr
+
+
+# ---------------------------------------------------------------- the same command twice, the same bytes (item 4)
+
+
+def test_the_same_command_twice_writes_the_same_bytes(data, sd1_folder, tmp_path):
+    """Every file of a --concepts run with validation and early stopping, byte for byte (the loss log's
+    seconds column, a wall-clock time, aside)."""
+    args = ["--data", data, "--model", sd1_folder, *CLI, "--steps", 3, "--output", "embeddings"]
+    runs = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        ok(train_cli(*args, cwd=tmp_path / name))
+        runs.append(tmp_path / name / "embeddings")
+    files = [sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()) for run in runs]
+    assert files[0] == files[1] and "run.state" in files[0] and "edema.safetensors" in files[0]
+    for name in files[0]:
+        a, b = (run / name for run in runs)
+        if name == "loss.csv":
+            assert [r[:4] for r in rows(a)] == [r[:4] for r in rows(b)]
+        else:
+            assert a.read_bytes() == b.read_bytes(), name
+
+
+# ---------------------------------------------------------------- the loss plot as a person reads it (item 16)
+
+
+def test_loss_plot_legend_sits_off_the_curves_and_marks_best_and_stop(tmp_path):
+    """The legend is right of the plot, not over the curves (a rising curve leaves the plot's top-left corner
+    empty: nothing is drawn there); the best validation and the early stop are marked; a run without
+    validation says nothing about validation."""
+    from ti.loss_plot import LEFT, RIGHT, SIZE, TOP, legend_lines
+
+    log = tmp_path / "rising.csv"
+    with open(log, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for step in range(1, 101):
+            w.writerow([step, "<a>", step / 100, (0.5 + abs(step - 25) / 100) if step % 25 == 0 else "", 0])
+    colour = np.array([int(COLOURS[0][i:i + 2], 16) for i in (1, 3, 5)])
+
+    def drawn(name, marks):
+        with Image.open(draw_loss_plot(log, tmp_path / name, marks=marks)) as im:
+            return np.asarray(im.convert("RGB")).astype(int)
+
+    plain, marked = drawn("plain.png", None), drawn("marked.png", {"<a>": {"best": 25, "stop": 75}})
+    is_colour = (np.abs(marked - colour).sum(axis=2) < 60)
+    assert not is_colour[TOP + 1:TOP + 80, LEFT + 1:LEFT + 250].any()  # no legend over the plot
+    assert is_colour[:, SIZE[0] - RIGHT:].any()  # the legend, right of it, in the concept's colour
+    changed = (plain != marked).any(axis=2)
+    assert changed[:, LEFT + 1:SIZE[0] - RIGHT].sum() > 100  # the ring moved to step 25, the stop line at 75
+    assert not any("validation" in text for text, _ in legend_lines(["<a>"], validation=False, stopped=False))
+    assert any("validation" in text for text, _ in legend_lines(["<a>"], validation=True, stopped=False))
+    assert any("early stop" in text for text, _ in legend_lines(["<a>"], validation=True, stopped=True))

@@ -137,6 +137,7 @@ def make_trainer(folder, phantoms, out, dtype="fp32", **settings):
     import mini_ldm
     from ti.data import cached_latents
     from ti.train_settings import TrainSettings
+    from ti.concepts import Concept
     from ti.trainer import Trainer
 
     sd = mini_ldm.load(folder, device="cpu", dtype=dtype)
@@ -149,7 +150,8 @@ def make_trainer(folder, phantoms, out, dtype="fp32", **settings):
     cache = cached_latents(phantoms, encode, f"{out}:{dtype}", out.parent / ".latent-cache", 32, progress=False)
     config = {"token": "<phantom>", "output": out, "vectors": 2, "steps": 6, "lr": 0.05, "save_every": 0,
               "dtype": dtype, **settings}
-    return Trainer(sd, cache, ["[name]"], TrainSettings(**config), log=lambda *a: None)
+    settings = TrainSettings(**config)
+    return Trainer(sd, ["[name]"], settings, [Concept.single(settings, cache=cache)], log=lambda *a: None)
 
 
 def test_a_non_finite_step_is_skipped_and_leaves_the_state_alone(sd1_folder, phantoms, tmp_path):

@@ -125,6 +125,7 @@ def test_training_sees_the_pooled_vector_and_each_images_size_and_crop(tiny, mon
     """An SDXL step is conditioned on each image's original size and crop (from the latent cache) and on the
     training size; the loss reaches the bigG part of the vectors (through the context and the pooled vector)."""
     import ti.trainer as trainer_module
+    from ti.concepts import Concept
     from ti.data import LatentCache
     from ti.train_settings import TrainSettings
     from ti.trainer import Trainer
@@ -138,7 +139,7 @@ def test_training_sees_the_pooled_vector_and_each_images_size_and_crop(tiny, mon
     sd = tiny("sdxl", "folder")
     settings = TrainSettings(token=TOKEN, output=tmp_path / "t.safetensors", vectors=2, steps=1, save_every=0,
                              batch=4)
-    trainer = Trainer(sd, cache, ["[name]"], settings, log=lambda *a: None)
+    trainer = Trainer(sd, ["[name]"], settings, [Concept.single(settings, cache=cache)], log=lambda *a: None)
     trainer._batch_loss().backward()
     pooled, sizes = seen[-1]
     assert sizes.shape == (4, 6) and {tuple(r) for r in sizes.tolist()} <= {(300, 400, 5, 7, 32, 32),

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import mini_ldm
+from ti.concepts import Concept
 from ti.data import cached_latents
 from mini_ldm.embeddings import load_embeddings, read_embedding
 from ti.phantoms import write_phantoms
@@ -67,7 +68,12 @@ def make_trainer(sd, data, output: Path, **config) -> Trainer:
                            progress=False)
     cfg = TrainSettings(token=TOKEN, output=output, **{"vectors": 4, "steps": 30, "lr": 0.05, "save_every": 0,
                                                      **config})
-    return Trainer(sd, cache, ["[name]"], cfg, log=lambda *a: None)
+    return plain_trainer(sd, cfg, cache)
+
+
+def plain_trainer(sd, cfg: TrainSettings, cache=None) -> Trainer:
+    """A one-token Trainer for the bare-token template (no latents needed until it trains)."""
+    return Trainer(sd, ["[name]"], cfg, [Concept.single(cfg, cache=cache)], log=lambda *a: None)
 
 
 @torch.no_grad()
@@ -202,8 +208,7 @@ def test_init_vector_i_is_token_i_times_len_over_vectors(trained, sd1_folder, ve
         "text_model.embeddings.token_embedding.weight"]
     assert 3 < len(ids) < 16  # fewer vectors than tokens, and more (tokens repeat)
     sd = trained("sd1").sd
-    trainer = Trainer(sd, None, ["[name]"], TrainSettings(token=TOKEN, output=Path("unused"), vectors=vectors,
-                                                        init_text=text))
+    trainer = plain_trainer(sd, TrainSettings(token=TOKEN, output=Path("unused"), vectors=vectors, init_text=text))
     expected = torch.stack([table[ids[i * len(ids) // vectors]] for i in range(vectors)])
     assert trainer.vectors.dtype == torch.float32
     assert torch.equal(trainer.vectors.detach(), expected)
@@ -214,7 +219,7 @@ def test_no_init_gives_small_random_vectors(trained):
 
     def initial(seed):
         cfg = TrainSettings(token=TOKEN, output=Path("unused"), vectors=6, seed=seed)
-        return Trainer(sd, None, ["[name]"], cfg).vectors.detach()
+        return plain_trainer(sd, cfg).vectors.detach()
 
     v = initial(0)
     assert v.shape == (6, sd.width) and v.dtype == torch.float32
@@ -342,11 +347,11 @@ def test_resume_refuses_what_does_not_fit(trained, tmp_path):
     write_embedding(out, Embedding(emb.token, emb.vectors, None, {**emb.metadata, "step": "29"}))
     cfg = TrainSettings(token=TOKEN, output=out, vectors=4, lr=0.05)  # the saved run's own settings
     with pytest.raises(UserError, match="step 29 but"):
-        Trainer(run.sd, None, ["[name]"], cfg).resume(out)
+        plain_trainer(run.sd, cfg).resume(out)
     write_embedding(out, emb)
     with pytest.raises(UserError, match="--vectors 5"):
-        Trainer(run.sd, None, ["[name]"], TrainSettings(token=TOKEN, output=out, vectors=5, lr=0.05)).resume(out)
-    trainer = Trainer(run.sd, None, ["[name]"], cfg)
+        plain_trainer(run.sd, TrainSettings(token=TOKEN, output=out, vectors=5, lr=0.05)).resume(out)
+    trainer = plain_trainer(run.sd, cfg)
     trainer.resume(out)
     assert trainer.step == 30 and torch.equal(trainer.vectors.detach(), emb.vectors)
 
@@ -504,3 +509,45 @@ def test_demo_runs_end_to_end(tmp_path):
     with Image.open(demo / "phantom-preview-60.png") as im:
         assert im.format == "PNG" and im.width == 4 * im.height
     assert "wrote" in proc.stdout
+    run_suggested_command(proc.stdout, tmp_path)
+
+
+def run_suggested_command(stdout: str, cwd: Path):
+    """The command train.py suggests at the end works as printed (from the same folder)."""
+    import shlex
+
+    suggested = stdout.strip().splitlines()[-1].split("use it with: ", 1)[1]
+    words = shlex.split(suggested)
+    assert words[:2] == ["python", "sample.py"], suggested
+    drawn = subprocess.run([sys.executable, str(ROOT / "sample.py"), *words[2:], "--steps", "2", "--device", "cpu"],
+                           cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert drawn.returncode == 0 and "Traceback" not in drawn.stderr, drawn.stderr
+
+
+def test_demo_model_is_one_file_that_the_normal_loader_reads(tmp_path, monkeypatch):
+    """--demo's model: written once into demo-output/ (reused while intact, rewritten when damaged), and
+    mini_ldm.load reads it as the model the demo means: the demo's size, its heads, sd2."""
+    from mini_ldm import demo
+
+    monkeypatch.chdir(tmp_path)
+    path = demo.demo_model_file()
+    assert path == demo.DEMO_MODEL and path.is_file()
+    stamp = path.stat().st_mtime_ns
+    assert demo.demo_model_file() == path and path.stat().st_mtime_ns == stamp  # intact: reused
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    demo.demo_model_file()
+    assert path.read_bytes() != bytes(data)  # damaged: written again
+    sd = mini_ldm.load(path, device="cpu", dtype="fp32")
+    assert (sd.family, sd.native_size, sd.prediction) == ("sd2", demo.DEMO_SIZE, "epsilon")
+    assert sd.unet.cfg.heads == demo.UNET.heads and sd.text_encoder.cfg == demo.TEXT
+
+
+def test_demo_with_concepts_runs_and_its_suggested_command_works(tmp_path):
+    """`train.py --demo --concepts`: two phantom folders, one token each (no --token asked for)."""
+    proc = ok(subprocess.run([sys.executable, str(TRAIN), "--demo", "--concepts", "--steps", "2"], cwd=tmp_path,
+                             env=ENV, capture_output=True, text=True, timeout=600))
+    out = tmp_path / "demo-output" / "concepts"
+    assert {read_embedding(out / f"phantom-{x}.safetensors").token for x in "ab"} == {"<phantom-a>", "<phantom-b>"}
+    run_suggested_command(proc.stdout, tmp_path)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mini_ldm.errors import UserError
+from mini_ldm.prompt import match_key
+from mini_ldm.settings import check_utf8
 
 from readers.images import DataError, find_images, warn_stderr
 from .train_settings import TrainSettings
@@ -30,6 +32,12 @@ class Concept:
     @property
     def name(self) -> str:
         return self.output.stem
+
+    @classmethod
+    def single(cls, settings: TrainSettings, train_paths=(), cache=None) -> "Concept":
+        """The one concept of a plain run: settings.token, learned from settings.data into settings.output."""
+        return cls(settings.token, Path(settings.output), settings.data, settings.init_text, list(train_paths),
+                   cache=cache)
 
     def val_names(self) -> list[str]:
         """The held-out images as the metadata lists them: relative to the concept's folder where they are in it."""
@@ -96,18 +104,20 @@ def split_held_out(paths: list, count: int, seed: int, token: str) -> tuple[list
 
 
 def plan(settings: TrainSettings, warn=warn_stderr) -> list[Concept]:
-    """The run's concepts with their training and held-out images (settings: checked, token and output set)."""
+    """The run's concepts with their training and held-out images (settings: checked, token and output set).
+    Each folder is searched for images once, here; the lists travel on in the Concepts."""
     if not settings.concepts:
-        concepts = [Concept(settings.token, Path(settings.output), settings.data, settings.init_text,
-                            find_images(settings.data, warn=lambda message: None))]
+        concepts = [Concept.single(settings, find_images(settings.data, warn=lambda message: None))]
     else:
         inits = read_init_file(settings.init_file) if settings.init_file else {}
         concepts = []
         for folder, paths in concept_folders(settings.data, warn):
+            check_utf8("--concepts", folder)  # its name becomes the token, which files and logs must hold
             word = token_word(folder.name)
             token = f"<{settings.token_prefix}-{word}>" if settings.token_prefix else f"<{word}>"
             concepts.append(Concept(token, Path(settings.output) / f"{file_name(token)}.safetensors", folder,
                                     inits.get(folder.name, settings.init_text), paths))
+        check_distinct(concepts)
         unknown = sorted(set(inits) - {c.data.name for c in concepts})
         if unknown:
             raise UserError(f"--init-file {settings.init_file}: no concept folder named {unknown[0]!r} in "
@@ -115,6 +125,21 @@ def plan(settings: TrainSettings, warn=warn_stderr) -> list[Concept]:
     for c in concepts:
         _hold_out(c, settings)
     return concepts
+
+
+def check_distinct(concepts: list[Concept]):
+    """Two folders whose tokens a prompt cannot tell apart ('a b' and 'a_b' are both <a_b>; prompts match
+    <Effusion> and <effusion> alike) or whose files would be one (also on a case-blind file system) would
+    silently lose one concept: refuse, naming both folders."""
+    seen = {}
+    for c in concepts:
+        for key in (("token", match_key(c.token)), ("file", c.output.name.lower())):
+            other = seen.setdefault(key, c)
+            if other is not c:
+                what = (f"become tokens {other.token} and {c.token}, which prompts match alike (case is ignored)"
+                        if key[0] == "token" else f"would both be written to {c.output.name}")
+                raise UserError(f"--concepts: subfolders {other.data.name!r} and {c.data.name!r} {what}; rename "
+                                "one of them")
 
 
 def _hold_out(concept: Concept, settings: TrainSettings):

@@ -14,11 +14,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-import safetensors.torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from mini_ldm.io import write_bytes_atomic
+from mini_ldm.io import safetensors_bytes, write_bytes_atomic
 from mini_ldm.vae import posterior_std
 from readers.images import DataError, Warn, find_images, load_frames, to_rgb, warn_stderr
 
@@ -177,7 +176,7 @@ class LatentCache:
         tensors = {"mean": self.mean.contiguous().cpu(), "std": self.std.contiguous().cpu()}
         if self.geometry is not None:
             tensors["geometry"] = self.geometry.contiguous().cpu()
-        write_bytes_atomic(file, safetensors.torch.save(tensors, metadata=meta))  # never half a cache on disk
+        write_bytes_atomic(file, safetensors_bytes(tensors, meta))  # never half a file; the same bytes each run
         self.file = file
 
     @classmethod

@@ -1,7 +1,9 @@
 """The loss plot of a training run, drawn with Pillow from its loss CSV (no plotting dependency).
 
 Per concept, one colour: the training loss smoothed by a trailing moving average (thin line) and the
-validation loss (thick line with dots). Steps on x, loss on y, both labelled with round-number ticks.
+validation loss (thick line with dots), a ring on its best point and a dashed line where early stopping
+stopped the concept. The legend sits in its own column right of the plot, never over a curve. Steps on x,
+loss on y, both labelled with round-number ticks.
 The CSV is the one source: the plot is redrawn from it, so a resumed run draws its whole history.
 """
 import csv
@@ -14,9 +16,8 @@ from mini_ldm.images import font
 from mini_ldm.io import atomic_write
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
-SIZE, LEFT, RIGHT, TOP, BOTTOM = (720, 420), 70, 20, 36, 50  # pixels: canvas and margins
-
-
+SIZE, LEFT, RIGHT, TOP, BOTTOM = (720, 420), 70, 190, 36, 50  # pixels: canvas and margins (the legend: right)
+KEY = "#444444"  # the legend's explanation lines
 def read_curves(csv_path: Path) -> dict:
     """{concept: {"train": [(step, loss)], "val": [(step, val_loss)]}} from a loss CSV."""
     curves = {}
@@ -48,8 +49,11 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list:
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
-def draw_loss_plot(csv_path: Path, png_path: Path, title: str = "") -> Path | None:
-    """Draw the plot of `csv_path` to `png_path` (atomically); None when the log has no rows yet."""
+def draw_loss_plot(csv_path: Path, png_path: Path, title: str = "", marks: dict | None = None) -> Path | None:
+    """Draw the plot of `csv_path` to `png_path` (atomically); None when the log has no rows yet.
+    marks: {concept: {"best": step, "stop": step}} from the run's validation records (a ring on the best
+    validation, a dashed line where early stopping froze the concept); without it the lowest validation
+    loss in the log is ringed."""
     curves = {name: {"train": smooth(c["train"]), "val": c["val"]} for name, c in read_curves(csv_path).items()}
     points = [p for c in curves.values() for p in c["train"] + c["val"]]
     if not points:
@@ -57,8 +61,9 @@ def draw_loss_plot(csv_path: Path, png_path: Path, title: str = "") -> Path | No
     image = Image.new("RGB", SIZE, "white")
     draw = ImageDraw.Draw(image)
     to_pixel = _axes(draw, points, title)
+    stopped = False
     for i, (name, c) in enumerate(curves.items()):
-        colour = COLOURS[i % len(COLOURS)]
+        colour, mark = COLOURS[i % len(COLOURS)], (marks or {}).get(name, {})
         if len(c["train"]) > 1:
             draw.line([to_pixel(*p) for p in c["train"]], fill=colour, width=1)
         if len(c["val"]) > 1:
@@ -66,11 +71,57 @@ def draw_loss_plot(csv_path: Path, png_path: Path, title: str = "") -> Path | No
         for p in c["val"]:
             x, y = to_pixel(*p)
             draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
-        draw.text((LEFT + 10, TOP + 6 + 14 * i), f"{name}: train (smoothed, thin), validation (thick)",
-                  fill=colour, font=font(12))
+        best = _best_point(c["val"], mark.get("best"))
+        if best is not None:  # a ring around the best validation
+            x, y = to_pixel(*best)
+            draw.ellipse((x - 7, y - 7, x + 7, y + 7), outline=colour, width=2)
+        if mark.get("stop") is not None:
+            stopped = True
+            _dashed_vline(draw, to_pixel(mark["stop"], 0)[0], colour)
+    _legend(draw, list(curves), any(c["val"] for c in curves.values()), stopped)
     with atomic_write(png_path) as f:
         image.save(f, format="PNG", optimize=True)
     return png_path
+
+
+def legend_lines(names: list, validation: bool, stopped: bool) -> list[tuple[str, str | None]]:
+    """(text, colour or None for a key line) of the legend, which sits right of the plot, off the curves.
+    A run without validation says nothing about validation."""
+    lines = [(name, COLOURS[i % len(COLOURS)]) for i, name in enumerate(names)]
+    lines += [("", None), ("thin: training loss", None), ("  (smoothed)", None)]
+    if validation:
+        lines += [("thick, dots: validation", None), ("ring: best validation", None)]
+    if stopped:
+        lines += [("dashed: early stop", None)]
+    return lines
+
+
+def _legend(draw: ImageDraw.ImageDraw, names: list, validation: bool, stopped: bool):
+    x, y, small = SIZE[0] - RIGHT + 12, TOP, font(12)
+    for text, colour in legend_lines(names, validation, stopped):
+        if colour is not None:  # a short stroke in the concept's colour, then its name
+            draw.line((x, y + 7, x + 18, y + 7), fill=colour, width=3)
+            draw.text((x + 24, y), _fit(text, 20), fill=colour, font=small)
+        elif text:
+            draw.text((x, y), text, fill=KEY, font=small)
+        y += 16
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "\u2026"
+
+
+def _best_point(val: list, step: int | None):
+    """The validation point of `step` (the record's best), else the lowest in the log; None without any."""
+    if not val:
+        return None
+    at_step = [p for p in val if p[0] == step]
+    return at_step[0] if at_step else min(val, key=lambda p: p[1])
+
+
+def _dashed_vline(draw: ImageDraw.ImageDraw, x: float, colour: str):
+    for y in range(TOP, SIZE[1] - BOTTOM, 8):
+        draw.line((x, y, x, min(y + 4, SIZE[1] - BOTTOM)), fill=colour, width=1)
 
 
 def _axes(draw: ImageDraw.ImageDraw, points: list, title: str):
@@ -95,7 +146,8 @@ def _axes(draw: ImageDraw.ImageDraw, points: list, title: str):
         py = to_pixel(x_lo, y)[1]
         draw.line((LEFT - 4, py, LEFT, py), fill="black")
         draw.text((LEFT - 6, py), f"{y:.4g}", fill="black", font=small, anchor="rm")
-    draw.text(((w + LEFT) / 2, h - 8), "step", fill="black", font=small, anchor="md")
+    middle = (LEFT + w - RIGHT) / 2  # of the plot area
+    draw.text((middle, h - 8), "step", fill="black", font=small, anchor="md")
     draw.text((8, TOP - 12), "loss (MSE)", fill="black", font=small, anchor="lm")
-    draw.text(((w + LEFT) / 2, 12), title, fill="black", font=font(14), anchor="mm")
+    draw.text((middle, 12), title, fill="black", font=font(14), anchor="mm")
     return to_pixel

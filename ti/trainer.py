@@ -11,15 +11,19 @@ All randomness comes from one CPU torch.Generator, drawn concept by concept in a
 exactly the order of the single-token trainer), and its state is saved with the vectors and the optimiser: an
 interrupted run, resumed, ends exactly where an uninterrupted one would. A validation loss on held-out images
 (validation.py) and early stopping (early_stop.py) are part of that state. The settings are a TrainSettings
-(train_settings.py); the files beside the embedding are named in run_files.py, and saved and resumed in
-run_state.py.
+(train_settings.py); the files beside the embedding are named in run_files.py; the trainer saves and resumes
+itself, in the resume-state format of run_state.py.
 """
 import csv
+import json
 import math
+import os
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -34,11 +38,14 @@ from mini_ldm.images import grid
 from mini_ldm.png import parameters_text, save_png
 from mini_ldm.unet import added_conditioning
 
+from mini_ldm.embeddings import Embedding, intermediate_path, read_embedding, write_embedding
+from mini_ldm.io import first_line
+
 from .concepts import Concept
-from .early_stop import ValidationRecord
+from .early_stop import ValidationRecord, dump_records, load_records
 from .loss_plot import draw_loss_plot
-from .run_files import LOSS_COLUMNS, RunFiles
-from .run_state import resume_run, save_run
+from .run_files import LOSS_COLUMNS, RunFiles, check_resumable, last_path, state_path, trim_loss_log
+from .run_state import check_embedding_step, check_same_run, check_vectors_shape, read_state, write_state
 from .templates import render
 from .train_settings import TrainSettings, check_vectors
 from .validation import fixed_timesteps, held_out_rows, validation_loss
@@ -58,22 +65,23 @@ def initial_vectors(sd, init_text: str | None, vectors: int, generator) -> torch
     return torch.stack([table[i * len(ids) // vectors] for i in range(vectors)])
 
 
+# Tests of crash recovery: with this variable set to k the process kills itself, as `kill -9` would (no save,
+# no cleanup), once step k is done, logged and (where due) saved; a deterministic stand-in for a timed kill.
+HARD_STOP_VARIABLE = "MINI_LDM_HARD_STOP_AT_STEP"
 MAX_BAD_STEPS_IN_A_ROW = 5  # non-finite steps in a row that end a run (the vectors are saved as they were)
 
 
 class Trainer:
     """The learned tokens' vectors, their AdamW state, the run's random generator, validation record, and the loop.
 
-    `concepts` (concepts.py) lists the tokens with their latent caches; without it there is one concept, from
-    settings.token, settings.output and `cache`. settings.output is the embedding file (with settings.concepts:
-    the run's folder); the run's other files are named in run_files.py.
+    `concepts` (concepts.py) lists the tokens with their latent caches (a plain run: one). settings.output is
+    the embedding file (with settings.concepts: the run's folder); the run's other files are named in
+    run_files.py. The trainer saves and resumes itself (`save`, `resume`); run_state.py holds the file format.
     """
 
-    def __init__(self, sd, cache, templates: list, settings: TrainSettings, log=print, concepts=None):
+    def __init__(self, sd, templates: list, settings: TrainSettings, concepts: list, log=print):
         check_vectors(settings.vectors, sd.tokenizer.max_length)
-        self.sd, self.templates, self.settings, self.log = sd, templates, settings, log
-        self.concepts = concepts or [Concept(settings.token, Path(settings.output), settings.data,
-                                             settings.init_text, cache=cache)]
+        self.sd, self.templates, self.settings, self.log, self.concepts = sd, templates, settings, log, concepts
         self.token, self.output = self.concepts[0].token, Path(settings.output)
         self.files = RunFiles.of(self.output, settings.concepts)
         self.generator = torch.Generator("cpu").manual_seed(settings.seed)
@@ -92,6 +100,7 @@ class Trainer:
         self.best = {}  # token -> the vectors of its best validation (with --early-stop)
         self.validated_step = -1  # the last step whose validation is done and logged
         self.resumed = False
+        self.saved_states = set()  # state files this run has written
         self.postfix = {}  # what the progress bar shows after the step count
         self.held_out = None
         if settings.validation and any(c.val_cache is not None for c in self.concepts):
@@ -113,52 +122,45 @@ class Trainer:
 
     # --- one optimisation step ----------------------------------------------------------------
 
-    def _draw(self, i: int):
-        """Concept i's batch: images, latent samples, noise, timesteps, templates, drawn in that order."""
-        c, g, n = self.concepts[i], self.generator, self.settings.batch
-        index = torch.randint(len(c.cache), (n,), generator=g)
-        x0 = c.cache.sample(index, g).to(self.sd.device) * self.sd.vae.cfg.scale  # (B, 4, h, w)
-        noise = torch.randn(x0.shape, generator=g).to(self.sd.device)
-        t = torch.randint(len(self.alphas_cumprod), (n,), generator=g).to(self.sd.device)
-        choice = torch.randint(len(self.templates), (n,), generator=g).tolist()
-        prompts = [render(self.templates[k], c.token, c.cache.caption(j)) for k, j in zip(choice, index.tolist())]
-        return x0, noise, t, prompts, c.cache.size_conditioning(index, x0.shape[-1] * self.sd.vae.downscale)
-
-    def _predict(self, x0, noise, t, prompts: list, sizes=None):
-        """UNet output (float32) and target for scaled latents x0 at timesteps t, one prompt per row; each
-        distinct prompt goes through the text encoder once. SDXL: `sizes` (B, 6) are the size conditioning
-        (default: the training size, uncropped)."""
-        sd = self.sd
+    def _batch_loss(self) -> torch.Tensor:
+        """The Textual Inversion loss of one batch per active concept, all through the models together: the sum
+        of the per-concept mean losses (each concept's kept in self.concept_losses). Every draw comes from the
+        run's one generator, concept by concept, in this order."""
+        sd, g, n = self.sd, self.generator, self.settings.batch
+        x0, noise, t, prompts, sizes = [], [], [], [], []
+        for i in self.active:
+            c = self.concepts[i]
+            index = torch.randint(len(c.cache), (n,), generator=g)  # which training images
+            x0.append(c.cache.sample(index, g) * sd.vae.cfg.scale)  # (n, 4, h, w): a sample of each latent
+            noise.append(torch.randn(x0[-1].shape, generator=g))  # (n, 4, h, w)
+            t.append(torch.randint(len(self.alphas_cumprod), (n,), generator=g))  # (n,) uniform timesteps
+            choice = torch.randint(len(self.templates), (n,), generator=g).tolist()
+            prompts += [render(self.templates[k], c.token, c.cache.caption(j)) for k, j in zip(choice, index.tolist())]
+            sizes.append(c.cache.size_conditioning(index, x0[-1].shape[-1] * sd.vae.downscale))  # (n, 6) SDXL
+        x0, noise, t, sizes = (torch.cat(v).to(sd.device) for v in (x0, noise, t, sizes))  # B = n * active concepts
         alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = samplers.noised_for_training(x0, noise, alpha_bar)
-        target = samplers.training_target(x0, noise, alpha_bar, sd.prediction)
+        noisy = samplers.noised_for_training(x0, noise, alpha_bar)  # sqrt(a) x0 + sqrt(1 - a) noise
+        target = samplers.training_target(x0, noise, alpha_bar, sd.prediction)  # the noise, or v
+        context, y = self._conditioning(prompts, sizes)  # (B, 77, width): the frozen text encoder(s), the vectors
+        out = self.unet(noisy.to(sd.dtype), t, context, y).float()  # (B, 4, h, w), frozen UNet
+        losses = [F.mse_loss(out[k * n:(k + 1) * n], target[k * n:(k + 1) * n]) for k in range(len(self.active))]
+        self.concept_losses = dict(zip(self.active, losses))
+        return torch.stack(losses).sum()
+
+    def _conditioning(self, prompts: list, sizes: torch.Tensor):
+        """The text encoder's context (B, 77, width) for one prompt per row, the learned tokens' trainable vectors
+        spliced into their positions; each distinct prompt goes through the encoder(s) once, in one batched call.
+        SDXL also gives the UNet's added conditioning y (B, 2816) from the pooled vector and `sizes` (B, 6);
+        None on SD 1/2."""
+        sd = self.sd
         learned = {c.token: p for c, p in zip(self.concepts, self.params)}
         distinct = list(dict.fromkeys(prompts))
-        cond = prompting.encode_first_windows(sd.encoders, distinct, learned, sd.device)  # one call per encoder
+        cond = prompting.encode_first_windows(sd.encoders, distinct, learned, sd.device)
         context, pooled = cond.context, cond.pooled
         if len(distinct) < len(prompts):
             rows = torch.tensor([distinct.index(p) for p in prompts], device=sd.device)
             context, pooled = context[rows], None if pooled is None else pooled[rows]
-        y = None if pooled is None else added_conditioning(pooled, self._sizes(x0) if sizes is None else sizes)
-        return self.unet(noisy.to(sd.dtype), t, context, y).float(), target
-
-    def _sizes(self, x0) -> torch.Tensor:
-        """SDXL's size conditioning where the images' own is not at hand (validation): (H, W, 0, 0, H, W)."""
-        h, w = (side * self.sd.vae.downscale for side in x0.shape[-2:])
-        return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=x0.device).expand(len(x0), -1)
-
-    def _batch_loss(self) -> torch.Tensor:
-        """One batch per active concept through the models together; the sum of the per-concept mean losses
-        (each concept's kept in self.concept_losses)."""
-        parts = [self._draw(i) for i in self.active]
-        out, target = self._predict(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-                                    torch.cat([p[2] for p in parts]), [text for p in parts for text in p[3]],
-                                    torch.cat([p[4] for p in parts]).to(self.sd.device))
-        n, losses = self.settings.batch, []
-        for k in range(len(parts)):
-            losses.append(F.mse_loss(out[k * n:(k + 1) * n], target[k * n:(k + 1) * n]))
-        self.concept_losses = dict(zip(self.active, losses))
-        return torch.stack(losses).sum()
+        return context, None if pooled is None else added_conditioning(pooled, sizes)
 
     def train_step(self, after_update=None) -> dict:
         """One step; returns {concept index: its loss}. `after_update(losses)` runs with the update, before a
@@ -212,7 +214,13 @@ class Trainer:
         token, device = self.concepts[i].token, self.sd.device
         prompts = [render(self.templates[r % len(self.templates)], token, caption)
                    for r, caption in zip(range(rows.start, rows.start + len(captions)), captions)]
-        out, target = self._predict(x0.to(device) * self.sd.vae.cfg.scale, noise.to(device), t.to(device), prompts)
+        x0, noise, t = x0.to(device) * self.sd.vae.cfg.scale, noise.to(device), t.to(device)  # as in _batch_loss
+        alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = samplers.noised_for_training(x0, noise, alpha_bar)
+        target = samplers.training_target(x0, noise, alpha_bar, self.sd.prediction)
+        side = x0.shape[-1] * self.sd.vae.downscale  # held-out rows: SDXL sizes of an uncropped training image
+        sizes = torch.tensor([[side, side, 0, 0, side, side]] * len(prompts), dtype=torch.float32, device=device)
+        out = self.unet(noisy.to(self.sd.dtype), t, *self._conditioning(prompts, sizes)).float()
         return (out - target).pow(2).mean(dim=(1, 2, 3))
 
     def validation_due(self) -> bool:
@@ -233,15 +241,136 @@ class Trainer:
         self.validated_step = self.step
         return losses
 
-    # --- saving and resuming (run_state.py) ------------------------------------------------------
+    # --- saving and resuming (the file format: run_state.py) ------------------------------------------
 
     def save(self, snapshot_step: int | None = None):
-        """Every concept's embedding (with --early-stop also its best), then the resume state (run_state.py)."""
-        save_run(self, snapshot_step)
+        """Every concept's embedding (with --early-stop also its best), then the resume state, each file atomic.
+        The state holds the vectors too, so a save cut short anywhere resumes from the previous state; a first
+        save writes the state first, so that even it leaves either nothing or a resumable run. A snapshot
+        (`<name>-<step>.safetensors`) of a one-token run gets a state of its own."""
+        state = None
+        if snapshot_step is None or not self.settings.concepts:
+            one = self.concepts[0].output  # a one-token run: the state sits beside its (snapshot) file
+            state = self.files.state if self.settings.concepts else state_path(
+                one if snapshot_step is None else intermediate_path(one, snapshot_step))
+        # this run's first save to that state file (a new file, or an earlier run's that --overwrite replaces)
+        first_save = state is not None and (not state.exists() or not (self.resumed or state in self.saved_states))
+        if first_save:
+            write_state(state, self._state_tensors(), self._state_meta())
+        for i, c in enumerate(self.concepts):
+            base = c.output if snapshot_step is None else intermediate_path(c.output, snapshot_step)
+            write_embedding(self._current_file(c, base), Embedding(c.token, self.params[i].detach(), None,
+                                                                   self._metadata(i, self.step), self.sd.widths))
+            if self.settings.early_stop and snapshot_step is None and c.token in self.best:
+                best_step = self.records[c.token].best_step
+                write_embedding(c.output, Embedding(c.token, self.best[c.token], None, self._metadata(i, best_step),
+                                                    self.sd.widths))
+        if state is not None and not first_save:
+            write_state(state, self._state_tensors(), self._state_meta())
+        if state is not None:
+            self.saved_states.add(state)
+
+    def _current_file(self, c: Concept, base: Path) -> Path:
+        """Where the current vectors of `c` go when saved at `base` (its output or a snapshot of it)."""
+        return last_path(base) if self.settings.early_stop and base == c.output else base
+
+    def _key(self, c: Concept, what: str) -> str:
+        return f"{c.name}/{what}" if self.settings.concepts else what
+
+    def _metadata(self, i: int, step: int) -> dict:
+        """The embedding file's metadata (strings; the writer orders the keys)."""
+        s, c = self.settings, self.concepts[i]
+        meta = {"token": c.token, "vectors": s.vectors, "step": step, "family": self.sd.family,
+                "base_model": s.base_model, "init_text": c.init_text or "", "lr": s.lr}
+        if s.validation:
+            record = self.records[c.token]
+            meta |= {"val_images": json.dumps(c.val_names()), "val_loss": "" if record.best is None else record.best,
+                     "best_step": "" if record.best_step is None else record.best_step,
+                     "last_step": self.step, "stop_reason": self._stop_reason(record)}
+        return {k: str(v) for k, v in meta.items()}
+
+    def _stop_reason(self, record: ValidationRecord) -> str:
+        if record.stopped:
+            return record.stop_reason(self.settings.early_stop)
+        if not self.active:
+            return "every concept stopped early"
+        return f"reached --steps {self.settings.steps}" if self.step >= self.settings.steps else ""
+
+    def _state_tensors(self) -> dict:
+        tensors = {"rng_state": self.rng_state, "step": torch.tensor(self.step)}
+        for c, p in zip(self.concepts, self.params):
+            tensors[self._key(c, "vectors")] = p.detach().float().cpu()
+            adam = self.optimizer.state.get(p, {})
+            if adam:
+                tensors |= {self._key(c, "exp_avg"): adam["exp_avg"].cpu(),
+                            self._key(c, "exp_avg_sq"): adam["exp_avg_sq"].cpu(),
+                            self._key(c, "adam_step"): torch.as_tensor(adam["step"]).float().reshape(())}
+            if c.token in self.best:
+                tensors[self._key(c, "best")] = self.best[c.token]
+        if self.scaler.is_enabled():  # the scale and its growth counter: both decide the next steps
+            scaler = self.scaler.state_dict()
+            tensors["loss_scale"] = torch.tensor(scaler["scale"], dtype=torch.float32)
+            tensors["growth_tracker"] = torch.tensor(scaler["_growth_tracker"], dtype=torch.int64)
+        return tensors
+
+    def _state_meta(self) -> dict:
+        settings = {k: str(v) for k, v in asdict(self.settings).items()}
+        return {"settings": repr(settings), "records": dump_records(self.records),
+                "validated_step": str(self.validated_step)}
 
     def resume(self, path: Path):
-        """Continue from a saved run (run_state.py); refuses a run saved with other settings."""
-        resume_run(self, path)
+        """Continue from a saved run: the state file (a one-token run: beside `path`, which may be a snapshot;
+        with --concepts: in the folder `path`) holds everything; refuses a run saved with other settings."""
+        concepts_run = self.settings.concepts
+        check_resumable(path, concepts_run)
+        state = self.files.state if concepts_run else state_path(Path(path))
+        saved, meta = read_state(path, state)
+        check_same_run(path, meta, {k: str(v) for k, v in asdict(self.settings).items()})
+        step = int(saved["step"])
+        for i, c in enumerate(self.concepts):
+            vectors = self._saved_vectors(path, c, c.output if concepts_run else Path(path), saved, step)
+            self._restore_concept(i, vectors, saved)
+        self.step = step
+        self.generator.set_state(saved["rng_state"])
+        self.rng_state = saved["rng_state"]
+        if "records" in meta:
+            self.records = {**self.records, **load_records(meta["records"])}
+            self.validated_step = int(meta.get("validated_step", -1))
+        if "loss_scale" in saved and self.scaler.is_enabled():
+            # load_state_dict, not update(): update() before the first scale() fails (the scale is made lazily)
+            self.scaler.load_state_dict({**self.scaler.state_dict(), "scale": float(saved["loss_scale"]),
+                                         "_growth_tracker": int(saved.get("growth_tracker", torch.tensor(0)))})
+        trim_loss_log(self.files.loss_csv, self.step)  # steps logged after the save run again
+        self.resumed = True
+
+    def _saved_vectors(self, path: Path, c: Concept, base: Path, saved: dict, step: int) -> torch.Tensor:
+        """Concept c's vectors at the state's step: from the state (an older state without them: from the
+        embedding file, which must then be at that very step)."""
+        file, in_state = self._current_file(c, base), self._key(c, "vectors") in saved
+        embedding = None
+        if file.is_file() or not in_state:
+            try:
+                embedding = read_embedding(file)
+            except UserError as e:  # an EmbeddingError names the file
+                if not in_state:
+                    raise UserError(f"--resume {path}: cannot read the saved run ({first_line(e)})") from None
+        if embedding is not None:
+            check_embedding_step(path, file, embedding.metadata.get("step", ""), step, self.settings.concepts,
+                                 ahead_ok=in_state)
+        vectors = saved[self._key(c, "vectors")] if in_state else embedding.vectors
+        check_vectors_shape(path, vectors, self.settings.vectors, self.sd.width)
+        return vectors
+
+    def _restore_concept(self, i: int, vectors: torch.Tensor, saved: dict):
+        c, p = self.concepts[i], self.params[i]
+        with torch.no_grad():
+            p.copy_(vectors.to(p.device))
+        if self._key(c, "exp_avg") in saved:
+            self.optimizer.state[p] = {"step": saved[self._key(c, "adam_step")].clone(),
+                                       "exp_avg": saved[self._key(c, "exp_avg")].to(p.device),
+                                       "exp_avg_sq": saved[self._key(c, "exp_avg_sq")].to(p.device)}
+        if self._key(c, "best") in saved:
+            self.best[c.token] = saved[self._key(c, "best")].clone()
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -277,6 +406,7 @@ class Trainer:
                         log, losses, self.validate() if self.validation_due() else {}, start, bar))
                     bar.update(1)
                     self._after_step(losses)
+                    _hard_stop_if_asked(self.step)
         except KeyboardInterrupt:
             bar.close()
             # The step in flight is dropped: vectors and optimiser are as after self.step steps,
@@ -288,7 +418,7 @@ class Trainer:
         if not self.active:
             self.log(f"every concept stopped early; the run ends at step {self.step}")
         self.save()
-        draw_loss_plot(self.files.loss_csv, self.files.plot, title=f"{what}: loss")
+        draw_loss_plot(self.files.loss_csv, self.files.plot, title=f"{what}: loss", marks=self._plot_marks())
         return self.output
 
     def _log_rows(self, log, losses: dict, val: dict, start: float, bar):
@@ -303,7 +433,11 @@ class Trainer:
             self.postfix["val" if len(self.concepts) == 1 else f"val {self.concepts[i].name}"] = f"{v:.4f}"
         bar.set_postfix(self.postfix, refresh=False)
         if val:
-            draw_loss_plot(self.files.loss_csv, self.files.plot)
+            draw_loss_plot(self.files.loss_csv, self.files.plot, marks=self._plot_marks())
+
+    def _plot_marks(self) -> dict:
+        """The loss plot's best-validation and early-stop steps, per token."""
+        return {token: {"best": r.best_step, "stop": r.stopped_step} for token, r in self.records.items()}
 
     def _after_step(self, losses: dict):
         s = self.settings
@@ -318,6 +452,13 @@ class Trainer:
         if s.preview_every and self.step % s.preview_every == 0:
             for i, c in enumerate(self.concepts):
                 self.preview(c.output.with_name(f"{c.name}-preview-{self.step}.png"), i)
+
+
+def _hard_stop_if_asked(step: int):
+    if os.environ.get(HARD_STOP_VARIABLE) == str(step):
+        sys.stdout.flush()
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows has no SIGKILL
+        os._exit(137)  # not reached on POSIX
 
 
 @contextmanager
