@@ -204,7 +204,7 @@ def write_embedding(path, emb: Embedding, format: str = "ours") -> Path:
         meta = {**emb.metadata, "token": emb.token, "vectors": str(emb.num_vectors),
                 "width": ",".join(map(str, emb.widths)), "family": "sdxl", "format": FORMAT}
         parts = emb.vectors.split(list(emb.widths), dim=1)
-        data = safetensors.torch.save({k: v.contiguous() for k, v in zip(SDXL_KEYS, parts)}, metadata=meta)
+        data = safetensors_bytes({k: v.contiguous() for k, v in zip(SDXL_KEYS, parts)}, meta)
     elif format == "ours":
         # every key present, empty when unknown; an A1111 source still names its base model
         meta = {"step": "", "base_model": emb.metadata.get("sd_checkpoint_name", ""), "init_text": "", "lr": ""}
