@@ -28,15 +28,19 @@ def parse_args(argv=None):
 
 
 def demo_settings(settings: ClassifySettings) -> ClassifySettings:
-    """--demo: generated images (a few faint real ones, many clear synthetic ones), a tiny from-scratch run."""
+    """--demo: generated images (a few faint real ones, many clear synthetic ones) for the folders not given,
+    a tiny from-scratch run (DEMO's sizes where the flags are left at their defaults)."""
     from measure.toy_classes import write_toy_classes
     root = demo.DEMO_DIR / "classify"
     print("demo: generated two-class images and a from-scratch ResNet-18, a few steps; this checks the install "
           "(real runs need torchvision's resnet18-f37072fd.pth in weights/, see README)")
     folders = {"train": (4, 0.1, 1), "val": (10, 0.5, 2), "test": (24, 0.5, 3), "synthetic": (24, 0.9, 4)}
-    paths = {name: write_toy_classes(root / "data" / name, n, contrast, seed, size=DEMO["size"])
+    # a folder given on the command line is used as it is (say --synthetic from `sample.py --demo --prompts-file`)
+    paths = {name: getattr(settings, name) or write_toy_classes(root / "data" / name, n, contrast, seed,
+                                                                 size=DEMO["size"])
              for name, (n, contrast, seed) in folders.items()}
-    return replace(settings, **paths, **DEMO, from_scratch=True, weights=None, dtype="fp32", overwrite=True,
+    tiny = {k: v for k, v in DEMO.items() if getattr(settings, k) == getattr(ClassifySettings, k)}  # flags given win
+    return replace(settings, **paths, **tiny, from_scratch=True, weights=None, dtype="fp32", overwrite=True,
                    output=root / "results" if settings.output == Path("classification") else settings.output)
 
 

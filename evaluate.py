@@ -99,8 +99,9 @@ def demo(args, settings: EvaluateSettings) -> None:
     """--demo: the demo folders where REAL or SYNTH is not given, output and splits sized for them."""
     print("demo: random Inception weights; this checks the install, its numbers mean nothing (real runs need "
           "the FID weights in weights/, see README)")
-    real, synth = demo_folders()
-    args.real, args.synth = args.real or real, args.synth or synth
+    if args.real is None or args.synth is None:  # folders given (say the chain's own) are used as they are
+        real, synth = demo_folders()
+        args.real, args.synth = args.real or real, args.synth or synth
     if settings.output == EvaluateSettings.output:  # the default: keep everything under demo-output/
         settings.output = DEMO_DIR / "evaluation"
     if settings.is_splits == EvaluateSettings.is_splits:

@@ -26,6 +26,7 @@ from mini_ldm.io import atomic_write, write_text_atomic
 from mini_ldm.settings import add_flags, from_flags, option
 from readers.cases import find_cases, find_masks
 from readers.extras import INSTALL_HINT
+from readers.images import LISTING
 from readers.intensity import METHODS, parse_normalization
 from readers.slices import CaseSkipped, Options, Slice, prepare_case
 from readers.volumes import DEFAULT_MAX_VOXELS, MEMORY_HINT, SLICE_MODES
@@ -217,7 +218,7 @@ def write_metadata(out: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(out / "metadata.csv", text.getvalue())
+    write_text_atomic(out / LISTING, text.getvalue())
 
 
 def main(argv=None):

@@ -64,6 +64,7 @@ class ClassifySettings:
                                                    "finished trainings (runs/)", metavar="DIR")
     overwrite: bool = option(False, "start afresh where --output holds an experiment with other settings")
     demo: bool = option(False, "check the install: a tiny from-scratch run on generated two-class images "
+                               "where --train, --val, --test or --synthetic is not given "
                                "(writes demo-output/classify/)")
 
     def __post_init__(self):  # the Python API may pass folders as text

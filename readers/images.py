@@ -17,6 +17,9 @@ from .dicom import DicomError, is_dicom, load_frames as load_dicom_frames
 from .volumes import volume_suffix
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+# the file list that prepare.py and sample.py's dataset jobs (mini_ldm/dataset/manifest.py) write beside their
+# images: not an image, but expected there, so skipped without a warning
+LISTING = "metadata.csv"
 
 Warn = Callable[[str], None]
 
@@ -53,6 +56,8 @@ def find_images(root, warn: Warn = warn_stderr) -> list[Path]:
             continue
         if p.suffix.lower() == ".txt" and p.with_suffix("") in stems:
             continue  # a caption beside its image, read by load_dataset
+        if p == root / LISTING:
+            continue  # the listing prepare.py and sample.py's dataset jobs write beside their images
         warn(f"skipping {p.relative_to(root)}: not an image")
     if not images:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS)) + ", DICOM"

@@ -422,3 +422,16 @@ def test_cli_run_writes_the_files_and_prints_the_table(toy, tmp_path):
     assert [c["b"] for c in results["comparisons"]] == ["synthetic", "real+synthetic:4"]
     assert results["arms"]["real+synthetic:4"]["n_train"] == {"neg": 7, "pos": 7}
     assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_keeps_the_flags_and_folders_given(tmp_path, monkeypatch):
+    """classify.py --demo sizes the run for a CPU, but a flag or folder given with it is not silently dropped
+    (the README's demo pipeline passes --synthetic from its sample.py step)."""
+    import classify
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine"
+    settings = classify.demo_settings(replace(ClassifySettings(demo=True), steps=3, synthetic=mine))
+    assert (settings.steps, settings.synthetic) == (3, mine)
+    assert (settings.batch, settings.size, settings.repeats) == (16, 32, 2)  # the demo's, where nothing was given
+    assert settings.train == Path("demo-output/classify/data/train") and (tmp_path / settings.train / "pos").is_dir()
+    assert not (tmp_path / "demo-output/classify/data/synthetic").exists()

@@ -54,6 +54,18 @@ def test_find_images_recursive_sorted_and_skips_non_images(folder):
     assert find_images(folder, Warnings()) == paths  # deterministic
 
 
+def test_find_images_skips_the_listing_our_tools_write_silently(tmp_path):
+    """prepare.py and sample.py's dataset jobs write metadata.csv beside their images; reading their output
+    (train.py --data, evaluate.py) must not warn about it. Elsewhere in the tree it is just a stray file."""
+    (tmp_path / "neg").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "neg" / "00000.png")
+    for listing in ("metadata.csv", "neg/metadata.csv"):
+        (tmp_path / listing).write_text("file_name\nneg/00000.png\n")
+    warns = Warnings()
+    assert [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path, warns)] == ["neg/00000.png"]
+    assert warns == ["skipping neg/metadata.csv: not an image"]
+
+
 def test_find_images_missing_or_empty_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         find_images(tmp_path / "nope")
