@@ -173,14 +173,15 @@ class Trainer:
     def train_step(self, after_update=None) -> dict:
         """One step; returns {concept index: its loss}. `after_update(losses)` runs with the update, before a
         Ctrl-C can land (run() logs the step there, so a step is never counted without its log row)."""
-        accum = self.settings.grad_accum
-        totals = dict.fromkeys(self.active, 0.0)
+        accum, parts = self.settings.grad_accum, []
         for _ in range(accum):
             loss = self._batch_loss() / accum
             self.scaler.scale(loss).backward()
-            parts = torch.stack(list(self.concept_losses.values())).detach() / accum
-            for i, value in zip(self.concept_losses, parts.tolist()):  # one device sync, not one per concept
-                totals[i] += value
+            parts.append(torch.stack(list(self.concept_losses.values())).detach() / accum)  # (concepts,)
+        totals = dict.fromkeys(self.active, 0.0)
+        for row in torch.stack(parts).tolist():  # (accum, concepts): one device sync for the whole step
+            for i, value in zip(self.active, row):
+                totals[i] += value  # summed in Python floats, micro-batch by micro-batch
         # The update, the step count and the random state move together: a Ctrl-C arriving in between
         # would otherwise save an update without its count, and a resume would not replay exactly.
         with _signals_deferred():
@@ -204,7 +205,8 @@ class Trainer:
             return False
         if self.scaler.is_enabled():
             return True
-        return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())  # one device sync
 
     def _count_skipped(self, finite: bool):
         if finite:
@@ -317,9 +319,12 @@ class Trainer:
             tensors["growth_tracker"] = torch.tensor(scaler["_growth_tracker"], dtype=torch.int64)
         return tensors
 
+    def _settings_text(self) -> dict:
+        """The settings as the state file keeps them (every value a string), to refuse resuming another run."""
+        return {k: str(v) for k, v in asdict(self.settings).items()}
+
     def _state_meta(self) -> dict:
-        settings = {k: str(v) for k, v in asdict(self.settings).items()}
-        return {"settings": repr(settings), "records": dump_records(self.records),
+        return {"settings": repr(self._settings_text()), "records": dump_records(self.records),
                 "validated_step": str(self.validated_step)}
 
     def resume(self, path: Path):
@@ -329,7 +334,7 @@ class Trainer:
         check_resumable(path, concepts_run)
         state = self.files.state if concepts_run else state_path(Path(path))
         saved, meta = read_state(path, state)
-        check_same_run(path, meta, {k: str(v) for k, v in asdict(self.settings).items()})
+        check_same_run(path, meta, self._settings_text())
         step = int(saved["step"])
         for i, c in enumerate(self.concepts):
             vectors = self._saved_vectors(path, c, c.output if concepts_run else Path(path), saved, step)
