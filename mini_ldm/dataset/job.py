@@ -383,9 +383,7 @@ def open_job(sd, request: DatasetRequest, embedding_files, locks: ExitStack) -> 
     made = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     with ExitStack() as held:
-        held.enter_context(pid_lock(output / LOCK, lambda pid: (  # another job's: its folder is left alone
-            f"--output {output}: another dataset job (pid {pid}) is writing it; wait for it to finish or "
-            f"choose another --output (remove {output / LOCK} if no such job exists)")))
+        held.enter_context(pid_lock(output / LOCK, output, "dataset job"))  # another job's: its folder is left alone
         try:
             job = settle_folder(sd, request, embedding_files)
         except BaseException:
