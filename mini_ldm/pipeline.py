@@ -313,9 +313,9 @@ class StableDiffusion:
         return [(None, learned, names) for learned in blends]
 
     def _find_learned(self, text: str):
-        """The registered name of learned token `text` (matched like in prompts: case-insensitively)."""
-        by_lower = {name.lower(): name for name in self.learned}
-        return by_lower.get(text.strip().lower())
+        """The registered name of learned token `text` (matched as in prompts: by prompt.match_key)."""
+        by_key = {prompting.match_key(name): name for name in self.learned}
+        return by_key.get(prompting.match_key(text.strip()))
 
     def _known_tokens(self) -> str:
         if not self.learned:
