@@ -334,9 +334,11 @@ class StableDiffusion:
         images, redone = [], 0
         for z in latents:
             pixels = self._decode_pixels(self.vae, z[None], self.dtype)
-            if not torch.isfinite(pixels).all() and self.dtype != torch.float32:
+            finite = bool(torch.isfinite(pixels).all())  # one host sync per image
+            if not finite and self.dtype != torch.float32:
                 pixels, redone = self._decode_pixels(self._vae_fp32(), z[None], torch.float32), redone + 1
-            if not torch.isfinite(pixels).all():
+                finite = bool(torch.isfinite(pixels).all())
+            if not finite:
                 raise UserError("the VAE decoder gave NaN or infinite pixels even in fp32; the checkpoint's VAE "
                                 "weights may be damaged")
             pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()[0]
