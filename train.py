@@ -51,8 +51,6 @@ def default_dtype(device: str) -> str:
 def model_stamp(path) -> str:
     """What identifies the VAE weights for the latent cache key: file names, sizes and modification times
     (not os.stat() as a whole: its access time changes on reads, which would miss the cache for nothing)."""
-    if path is None:
-        return "demo"
     path = Path(path).resolve()
     files = sorted((path / "vae").glob("diffusion_pytorch_model.*")) if path.is_dir() else [path]
     return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files or [path])
@@ -177,9 +175,8 @@ def main(argv=None):
 
 def next_command(sd, settings: TrainSettings, concepts: list) -> str:
     """The sample.py command that draws with what this run wrote (on the same model, at its training size)."""
-    model = f" --model {sd.checkpoint.path}" if sd.checkpoint.path else ""
     size = settings.resolution or sd.native_size
-    return (f"python sample.py{model} --embeddings {settings.output} --prompt \"{concepts[0].token}\" "
+    return (f"python sample.py --model {sd.checkpoint.path} --embeddings {settings.output} --prompt \"{concepts[0].token}\" "
             f"--height {size} --width {size}")
 
 

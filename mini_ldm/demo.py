@@ -39,12 +39,6 @@ def demo_model_file(path: Path = DEMO_MODEL) -> Path:
     return path
 
 
-def tiny_model(device="cpu"):
-    """The demo model, loaded from its file by the normal loader (mini_ldm.load)."""
-    from .loading import load
-    return load(demo_model_file(), device=device, dtype="fp32")
-
-
 def _model_bytes() -> bytes:
     with torch.random.fork_rng(devices=[]):  # default init from a fixed seed, without touching the caller's RNG
         torch.manual_seed(DEMO_SEED)

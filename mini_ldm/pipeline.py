@@ -46,7 +46,7 @@ class StableDiffusion:
         self.text_encoder_2 = checkpoint.text_encoder_2  # SDXL's OpenCLIP bigG, else None
         self.family, self.prediction = checkpoint.family, checkpoint.prediction
         self.native_size = checkpoint.native_size
-        self.model_name = checkpoint.path.stem if checkpoint.path is not None else "tiny-random-demo-model"
+        self.model_name = checkpoint.path.stem
         self.device, self.dtype = torch.device(device), dtype
         self.learned = {}  # token -> float32 [n, width]: Textual Inversion vectors usable in prompts
         self.alphas_cumprod = samplers.alphas_cumprod_from_config(checkpoint.scheduler_config)

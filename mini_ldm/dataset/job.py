@@ -272,8 +272,7 @@ def _embeddings_field(sd, settings: SampleSettings, token_hashes: dict) -> str:
 def content_hashes(sd, rows: list, embedding_files: dict | None) -> tuple:
     """(model hash, {learned token the job uses: hash}): sha256[:10] of the files (or of the vectors when
     the file is not known). Computed once per job, on rank 0."""
-    path = sd.checkpoint.path
-    model = hashes.model_hash(path) if path is not None else ""
+    model = hashes.model_hash(sd.checkpoint.path)
     files = {name.lower(): Path(p) for name, p in (embedding_files or {}).items() if p is not None}
     tokens = {}
     for row in rows:
