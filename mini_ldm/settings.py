@@ -74,6 +74,23 @@ def from_flags(cls, args: argparse.Namespace, **more):
     return cls(**values, **more)
 
 
+def given_flags(parser: argparse.ArgumentParser, argv=None) -> frozenset:
+    """The names (dests) of the options typed in `argv` (default: sys.argv[1:]), whatever their values: a flag
+    given at its default value counts as given. Lets a preset (--demo) fill in only what the user left out.
+    `argv` must already parse (parse_args first: its errors and --help come from there)."""
+    defaults = [(action, action.default) for action in parser._actions]
+    parser_defaults, parser._defaults = parser._defaults, {}
+    try:
+        for action, _ in defaults:
+            action.default = argparse.SUPPRESS  # a flag not typed then leaves no attribute at all
+        typed, _ = parser.parse_known_args(argv)
+    finally:
+        for action, default in defaults:
+            action.default = default
+        parser._defaults = parser_defaults
+    return frozenset(vars(typed))
+
+
 def markdown_table(cls, skip: tuple = ()) -> str:
     """The README table of `cls`'s flags: | flag | default | meaning |."""
     rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
