@@ -430,8 +430,52 @@ def test_demo_keeps_the_flags_and_folders_given(tmp_path, monkeypatch):
     import classify
     monkeypatch.chdir(tmp_path)
     mine = tmp_path / "mine"
-    settings = classify.demo_settings(replace(ClassifySettings(demo=True), steps=3, synthetic=mine))
+    settings = classify.demo_settings(replace(ClassifySettings(demo=True), steps=3, synthetic=mine))  # the API
     assert (settings.steps, settings.synthetic) == (3, mine)
     assert (settings.batch, settings.size, settings.repeats) == (16, 32, 2)  # the demo's, where nothing was given
     assert settings.train == Path("demo-output/classify/data/train") and (tmp_path / settings.train / "pos").is_dir()
     assert not (tmp_path / "demo-output/classify/data/synthetic").exists()
+
+
+def test_demo_decides_given_from_what_was_typed(tmp_path, monkeypatch):
+    """A flag typed with --demo wins even at its default value (--steps 6250); --weights and --dtype are kept;
+    only the demo's own folder is replaced without --overwrite."""
+    import classify
+    from mini_ldm.settings import from_flags
+    monkeypatch.chdir(tmp_path)
+
+    def demo(*argv):
+        args, typed = classify.parse_args(["--demo", *argv])
+        return classify.demo_settings(from_flags(ClassifySettings, args), typed)
+
+    plain = demo()
+    assert (plain.steps, plain.from_scratch, plain.weights, plain.dtype) == (24, True, None, "fp32")
+    assert plain.output == Path("demo-output/classify/results") and plain.overwrite
+    typed = demo("--steps", "6250", "--lr", "0.0001", "--weights", "w.pth", "--dtype", "bf16",
+                 "--output", "classification")
+    assert (typed.steps, typed.lr, typed.batch) == (6250, 1e-4, 16)
+    assert (typed.weights, typed.from_scratch, typed.dtype) == (Path("w.pth"), False, "bf16")
+    assert typed.output == Path("classification") and not typed.overwrite
+    assert demo("--output", "mine", "--overwrite").overwrite
+
+
+def test_demo_never_replaces_an_experiment_given_with_output(tmp_path):
+    """classify.py --demo --output myexp on an earlier experiment: refused in one line, its files untouched."""
+    runs = tmp_path / "myexp" / "runs"
+    runs.mkdir(parents=True)
+    earlier = {"myexp/settings.json": json.dumps({"settings": {"steps": 6250}, "weights_sha256": "ab"}),
+               "myexp/runs/real-r0.json": '{"scores": [0.5]}', "myexp/results.json": '{"arms": {}}'}
+    for name, text in earlier.items():
+        (tmp_path / name).write_text(text)
+    proc = subprocess.run([sys.executable, str(REPO / "classify.py"), "--demo", "--output", "myexp", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "TQDM_DISABLE": "1"})  # stderr: the error alone
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--output myexp" in proc.stderr and "--overwrite" in proc.stderr
+    assert {name: (tmp_path / name).read_text() for name in earlier} == earlier
+
+
+def test_help_shows_no_doubled_percent_signs():
+    proc = subprocess.run([sys.executable, str(REPO / "classify.py"), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "95% CIs" in proc.stdout and "%%" not in proc.stdout
