@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from measure import auc as stats
 from measure.augment import RECIPES, affine, augment, optical_distortion
 from measure.classifier import epoch_batches, run_experiment, steps_per_epoch
+from measure.classify_report import write_outputs
 from measure.classify_settings import ClassifySettings
 from measure.resnet import ResNet18, build, read_backbone
 from measure.toy_classes import write_toy_classes
@@ -341,6 +342,25 @@ def test_resume_equals_an_uninterrupted_run_and_other_settings_are_refused(toy):
     replaced = run_experiment(replace(settings, steps=4, repeats=1, overwrite=True), log=quiet)
     assert list((settings.output / "runs").iterdir()) == [settings.output / "runs" / "real-r0.json"]
     assert len(replaced["arms"]["real"]["auc"]) == 1  # the earlier repeats were removed, not mixed in
+
+
+def test_outputs_are_written_after_each_new_training_and_once_at_the_end(toy, monkeypatch):
+    """results.json, predictions.csv and roc.png: rewritten after every training that finished now (so a
+    killed experiment keeps them), never once per run read back."""
+    import measure.classifier as classifier
+    settings = toy_settings(toy, arms="real,synthetic", repeats=2, steps=1, output=toy / "writes")
+    quiet = lambda *a: None  # noqa: E731
+    writes = []
+    monkeypatch.setattr(classifier, "write_outputs", lambda *a: writes.append(len(a[4])) or write_outputs(*a))
+    run_experiment(settings, log=quiet)
+    assert writes == [1, 2, 3, 4]  # how many finished runs each write holds
+    writes.clear()
+    run_experiment(settings, log=quiet)  # everything read back
+    assert writes == [4]
+    writes.clear()
+    (settings.output / "runs" / "real-r1.json").unlink()
+    run_experiment(settings, log=quiet)  # the new run's write, then the end's (the synthetic ones read back)
+    assert writes == [2, 4]
 
 
 def test_a_second_run_on_the_same_output_is_refused(toy):
