@@ -3,7 +3,7 @@
 synthetic images, test each on the same real cases, with DeLong CIs and paired tests.
 
     python classify.py --train real/train --val real/val --test real/test --synthetic synthetic/
-    python classify.py --demo          # a tiny from-scratch run on generated images (about a minute on a CPU)
+    python classify.py --demo          # a tiny from-scratch run on generated images (about 20 CPU seconds)
 """
 import argparse
 from dataclasses import fields, replace

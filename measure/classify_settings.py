@@ -67,7 +67,7 @@ class ClassifySettings:
     demo: bool = option(False, "check the install: a tiny from-scratch run on generated two-class images "
                                "where --train, --val, --test or --synthetic is not given; flags given win "
                                f"(writes {DEMO_DIR / 'classify'}/, replacing an earlier demo there; an --output "
-                               "given is kept unless --overwrite)")
+                               "given is replaced only with --overwrite)")
 
     def __post_init__(self):  # the Python API may pass folders as text
         for name in ("train", "val", "test", "synthetic", "weights", "output"):
