@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate images with a Stable Diffusion 1.x/2.x checkpoint.
+"""Generate images with a Stable Diffusion 1.x/2.x/XL checkpoint.
 
     python sample.py --prompt "a chest x-ray" --seed 1
     python sample.py --model weights/512-base-ema.safetensors --prompt "..." --n 4 --output outputs/
@@ -35,7 +35,7 @@ DEFAULT_ALPHAS = "0,0.25,0.5,0.75,1"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="Text-to-image with a Stable Diffusion 1.x/2.x checkpoint. Defaults follow the paper "
+        description="Text-to-image with a Stable Diffusion 1.x/2.x/XL checkpoint. Defaults follow the paper "
                     "(de Wilde et al. 2024): Euler ancestral sampling at a low CFG scale.")
     add_flags(p, ModelSettings)
     add_flags(p, SampleSettings)
@@ -101,7 +101,7 @@ def register_embeddings(sd, paths, use_default_folder: bool = True):
     found = load_embeddings(paths, skip_unreadable=None if explicit else warn)
     for token, emb in list(found.items()):
         try:
-            check_width(emb, sd.width, sd.family)
+            check_width(emb, sd.widths, sd.family)
         except UserError as e:
             if explicit:
                 raise
@@ -141,7 +141,8 @@ def load_model(args):
         return demo.tiny_model(mini_ldm.loading.check_device(device))
     model_path = args.model or cli.find_default_model()
     t0 = time.time()
-    sd = mini_ldm.load(model_path, device=device, dtype=args.dtype, prediction=args.prediction)
+    sd = mini_ldm.load(model_path, device=device, dtype=args.dtype, prediction=args.prediction,
+                       vae=args.vae)
     print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
           f"on {device} as {str(sd.dtype).removeprefix('torch.')} in {time.time() - t0:.1f}s")
     return sd
@@ -209,7 +210,7 @@ def main(argv=None):
             raise UserError(f"{flag}: only for a dataset job (--count N or --prompts-file CSV); --n draws a batch")
     if not args.prompt and args.interpolate is None:
         raise UserError("--prompt is required (or --interpolate A B)")
-    settings = from_flags(SampleSettings, args).check()  # bad flags fail before a model is loaded
+    settings = from_flags(SampleSettings, args)  # checked when made: bad flags fail before a model is loaded
     alphas = parse_alphas(args.alphas or DEFAULT_ALPHAS) if args.interpolate else None
     cli.check_writable(args.output, "--output", is_file=args.output.suffix.lower() == ".png")
     sd = load_model(args)

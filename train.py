@@ -116,7 +116,7 @@ def check_output(args, settings: TrainSettings, concepts: list) -> Path | None:
 
 def load_model(args, settings: TrainSettings, device: str):
     model_path = demo.demo_model_file() if args.demo else args.model or cli.find_default_model()
-    sd = mini_ldm.load(model_path, device=device, dtype=settings.dtype, prediction=args.prediction)
+    sd = mini_ldm.load(model_path, device=device, dtype=settings.dtype, prediction=args.prediction, vae=args.vae)
     print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
           f"on {device} in {settings.dtype}")
     return sd

@@ -158,3 +158,85 @@ def machine(threads: int) -> dict:
 def write_json(path: Path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+# --- SDXL -----------------------------------------------------------------------------------------
+# size -> (UNet channels, heads per level (diffusers' attention_head_dim), transformer depth per level,
+#          VAE channels, CLIP-L layers, bigG layers). The text widths stay SDXL's own (768 and 1280), so an
+# embedding trained on any size has the real [n, 768] + [n, 1280] layout.
+SDXL_SIZES = {
+    "full": ((320, 640, 1280), (5, 10, 20), (1, 2, 10), (128, 256, 512, 512), 12, 32),
+    "reduced": ((160, 320, 640), (5, 10, 20), (1, 2, 10), (64, 128, 256, 256), 6, 16),
+    "tiny": ((32, 64, 128), (1, 1, 2), (1, 1, 2), (32, 32, 64, 64), 1, 1),
+}
+SDXL_SCHEDULER = {"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                  "beta_start": 0.00085, "interpolation_type": "linear", "num_train_timesteps": 1000,
+                  "prediction_type": "epsilon", "steps_offset": 1, "timestep_spacing": "leading",
+                  "use_karras_sigmas": False}
+
+
+def write_tokenizer(dst: Path, pad: str):
+    """A diffusers tokenizer/ folder (vocab.json, merges.txt) from the CLIP vocabulary shipped in mini_ldm."""
+    from mini_ldm.tokenizer import CLIPTokenizer
+
+    vocab, merges = CLIPTokenizer.shipped_vocab()
+    dst.mkdir(parents=True)
+    (dst / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (dst / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
+    specials = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+                "pad_token": pad}
+    write_json(dst / "special_tokens_map.json", specials)
+    write_json(dst / "tokenizer_config.json", {**specials, "model_max_length": 77, "do_lower_case": True,
+                                               "tokenizer_class": "CLIPTokenizer"})
+
+
+def random_sdxl(size: str = "reduced", seed: int = 0, cache_dir=None, log=print) -> Path:
+    """A random-weight SDXL base as a diffusers folder (StableDiffusionXLPipeline loads it); built once."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    unet_ch, heads, depth, vae_ch, clip_layers, bigg_layers = SDXL_SIZES[size]
+    root = Path(cache_dir or default_cache_dir()) / f"sdxl-{size}-seed{seed}"
+    if (root / "model_index.json").is_file():
+        return root
+    tmp = root.with_name(root.name + ".partial")
+    if tmp.exists():
+        import shutil
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    log(f"building a random SDXL {size} model in {root} (once) ...")
+    torch.manual_seed(seed)
+    UNet2DConditionModel(
+        sample_size=128, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=unet_ch,
+        layers_per_block=2, transformer_layers_per_block=depth, attention_head_dim=heads, cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816, norm_num_groups=32).save_pretrained(tmp / "unet")
+    AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                  block_out_channels=vae_ch, layers_per_block=2, latent_channels=4, norm_num_groups=32,
+                  sample_size=1024, scaling_factor=0.13025).save_pretrained(tmp / "vae")
+    for name, cls, (width, layers, heads_, act) in (
+            ("text_encoder", CLIPTextModel, (768, clip_layers, 12, "quick_gelu")),
+            ("text_encoder_2", CLIPTextModelWithProjection, (1280, bigg_layers, 20, "gelu"))):
+        cfg = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_size=width,
+                             intermediate_size=4 * width, num_hidden_layers=layers, num_attention_heads=heads_,
+                             hidden_act=act, layer_norm_eps=1e-5, projection_dim=width, pad_token_id=1,
+                             bos_token_id=0, eos_token_id=2)
+        cfg.save_pretrained(tmp / name)
+        tensors = {k if k.startswith(("text_model.", "text_projection.")) else "text_model." + k: v
+                   for k, v in cls(cfg).state_dict().items()}
+        save_file({k: v.contiguous() for k, v in tensors.items() if not k.endswith("position_ids")},
+                  str(tmp / name / "model.safetensors"), metadata={"format": "pt"})
+    write_tokenizer(tmp / "tokenizer", "<|endoftext|>")
+    write_tokenizer(tmp / "tokenizer_2", "!")
+    (tmp / "scheduler").mkdir()
+    write_json(tmp / "scheduler" / "scheduler_config.json", SDXL_SCHEDULER)
+    write_json(tmp / "model_index.json", {
+        "_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.19.0", "force_zeros_for_empty_prompt": True,
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]})
+    tmp.rename(root)
+    return root

@@ -227,15 +227,17 @@ class OursTI:
 
     def step(self, mark=None) -> float:
         if mark is None:
-            return self.trainer.train_step()
+            losses = {}  # train_step hands its per-concept losses to after_update
+            self.trainer.train_step(after_update=losses.update)
+            return sum(losses.values())
         # Trainer.train_step with grad_accum 1, with the UNet call wrapped to time the parts
         sd, tr = self.sd, self.trainer
         unet_forward = sd.unet.forward
 
-        def unet(x, t, context):
+        def unet(x, t, context, y=None):
             mark("data + text encoder forward")
             mark.watch(context)
-            out = unet_forward(x, t, context)
+            out = unet_forward(x, t, context, y)
             mark("UNet forward")
             return out
 

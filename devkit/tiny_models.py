@@ -17,6 +17,15 @@ The configs copy SD's structure at a fraction of the width:
   Text   vocab 49408, 77 positions, 64 per head (the single-file loader infers heads = width // 64).
          sd1: width 128, 2 layers, quick_gelu.   sd2: width 192, 2 layers (+1 unused block in the single
          file, as real SD2 files hold 24 blocks and diffusers' text_encoder 23), gelu.
+
+SDXL (`make_sdxl_folder`, `make_sdxl_single_file`) keeps the real SDXL layout at tiny widths:
+  UNet   channels (32, 64, 128), no attention at level 0, transformer depth 2 at level 1 and 3 at level 2 and
+         in the middle (real: 2 and 10), head dim 64, Linear proj, context 64 + 128 = 192, added conditioning
+         `add_embedding`/`label_emb` 128 + 6 * 256 = 1664 (real: 1280 + 1536 = 2816).
+  VAE    as above with scale 0.13025.
+  Text   CLIP-L: width 64, 3 layers, quick_gelu (text_encoder, pads with EOS); bigG: width 128, 3 layers, gelu,
+         text_projection 128 (text_encoder_2 = CLIPTextModelWithProjection, pads with "!").
+  Single file: SGM names (conditioner.embedders.0.transformer.text_model.*, conditioner.embedders.1.model.*).
 """
 import gzip
 import json
@@ -61,7 +70,7 @@ def _unet(family, prediction):
     )
 
 
-def _vae():
+def _vae(scale=0.18215):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -74,7 +83,7 @@ def _vae():
         latent_channels=4,
         norm_num_groups=32,
         sample_size=32,
-        scaling_factor=0.18215,
+        scaling_factor=scale,
     )
 
 
@@ -282,17 +291,20 @@ def _rename(tensors, blocks, prefix):
     return out
 
 
-def _open_clip(tensors, width, n_layers, gen):
-    """HF CLIP text tensors (`text_model.*`) -> OpenCLIP names, plus one extra random final block."""
+def _open_clip(tensors, width, n_layers, gen, extra_block=True):
+    """HF CLIP text tensors (`text_model.*`) -> OpenCLIP names, plus (SD2) one extra random final block.
+    OpenCLIP's text_projection [C, P] is used as x @ P: the transpose of HF's text_projection.weight."""
+    projection = tensors.get("text_projection.weight")
     sd = {"token_embedding.weight": tensors["text_model.embeddings.token_embedding.weight"],
           "positional_embedding": tensors["text_model.embeddings.position_embedding.weight"],
           "ln_final.weight": tensors["text_model.final_layer_norm.weight"],
           "ln_final.bias": tensors["text_model.final_layer_norm.bias"],
-          "text_projection": torch.randn(width, width, generator=gen) / math.sqrt(width),
+          "text_projection": (torch.randn(width, width, generator=gen) / math.sqrt(width) if projection is None
+                              else projection.T.contiguous()),
           "logit_scale": torch.tensor(math.log(1 / 0.07))}
     names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
              "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
-    for i in range(n_layers + 1):
+    for i in range(n_layers + 1 if extra_block else n_layers):
         hf, oc = f"text_model.encoder.layers.{i}.", f"transformer.resblocks.{i}."
         if i == n_layers:  # SD2 files hold one more block than SD uses (it reads the penultimate)
             like = {k[len(f"text_model.encoder.layers.{i - 1}."):]: v for k, v in tensors.items()
@@ -368,4 +380,118 @@ def make_ckpt(folder, out_path, seed=0) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"global_step": 0, "state_dict": single_file_state_dict(folder, seed)}, out_path)
+    return out_path
+
+
+# --- SDXL -------------------------------------------------------------------------------------------
+
+SDXL_TEXT = ((64, 3, "quick_gelu"), (128, 3, "gelu"))  # CLIP ViT-L, OpenCLIP bigG: width, layers, activation
+SDXL_PROJECTION = 128
+
+
+def _sdxl_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 128), layers_per_block=2, norm_num_groups=32,
+        transformer_layers_per_block=(1, 2, 3),
+        cross_attention_dim=SDXL_TEXT[0][0] + SDXL_TEXT[1][0],
+        attention_head_dim=(1, 1, 2),  # as in SDXL's config ([5, 10, 20]): the number of heads, head dim 64
+        use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=SDXL_PROJECTION + 6 * 256,
+    )
+
+
+def _sdxl_text_config(k):
+    from transformers import CLIPTextConfig
+
+    width, layers, act = SDXL_TEXT[k]
+    return CLIPTextConfig(
+        vocab_size=49408, max_position_embeddings=77, hidden_size=width, intermediate_size=4 * width,
+        num_hidden_layers=layers, num_attention_heads=width // 64, hidden_act=act, layer_norm_eps=1e-5,
+        projection_dim=SDXL_PROJECTION if k == 1 else width, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    )
+
+
+def sdxl_scheduler_config():
+    """scheduler/scheduler_config.json of stabilityai/stable-diffusion-xl-base-1.0."""
+    return {"_class_name": "EulerDiscreteScheduler", "_diffusers_version": "0.19.0.dev0", "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
+            "interpolation_type": "linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
+            "sample_max_value": 1.0, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+            "timestep_spacing": "leading", "trained_betas": None, "use_karras_sigmas": False}
+
+
+def _save_text_encoder(model, cfg, folder):
+    cfg.save_pretrained(folder)
+    tensors = {k if k.startswith(("text_model.", "text_projection.")) else "text_model." + k: v
+               for k, v in model.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in tensors.items() if not k.endswith("position_ids")},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def make_sdxl_folder(root, seed=0) -> Path:
+    """A tiny random SDXL base as a diffusers folder (StableDiffusionXLPipeline.from_pretrained loads it)."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    root = Path(root)
+    root.mkdir(parents=True)
+    randomize_(_sdxl_unet(), seed).save_pretrained(root / "unet")
+    vae = randomize_(_vae(scale=0.13025), seed + 1)
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(0.3)
+    vae.save_pretrained(root / "vae")
+    for k, (name, cls) in enumerate((("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection))):
+        cfg = _sdxl_text_config(k)
+        _save_text_encoder(randomize_(cls(cfg), seed + 2 + k), cfg, root / name)
+    _write_tokenizer(root / "tokenizer", "sd1")  # pads with end-of-text
+    _write_tokenizer(root / "tokenizer_2", "sd2")  # pads with "!" (id 0)
+    (root / "scheduler").mkdir()
+    _write_json(root / "scheduler" / "scheduler_config.json", sdxl_scheduler_config())
+    _write_json(root / "model_index.json", {
+        "_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.19.0.dev0",
+        "force_zeros_for_empty_prompt": True,
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+    })
+    return root
+
+
+def sdxl_single_file_state_dict(folder) -> dict:
+    """The SDXL folder's weights under the SGM single-file names (sd_xl_base_1.0.safetensors' layout)."""
+    folder = Path(folder)
+    unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
+    vae_cfg = json.loads((folder / "vae" / "config.json").read_text())
+    blocks = _unet_blocks(unet_cfg)
+    blocks["add_embedding.linear_1"] = ("label_emb.0.0", {})
+    blocks["add_embedding.linear_2"] = ("label_emb.0.2", {})
+    sd = _rename(load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")), blocks,
+                 "model.diffusion_model.")
+    vae = _rename(load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors")),
+                  _vae_blocks(vae_cfg), "first_stage_model.")
+    for k, v in vae.items():
+        if ".mid.attn_1." in k and k.endswith("weight") and ".norm." not in k:
+            vae[k] = v[:, :, None, None]
+    sd.update(vae)
+    clip = load_file(str(folder / "text_encoder" / "model.safetensors"))
+    sd.update({"conditioner.embedders.0.transformer." + k: v for k, v in clip.items()})
+    sd["conditioner.embedders.0.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    bigg = load_file(str(folder / "text_encoder_2" / "model.safetensors"))
+    oc = _open_clip(bigg, SDXL_TEXT[1][0], SDXL_TEXT[1][1], None, extra_block=False)
+    sd.update({"conditioner.embedders.1.model." + k: v for k, v in oc.items()})
+    sd.update(_schedule_buffers())
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def make_sdxl_single_file(folder, out_path) -> Path:
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sdxl_single_file_state_dict(folder), str(out_path))
     return out_path

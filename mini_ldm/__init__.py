@@ -1,4 +1,4 @@
-"""mini-ldm: Stable Diffusion 1.x/2.x inference in plain PyTorch.
+"""mini-ldm: Stable Diffusion 1.x/2.x/XL inference in plain PyTorch.
 
     import mini_ldm
     sd = mini_ldm.load("weights/512-base-ema.safetensors", device="cuda", dtype="fp16")

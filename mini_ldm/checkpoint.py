@@ -1,4 +1,4 @@
-"""Reading Stable Diffusion weights: single files (LDM key layout) and diffusers folders.
+"""Reading Stable Diffusion weights (1.x, 2.x, XL): single files (LDM/SGM key layout) and diffusers folders.
 
 The model classes are named after the single-file keys, so a single file loads by stripping a
 prefix. A diffusers folder's names and SD2's OpenCLIP names are mapped onto them by the lazy views of
@@ -13,7 +13,7 @@ import json
 import pickle
 import re
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from safetensors import safe_open
 from .clip import TextConfig, TextEncoder
 from .errors import CheckpointError
 from .io import UnsafePickle, first_line, torch_load
-from .key_renames import diffusers_unet_tensors, diffusers_vae_tensors, open_clip_tensors
+from .key_renames import diffusers_unet_tensors, diffusers_vae_tensors, hf_text_tensors, open_clip_tensors
 from .samplers import alphas_cumprod_from_config
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
@@ -31,6 +31,14 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."  # SD1: Hugging Face CLIP layout
 OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD2: OpenCLIP layout
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."  # SDXL: CLIP ViT-L, Hugging Face layout
+SDXL_BIGG_PREFIX = "conditioner.embedders.1.model."  # SDXL: OpenCLIP ViT-bigG
+REFINER_PREFIX = "conditioner.embedders.0.model."  # the SDXL refiner has only the bigG embedder
+SDXL_VAE_SCALE = 0.13025
+# scheduler/scheduler_config.json of stabilityai/stable-diffusion-xl-base-1.0, for single files
+SDXL_SCHEDULER = {"_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
+                  "steps_offset": 1, "timestep_spacing": "leading", "interpolation_type": "linear"}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -39,7 +47,7 @@ class Checkpoint:
     """Everything `load` learns from a checkpoint before building the pipeline."""
 
     path: Path
-    family: str  # "sd1" or "sd2"
+    family: str  # "sd1", "sd2" or "sdxl"
     unet: UNet
     vae: AutoencoderKL
     text_encoder: TextEncoder
@@ -48,6 +56,8 @@ class Checkpoint:
     native_size: int  # pixels
     tokenizer_dir: Path | None  # a diffusers folder's own tokenizer files
     scheduler_config: dict
+    text_encoder_2: TextEncoder | None = None  # SDXL's OpenCLIP bigG
+    tokenizer_2_dir: Path | None = None
 
 
 # --- tensor sources -----------------------------------------------------------------------------
@@ -151,12 +161,17 @@ def unet_config(src, family: str, heads=None, upcast=False) -> UNetConfig:
     mult = tuple(src.shape(f"input_blocks.{b}.0.in_layers.2.weight")[0] // base_channels for b in first)
     attn = tuple(level for level, b in enumerate(first) if f"input_blocks.{b}.1.proj_in.weight" in keys)
     context = src.shape("middle_block.1.transformer_blocks.0.attn2.to_k.weight")[1]
+    depth = tuple(_count(keys, rf"input_blocks\.{b}\.1\.transformer_blocks\.(\d+)\.") for b in first)
+    adm = src.shape("label_emb.0.0.weight")[1] if "label_emb.0.0.weight" in keys else 0  # SDXL
     if heads is None:  # not stored in a single file: SD1 uses 8 heads, SD2 a head dim of 64
         heads = [8] * levels if family == "sd1" else [m * base_channels // 64 for m in mult]
     return UNetConfig(in_channels=src.shape("input_blocks.0.0.weight")[1], out_channels=src.shape("out.2.weight")[0],
                       model_channels=base_channels, channel_mult=mult, num_res_blocks=res_blocks_per_level,
                       attention_levels=attn, heads=tuple(heads), context_dim=context,
-                      linear_proj=len(src.shape("middle_block.1.proj_in.weight")) == 2, upcast_attention=upcast)
+                      linear_proj=len(src.shape("middle_block.1.proj_in.weight")) == 2, upcast_attention=upcast,
+                      transformer_depth=depth,
+                      middle_depth=_count(keys, r"middle_block\.1\.transformer_blocks\.(\d+)\."),
+                      adm_in_channels=adm)
 
 
 def vae_config(src, scale=0.18215) -> VAEConfig:
@@ -201,11 +216,11 @@ def build(cls, cfg, src, what: str, path: Path, device, dtype):
     return module.eval().requires_grad_(False)
 
 
-_MODULES = ((UNet, "UNet"), (AutoencoderKL, "VAE"), (TextEncoder, "text encoder"))
+_MODULES = ((UNet, "UNet"), (AutoencoderKL, "VAE"), (TextEncoder, "text encoder"), (TextEncoder, "text encoder 2"))
 
 
 def _build_modules(configs, sources, places, device, dtype) -> tuple:
-    """UNet, VAE and text encoder from their configs and tensor sources; `places` name them in errors."""
+    """UNet, VAE and text encoder(s) from their configs and tensor sources; `places` name them in errors."""
     return tuple(build(cls, cfg, src, what, place, device, dtype)
                  for (cls, what), cfg, src, place in zip(_MODULES, configs, sources, places))
 
@@ -237,16 +252,42 @@ def _native_size(family: str, prediction: str, latent_size: int | None = None, d
     return 768 if (family == "sd2" and prediction == "v") else 512
 
 
-def load_checkpoint(path, device="cpu", dtype=torch.float32, prediction="auto") -> Checkpoint:
+def load_checkpoint(path, device="cpu", dtype=torch.float32, prediction="auto", vae=None) -> Checkpoint:
+    """`vae`: another VAE (a file or a diffusers vae/ folder) to use instead of the checkpoint's own."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     if path.is_dir():
-        return _load_folder(path, device, dtype)
-    if path.suffix not in SINGLE_FILE_SUFFIXES:
+        ckpt = _load_folder(path, device, dtype)
+    elif path.suffix not in SINGLE_FILE_SUFFIXES:
         raise CheckpointError(f"{path}: unknown checkpoint type; expected a .safetensors or .ckpt file, "
                               "or a diffusers folder")
-    return _load_single_file(path, device, dtype, prediction)
+    else:
+        ckpt = _load_single_file(path, device, dtype, prediction)
+    if vae is not None:
+        ckpt.vae = load_vae(vae, ckpt.vae.cfg.scale, device, dtype)
+    return ckpt
+
+
+def load_vae(path, scale: float, device="cpu", dtype=torch.float32) -> AutoencoderKL:
+    """A VAE on its own: an LDM-layout file (vae-ft-mse-840000-ema-pruned.safetensors, with or without the
+    first_stage_model. prefix), a diffusers-layout file (sdxl_vae.safetensors) or a diffusers vae/ folder.
+    `scale` is the model's latent scale: a swapped-in VAE decodes the same latent space."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"--vae {path}: no such file or folder")
+    with ExitStack() as stack:
+        raw = TensorSource(_weights_file(path) if path.is_dir() else path, stack)
+        if any(k.startswith(VAE_PREFIX) for k in raw.keys()):
+            src = Prefixed(raw, VAE_PREFIX)
+        elif any(k.startswith("encoder.down_blocks.") for k in raw.keys()):
+            src = diffusers_vae_tensors(raw, {"block_out_channels": [0] * _count(raw.keys(), r"encoder\.down_blocks\.(\d+)\.")})
+        else:
+            src = raw
+        with _unfit_inputs_as_errors(path, missing="--vae: not a VAE (no tensor {key})",
+                                     unexpected="--vae: not a Stable Diffusion VAE (unexpected tensor shapes)"):
+            cfg = vae_config(src, scale)
+        return build(AutoencoderKL, cfg, src, "VAE", path, device, dtype)
 
 
 # --- single files -------------------------------------------------------------------------------
@@ -263,6 +304,8 @@ CONFIG_METADATA = "mini_ldm.config"
 def _load_single_file(path: Path, device, dtype, prediction: str) -> Checkpoint:
     with ExitStack() as stack:
         source = TensorSource(path, stack)
+        if _sdxl_kind(source) is not None:
+            return _load_sdxl_file(source, device, dtype, prediction)
         family, sources, text_layers = _single_file_sources(source)
         stated = _stated_config(source)
         unet_src, vae_src, text_src = sources
@@ -299,8 +342,54 @@ def _single_file_sources(source: TensorSource):
     for src, (_, what) in zip(sources, _MODULES):
         if not src.keys():
             raise CheckpointError(f"{source.path}: has no {what} weights, so it is not a Stable Diffusion 1.x/2.x "
-                                  "checkpoint (LoRA, VAE-only and SDXL files are not supported)")
+                                  "checkpoint (LoRA and VAE-only files are not supported; a VAE goes to --vae)")
     return family, sources, text_layers
+
+
+def _sdxl_kind(source: TensorSource) -> str | None:
+    """"base" for an SDXL base file, None for anything else; an SDXL file we cannot draw with is refused."""
+    keys = source.keys()
+    has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    if REFINER_PREFIX + "token_embedding.weight" in keys:
+        raise CheckpointError(f"{source.path}: an SDXL refiner checkpoint (one OpenCLIP bigG text encoder at "
+                              f"{REFINER_PREFIX}); mini-ldm draws with SDXL base 1.0 (sd_xl_base_1.0.safetensors)")
+    sdxl_unet = UNET_PREFIX + "label_emb.0.0.weight" in keys
+    if not (sdxl_unet or has("conditioner.")):
+        return None
+    parts = {"UNet": sdxl_unet, "VAE": has(VAE_PREFIX), "CLIP ViT-L text encoder": has(SDXL_CLIP_PREFIX),
+             "OpenCLIP bigG text encoder": has(SDXL_BIGG_PREFIX)}
+    lacking = [what for what, present in parts.items() if not present]
+    if lacking:
+        raise CheckpointError(f"{source.path}: part of an SDXL checkpoint (no {', no '.join(lacking)}); use the "
+                              "complete base file, sd_xl_base_1.0.safetensors, or its diffusers folder")
+    return "base"
+
+
+def _load_sdxl_file(source: TensorSource, device, dtype, prediction: str) -> Checkpoint:
+    """An SGM-layout SDXL base file: UNet, VAE, CLIP ViT-L (Hugging Face names) and bigG (OpenCLIP names)."""
+    path = source.path
+    clip_src = _without_text_model(Prefixed(source, SDXL_CLIP_PREFIX))
+    bigg_raw = Prefixed(source, SDXL_BIGG_PREFIX)
+    bigg_layers = _count(bigg_raw.keys(), r"transformer\.resblocks\.(\d+)\.")
+    sources = (Prefixed(source, UNET_PREFIX), Prefixed(source, VAE_PREFIX), clip_src,
+               open_clip_tensors(bigg_raw, bigg_layers, projection=True))
+    with _unfit_inputs_as_errors(path, missing="not a complete SDXL checkpoint (no tensor {key})",
+                                 unexpected="not an SDXL checkpoint (unexpected tensor shapes)"):
+        configs = (unet_config(sources[0], "sdxl"), vae_config(sources[1], SDXL_VAE_SCALE),
+                   *_sdxl_text_configs(sources[2], sources[3],
+                                       _count(clip_src.keys(), r"encoder\.layers\.(\d+)\."), bigg_layers))
+    pred, reason = _single_file_prediction(path, "sdxl", prediction)
+    unet, vae, text, text_2 = _build_modules(configs, sources, [path] * 4, device, dtype)
+    return Checkpoint(path, "sdxl", unet, vae, text, pred, reason, 1024, None, dict(SDXL_SCHEDULER), text_2)
+
+
+def _sdxl_text_configs(clip_src, bigg_src, clip_layers: int, bigg_layers: int, clip_heads=None, bigg_heads=None):
+    """Both SDXL encoders read the penultimate block without the final norm; bigG also gives the pooled vector."""
+    sdxl = dict(context_skip=1, context_norm=False)
+    clip = text_config(clip_src, "sd1", clip_layers, clip_heads)
+    bigg = text_config(bigg_src, "sd2", bigg_layers, bigg_heads)
+    return (replace(clip, **sdxl),
+            replace(bigg, **sdxl, projection_dim=bigg_src.shape("text_projection.weight")[0]))
 
 
 def _single_file_prediction(path: Path, family: str, prediction: str):
@@ -325,6 +414,8 @@ FOLDER_ERRORS = dict(missing="the diffusers folder lacks {key}; is it a Stable D
 
 def _load_folder(path: Path, device, dtype) -> Checkpoint:
     _check_diffusers_folder(path)
+    if (path / "text_encoder_2").is_dir():
+        return _load_sdxl_folder(path, device, dtype)
     unet_json, vae_json, text_json = (_read_json(path / part / "config.json") for part in FOLDER_PARTS)
     scheduler_json = _scheduler_config(path)
     family = "sd2" if text_json.get("hidden_act") == "gelu" else "sd1"
@@ -340,6 +431,35 @@ def _load_folder(path: Path, device, dtype) -> Checkpoint:
     tok = path / "tokenizer" if (path / "tokenizer" / "vocab.json").exists() else None
     return Checkpoint(path, family, unet, vae, text, pred, "scheduler/scheduler_config.json", native, tok,
                       scheduler_json)
+
+
+SDXL_FOLDER_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+def _load_sdxl_folder(path: Path, device, dtype) -> Checkpoint:
+    """stable-diffusion-xl-base-1.0's layout: text_encoder (CLIPTextModel) + text_encoder_2
+    (CLIPTextModelWithProjection), tokenizer + tokenizer_2, unet, vae, scheduler."""
+    if not (path / "text_encoder").is_dir():
+        raise CheckpointError(f"{path}: an SDXL refiner folder (text_encoder_2 without text_encoder); mini-ldm draws "
+                              "with SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0)")
+    unet_json, vae_json, clip_json, bigg_json = (_read_json(path / part / "config.json") for part in SDXL_FOLDER_PARTS)
+    scheduler_json = _scheduler_config(path)
+    with ExitStack() as stack:
+        with _unfit_inputs_as_errors(path, **FOLDER_ERRORS):
+            raw = [TensorSource(_weights_file(path / part), stack) for part in SDXL_FOLDER_PARTS]
+            sources = (diffusers_unet_tensors(raw[0], unet_json), diffusers_vae_tensors(raw[1], vae_json),
+                       hf_text_tensors(raw[2]), hf_text_tensors(raw[3]))
+            unet_cfg, vae_cfg, _ = _folder_configs(sources[:3], "sdxl", unet_json, vae_json, clip_json, dtype)
+            text_cfgs = _sdxl_text_configs(sources[2], sources[3], clip_json["num_hidden_layers"],
+                                           bigg_json["num_hidden_layers"], clip_json["num_attention_heads"],
+                                           bigg_json["num_attention_heads"])
+        modules = _build_modules((unet_cfg, vae_cfg, *text_cfgs), sources,
+                                 [path / part for part in SDXL_FOLDER_PARTS], device, dtype)
+    pred = "v" if scheduler_json.get("prediction_type") == "v_prediction" else "epsilon"
+    native = _native_size("sdxl", pred, unet_json.get("sample_size", 128), modules[1].downscale)
+    toks = [path / name if (path / name / "vocab.json").exists() else None for name in ("tokenizer", "tokenizer_2")]
+    return Checkpoint(path, "sdxl", modules[0], modules[1], modules[2], pred, "scheduler/scheduler_config.json",
+                      native, toks[0], scheduler_json or dict(SDXL_SCHEDULER), modules[3], toks[1])
 
 
 def _folder_configs(sources, family: str, unet_json: dict, vae_json: dict, text_json: dict, dtype) -> tuple:

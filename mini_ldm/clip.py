@@ -1,4 +1,4 @@
-"""CLIP text encoders: SD 1.x's OpenAI CLIP ViT-L/14 and SD 2.x's OpenCLIP ViT-H/14.
+"""CLIP text encoders: SD 1.x's OpenAI CLIP ViT-L/14, SD 2.x's OpenCLIP ViT-H/14, SDXL's ViT-L/14 + ViT-bigG/14.
 
 Both are the same pre-norm causal transformer; they differ in width, depth, activation and in
 which layer Stable Diffusion reads. The module attributes follow the Hugging Face layout
@@ -9,6 +9,10 @@ single-file keys onto it.
 SD2 conditions on the *penultimate* block of its 24, followed by `ln_final`. We build the model
 with 23 layers and always apply the final norm, which computes exactly that (diffusers' SD2
 text_encoder does the same), so block 24 and `text_projection` are never loaded.
+
+SDXL reads both of its encoders differently (easy to get wrong): the context is the penultimate block's
+output *without* the final norm (`context_skip=1, context_norm=False`), and bigG also gives a pooled vector:
+final norm of the last block at the first end-of-text token, times `text_projection` (`projection_dim`).
 """
 from dataclasses import dataclass
 
@@ -28,6 +32,10 @@ class TextConfig:
     heads: int = 12
     mlp_width: int = 3072
     activation: str = "quick_gelu"  # OpenAI CLIP (SD1); OpenCLIP (SD2) uses exact "gelu"
+    context_skip: int = 0  # the context is the output of the block this many before the last (SDXL: 1)
+    context_norm: bool = True  # the context goes through final_layer_norm (SD1, SD2; not SDXL)
+    projection_dim: int = 0  # SDXL's bigG: a pooled vector through text_projection (1280); 0: none
+    eos_id: int = 49407  # the pooled vector is read at the first end-of-text token
 
 
 def quick_gelu(x):
@@ -87,7 +95,7 @@ class Encoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """ids (B, 77) -> context (B, 77, width) for the UNet's cross-attention."""
+    """ids (B, 77) -> context (B, 77, width) for the UNet's cross-attention (and SDXL's pooled vector)."""
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -95,14 +103,31 @@ class TextEncoder(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.encoder = Encoder(cfg)
         self.final_layer_norm = nn.LayerNorm(cfg.width)
+        if cfg.projection_dim:  # stored as nn.Linear (x @ W.T), the Hugging Face layout
+            self.text_projection = nn.Linear(cfg.width, cfg.projection_dim, bias=False)
 
     def embed_tokens(self, ids):  # (B, T) -> (B, T, C)
         """Token embeddings alone: Textual Inversion splices its learned vectors in here."""
         return self.embeddings.token_embedding(ids)
 
     def forward(self, ids=None, token_embeds=None):
+        """-> context (B, T, C)."""
+        return self.encode(ids, token_embeds)[0]
+
+    def encode(self, ids=None, token_embeds=None):
+        """-> (context (B, T, C), pooled (B, projection_dim) or None). The pooled vector needs the ids, to
+        find each row's first end-of-text token."""
         x = self.embed_tokens(ids) if token_embeds is None else token_embeds  # (B, T, C)
         x = x + self.embeddings.position_embedding.weight[: x.shape[1]]
-        for layer in self.encoder.layers:
+        keep = len(self.encoder.layers) - self.cfg.context_skip  # blocks whose output makes the context
+        context = x  # (Hugging Face's hidden_states[0], when no block is kept)
+        for k, layer in enumerate(self.encoder.layers):
             x = layer(x)
-        return self.final_layer_norm(x)
+            if k < keep:
+                context = x
+        context = self.final_layer_norm(context) if self.cfg.context_norm else context
+        if not self.cfg.projection_dim:
+            return context, None
+        eos = (ids == self.cfg.eos_id).int().argmax(dim=-1)  # (B,) first end-of-text position
+        pooled = self.final_layer_norm(x)[torch.arange(x.shape[0], device=x.device), eos]  # (B, C)
+        return context, self.text_projection(pooled)

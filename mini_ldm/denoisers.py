@@ -1,13 +1,15 @@
 """The denoiser a sampler calls: `denoise(x, i)` -> the clean-latent estimate x0 at step i.
 
-It is built once per job from small named pieces, each wrapping the one before:
+`Denoiser` is the one piece that knows the schedule: it looks up step i's noise level sigma and UNet
+timestep t once, and hands them to the pieces it is built from, each of which takes only what it needs:
 
-    UNetPrediction          the UNet at step i: scale the VE sample to the VP input it was trained on;
+    ScaledUNet              the UNet on a VE sample at noise level sigma: scaled to the VP input it was
+                            trained on, called with timestep t; its raw output (epsilon or v), float32
       + InpaintingChannels  a 9-channel inpainting UNet also sees the mask and the masked image's latents
     ClassifierFreeGuidance  one UNet batch over the negative prompt and every weighted sub-prompt, combined
                             as uncond + sum_k cfg * w_k * (cond_k - uncond)
-    Denoiser                the model's prediction (epsilon or v) -> x0
-      + KeepKnownLatents    base-model inpainting: outside the mask, the init image's latents are re-imposed
+    KeepKnownLatents        base-model inpainting: outside the mask, the init image's latents are re-imposed
+    Denoiser                guidance's output (epsilon or v) -> x0
 
 Guidance combines the UNet's raw predictions, not the x0 estimates (they are equal in exact arithmetic,
 as x0 is affine in the prediction): this is diffusers' order of operations, so images match it to the bit.
@@ -17,25 +19,25 @@ import torch
 from . import samplers
 from .errors import UserError
 from .samplers import Schedule
+from .unet import added_conditioning
 
 
-class UNetPrediction:
-    """The UNet at step i of a schedule: VE sample x (B, 4, h, w) and context -> its raw prediction, float32."""
+class ScaledUNet:
+    """The UNet on VE samples x (B, 4, h, w) at noise level sigma -> its raw prediction, float32."""
 
-    def __init__(self, unet, schedule: Schedule, dtype: torch.dtype):
-        self.unet, self.schedule, self.dtype = unet, schedule, dtype
+    def __init__(self, unet, dtype: torch.dtype):
+        self.unet, self.dtype = unet, dtype
         self.finite = []  # per call: a 0-d bool tensor, kept on the device so that no step waits for the GPU
 
-    def __call__(self, x: torch.Tensor, i: int, context: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma, t, context: torch.Tensor, y=None, groups: int = 1) -> torch.Tensor:
         """`groups` copies of x go through the UNet in one batch, one per context group."""
-        sigma, t = self.schedule.sigmas[i], self.schedule.timesteps[i]
         inp = (x * samplers.model_input_scale(sigma)).to(self.dtype)
         inp = torch.cat([inp] * groups) if groups > 1 else inp
-        out = self.unet(inp, t.to(x.device), context).float()
+        out = self.unet(inp, t.to(x.device), context, y).float()
         self.finite.append(torch.isfinite(out).all())
         return out
 
-    def raise_if_non_finite(self):
+    def raise_if_non_finite(self, steps: int):
         """After sampling, before decoding: a NaN or infinite UNet output at any step would decode to a black
         image, so it is an error naming the first such step (checked once, not at every step)."""
         if not self.finite:
@@ -43,7 +45,7 @@ class UNetPrediction:
         finite = torch.stack(self.finite).cpu()
         if bool(finite.all()):
             return
-        step, steps = int((~finite).nonzero()[0]) + 1, len(self.schedule.timesteps)
+        step = int((~finite).nonzero()[0]) + 1
         hint = ("run again with --dtype fp32" if self.dtype != torch.float32 else
                 "the checkpoint's UNet weights may be damaged")
         raise UserError(f"sampling step {step} of {steps}: the UNet's output is NaN or infinite in "
@@ -57,32 +59,33 @@ class InpaintingChannels:
     def __init__(self, unet, extra: torch.Tensor):
         self.unet, self.extra = unet, extra
 
-    def __call__(self, inp, t, context):
+    def __call__(self, inp, t, context, y=None):
         extra = self.extra.repeat(inp.shape[0] // self.extra.shape[0], 1, 1, 1)
-        return self.unet(torch.cat([inp, extra], dim=1), t, context)
+        return self.unet(torch.cat([inp, extra], dim=1), t, context, y)
 
 
 class ClassifierFreeGuidance:
     """uncond + sum_k scale_k * (cond_k - uncond) with scale_k = cfg * weight_k, from one UNet batch.
 
-    negative: (1, L, width) context of the negative prompt; terms: [(context (1, L, width), weight)]; each
-    is repeated for the n images of the batch.
+    negative: the negative prompt's prompt.Conditioning; terms: [(Conditioning, weight)], contexts
+    (1, L, width) each, repeated for the n images of the batch. sizes: SDXL's six size numbers (1, 6), turned
+    with each prompt's pooled vector into the UNet's added conditioning `y`; None for SD 1/2.
     As diffusers, guidance of 1 or less with a plain prompt runs the prompt alone (no negative pass); a
     composed or weighted prompt is defined by its guidance formula, so it always needs the negative one.
     """
 
-    def __init__(self, prediction: UNetPrediction, negative, terms: list, cfg: float, n: int):
-        self.prediction = prediction
+    def __init__(self, unet: ScaledUNet, negative, terms: list, cfg: float, n: int, sizes=None):
+        self.unet = unet
         self.guided = cfg > 1.0 or len(terms) != 1 or terms[0][1] != 1.0
-        if self.guided:  # (n * (1 + len(terms)), L, width): n negatives, then n of each sub-prompt
-            self.context = torch.cat([negative] * n + [c for c, _ in terms for _ in range(n)])
-            self.scales = [w * cfg for _, w in terms]  # a Python float, so weight 1 leaves cfg bit-identical
-        else:
-            self.context = terms[0][0].expand(n, -1, -1)
+        # (n * (1 + len(terms)), L, width): n negatives, then n of each sub-prompt
+        rows = [negative] * n + [c for c, _ in terms for _ in range(n)] if self.guided else [terms[0][0]] * n
+        self.context = torch.cat([c.context for c in rows])
+        self.y = None if sizes is None else torch.cat([added_conditioning(c.pooled, sizes) for c in rows])
+        self.scales = [w * cfg for _, w in terms]  # a Python float, so weight 1 leaves cfg bit-identical
         self.groups = 1 + len(terms) if self.guided else 1
 
-    def __call__(self, x, i) -> torch.Tensor:
-        out = self.prediction(x, i, self.context, self.groups)
+    def __call__(self, x, sigma, t) -> torch.Tensor:
+        out = self.unet(x, sigma, t, self.context, self.y, self.groups)
         if not self.guided:
             return out
         uncond, *conds = out.chunk(self.groups)
@@ -92,33 +95,37 @@ class ClassifierFreeGuidance:
         return guided
 
 
-class Denoiser:
-    """A prediction function (x, i) -> epsilon or v, turned into the x0 estimate samplers step with."""
-
-    def __init__(self, predict, schedule: Schedule, prediction_type: str):
-        self.predict, self.schedule, self.prediction_type = predict, schedule, prediction_type
-
-    def __call__(self, x, i) -> torch.Tensor:
-        sigma = self.schedule.sigmas[i]
-        return samplers.denoised_from_model_output(self.predict(x, i), x, sigma, self.prediction_type)
-
-
 class KeepKnownLatents:
     """Inpainting with a base model: outside the mask (keep = 1) the sample is the init image's latents,
-    noised to the current step, and the x0 estimate there is the clean init latents. Re-imposing the clean
+    noised to the current level, and the x0 estimate there is the clean init latents. Re-imposing the clean
     init in x0 too keeps every sampler's state outside the mask on the init image's own trajectory (for
     euler_a with its fresh noise as well), so nothing drifts there between steps."""
 
-    def __init__(self, denoise, keep, init_latents, noise, schedule: Schedule):
-        self.denoise, self.schedule = denoise, schedule
+    def __init__(self, keep, init_latents, noise):
         self.keep, self.repaint = keep, 1.0 - keep  # (1, 1, h, w) each
         self.init_latents, self.noise = init_latents, noise  # (n, 4, h, w) each
 
-    def __call__(self, x, i) -> torch.Tensor:
-        known = samplers.add_noise(self.init_latents, self.noise, self.schedule.sigmas[i])
-        x = self.keep * known + self.repaint * x
-        return self.finish(self.denoise(x, i))
+    def impose(self, x, sigma) -> torch.Tensor:
+        """The sample x at noise level sigma with the known part replaced by the init latents noised to sigma."""
+        return self.keep * samplers.add_noise(self.init_latents, self.noise, sigma) + self.repaint * x
 
     def finish(self, latents) -> torch.Tensor:
         """The init image's latents outside the mask, `latents` inside."""
         return self.keep * self.init_latents + self.repaint * latents
+
+
+class Denoiser:
+    """guidance(x, sigma, t) -> epsilon or v, turned into the x0 estimate samplers step with; the one place
+    that turns the sampler's step index into sigma and the UNet's timestep."""
+
+    def __init__(self, guidance: ClassifierFreeGuidance, schedule: Schedule, prediction: str,
+                 keep_known: KeepKnownLatents | None = None):
+        self.guidance, self.schedule, self.prediction = guidance, schedule, prediction  # prediction: "epsilon" or "v"
+        self.keep_known = keep_known
+
+    def __call__(self, x, i) -> torch.Tensor:
+        sigma, t = self.schedule.sigmas[i], self.schedule.timesteps[i]
+        if self.keep_known is not None:
+            x = self.keep_known.impose(x, sigma)
+        denoised = samplers.denoised_from_model_output(self.guidance(x, sigma, t), x, sigma, self.prediction)
+        return denoised if self.keep_known is None else self.keep_known.finish(denoised)

@@ -1,12 +1,16 @@
 """Learned-token files: read ours, diffusers, AUTOMATIC1111, kohya and legacy embeddings; write ours or A1111.
 
-One learned token is a float32 tensor [vectors, width]; width is 768 for SD1 and 1024 for SD2.
+One learned token is a float32 tensor [vectors, width]; width is 768 for SD1 and 1024 for SD2. On SDXL a token
+has vectors in both text encoders, CLIP-L [n, 768] and bigG [n, 1280], held side by side as [n, 2048] with
+`widths` = (768, 1280), and stored as SDXL files are everywhere (A1111, kohya, civitai): `clip_l` and `clip_g`.
 
 Formats read, told apart by content rather than by extension:
   ours       .safetensors: one tensor keyed by the token, string metadata with format="mini-ldm-ti"
   diffusers  .safetensors or .bin: {token: tensor [n, w] or [w]}
   A1111      .pt: {'string_to_param': {'*': tensor}, 'name', 'step', ...}; token = file stem
   kohya      .safetensors: {'emb_params': tensor}; token = file stem
+  SDXL       .safetensors: {'clip_l': [n, 768], 'clip_g': [n, 1280]} (A1111, kohya, civitai, ours); token =
+             our metadata's token, else the file stem. diffusers reads it with two load_textual_inversion calls.
   legacy     a bare tensor saved with torch.save; token = file stem
 Pickles are only ever opened with torch.load(weights_only=True), so a file cannot run code here.
 """
@@ -30,6 +34,7 @@ FORMAT = "mini-ldm-ti"  # the metadata "format" value that marks our own files
 SUFFIXES = (".safetensors", ".pt", ".bin")  # what load_embeddings picks up from a folder
 MAX_BYTES = 64 << 20  # embeddings are kilobytes; anything this big is a model checkpoint put in the wrong place
 FAMILY_OF_WIDTH = {768: "sd1", 1024: "sd2"}
+SDXL_KEYS = ("clip_l", "clip_g")  # the two encoders' tensors in an SDXL embedding file, in the model's order
 A1111_STAR_ID = 265  # CLIP's id for "*": A1111 writes it as the placeholder in 'string_to_token'
 
 
@@ -45,6 +50,7 @@ class Embedding:
     vectors: torch.Tensor
     source: Path | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    widths: tuple = ()  # SDXL: (768, 1280), the encoders' parts of `vectors` side by side; () for one encoder
 
     def __post_init__(self):
         where = self.source or self.token
@@ -63,6 +69,9 @@ class Embedding:
         self.vectors = t
         self.source = Path(self.source) if self.source is not None else None
         self.metadata = {str(k): str(v) for k, v in self.metadata.items()}
+        self.widths = tuple(int(w) for w in self.widths) if len(self.widths) > 1 else ()
+        if self.widths and sum(self.widths) != t.shape[1]:
+            raise EmbeddingError(f"{where}: embedding is {t.shape[1]} wide, not {' + '.join(map(str, self.widths))}")
 
     @property
     def num_vectors(self) -> int:
@@ -71,6 +80,12 @@ class Embedding:
     @property
     def width(self) -> int:
         return self.vectors.shape[1]
+
+    def shape_text(self) -> str:
+        """"[8, 768]", or for SDXL "clip_l [8, 768] + clip_g [8, 1280]"."""
+        if not self.widths:
+            return f"[{self.num_vectors}, {self.width}]"
+        return " + ".join(f"{name} [{self.num_vectors}, {w}]" for name, w in zip(SDXL_KEYS, self.widths))
 
 
 # ---------------------------------------------------------------- reading
@@ -95,8 +110,21 @@ def read_embedding(path) -> Embedding:
         data, meta = _torch_load(path), {}
     else:
         raise EmbeddingError(f"{path}: not a safetensors or torch file")
+    if isinstance(data, dict) and set(SDXL_KEYS) <= set(data):
+        return _sdxl_embedding(path, data, meta)
     token, vectors, meta = _parse(path, data, meta)
     return Embedding(token, vectors, path, meta)
+
+
+def _sdxl_embedding(path: Path, data: dict, meta: dict) -> Embedding:
+    parts = [data[key] for key in SDXL_KEYS]
+    if not all(isinstance(t, torch.Tensor) and t.ndim == 2 for t in parts) or parts[0].shape[0] != parts[1].shape[0]:
+        shapes = ", ".join(f"{k} {list(getattr(t, 'shape', []))}" for k, t in zip(SDXL_KEYS, parts))
+        raise EmbeddingError(f"{path}: SDXL embedding with {shapes}; expected [n, 768] and [n, 1280] with the same n")
+    token = meta.get("token") if meta.get("format") == FORMAT else path.stem
+    fmt = FORMAT if meta.get("format") == FORMAT else "sdxl"
+    return Embedding(token or path.stem, torch.cat([t.float() for t in parts], dim=-1), path,
+                     {**meta, "format": fmt, "family": "sdxl"}, tuple(t.shape[1] for t in parts))
 
 
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
@@ -140,7 +168,8 @@ def _parse(path: Path, data, meta: dict) -> tuple[str, torch.Tensor, dict]:
         return path.stem, next(iter(params.values())), {**meta, **info, "format": "a1111"}
 
     if "clip_l" in data or "clip_g" in data:
-        raise EmbeddingError(f"{path}: SDXL embedding (clip_l/clip_g) is not supported; mini-ldm runs SD1 and SD2 models")
+        raise EmbeddingError(f"{path}: half an SDXL embedding (only {' or '.join(k for k in SDXL_KEYS if k in data)}); "
+                             "an SDXL token needs both clip_l and clip_g")
     if len(data) != 1:
         keys = ", ".join(repr(k) for k in list(data)[:4]) + (", ..." if len(data) > 4 else "")
         raise EmbeddingError(
@@ -166,7 +195,17 @@ def write_embedding(path, emb: Embedding, format: str = "ours") -> Path:
         bad = int((~torch.isfinite(emb.vectors)).sum())
         raise EmbeddingError(f"{path}: not written: {bad} of the {emb.vectors.numel()} values of {emb.token} are "
                              "NaN or infinite (a diverged training run?); use an earlier snapshot")
-    if format == "ours":
+    if emb.widths:  # SDXL: one layout for everyone (A1111, kohya, diffusers' two load_textual_inversion calls)
+        if format not in ("ours", "a1111"):
+            raise EmbeddingError(f"{path}: unknown format {format!r} (use 'ours' or 'a1111')")
+        if path.suffix != ".safetensors":
+            raise EmbeddingError(f"{path}: SDXL embeddings are written as .safetensors (clip_l, clip_g), as "
+                                 "AUTOMATIC1111 and kohya store them")
+        meta = {**emb.metadata, "token": emb.token, "vectors": str(emb.num_vectors),
+                "width": ",".join(map(str, emb.widths)), "family": "sdxl", "format": FORMAT}
+        parts = emb.vectors.split(list(emb.widths), dim=1)
+        data = safetensors_bytes({k: v.contiguous() for k, v in zip(SDXL_KEYS, parts)}, meta)
+    elif format == "ours":
         # every key present, empty when unknown; an A1111 source still names its base model
         meta = {"step": "", "base_model": emb.metadata.get("sd_checkpoint_name", ""), "init_text": "", "lr": ""}
         meta.update(emb.metadata)
@@ -260,10 +299,18 @@ def _prefer(new: Embedding, old: Embedding) -> bool:
     return new_step > old_step
 
 
-def check_width(emb: Embedding, width: int, family: str) -> None:
-    """Raise if `emb` cannot be used with a text encoder of this width (family: 'sd1' or 'sd2')."""
-    if emb.width == width:
+def check_width(emb: Embedding, widths, family: str) -> None:
+    """Raise if `emb` cannot be used with text encoders of these widths (family: 'sd1', 'sd2' or 'sdxl'):
+    an int or (768,) for one encoder, (768, 1280) for SDXL's two."""
+    widths = (widths,) if isinstance(widths, int) else tuple(widths)
+    if (emb.widths or (emb.width,)) == widths:
         return
+    if emb.widths or len(widths) > 1:  # across SD 1/2 and SDXL
+        model = " + ".join(f"{k} [n, {w}]" for k, w in zip(SDXL_KEYS, widths)) if len(widths) > 1 else f"[n, {widths[0]}]"
+        kind = "an SDXL embedding" if emb.widths else f"an {FAMILY_OF_WIDTH.get(emb.width, 'SD')} embedding"
+        raise EmbeddingError(f"{emb.source or emb.token}: {kind} ({emb.shape_text()}) does not fit the {family} "
+                             f"model, which needs {model}")
+    width = widths[0]
     theirs = FAMILY_OF_WIDTH.get(emb.width)
     why = (
         f"{theirs} embeddings do not work on {family} models"

@@ -13,7 +13,11 @@ asked for):
                            {q,k,v}_proj.weight (split in three), ln_final -> final_layer_norm, ...: the
                            Hugging Face CLIP names our TextEncoder uses (`open_clip_tensors`)
 
-A diffusers text encoder already has the Hugging Face CLIP names and needs no map.
+  SDXL                     diffusers' add_embedding.linear_1/2 -> label_emb.0.0/0.2; bigG's OpenCLIP
+                           text_projection [C, P] (used as x @ P) -> text_projection.weight [P, C] (nn.Linear)
+
+A diffusers text encoder already has the Hugging Face CLIP names and needs no map, beyond dropping the
+`text_model.` prefix some savers write (`hf_text_tensors`).
 """
 import re
 
@@ -83,7 +87,8 @@ def diffusers_unet_name(key: str, res_blocks_per_level: int, levels: int, attent
     """Map one diffusers UNet2DConditionModel key onto our (LDM) name."""
     per_level = res_blocks_per_level + 1  # input_blocks per level: the ResBlocks and a Downsample
     fixed = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
-             "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
+             "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
+             "add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2."}
     for old, new in fixed.items():
         if key.startswith(old):
             return new + key[len(old):]
@@ -144,15 +149,31 @@ def diffusers_vae_name(key: str, levels: int) -> str:
 
 # --- SD2 single files ------------------------------------------------------------------------------
 
-def open_clip_tensors(source, layers: int) -> Renamed:
-    """SD2's OpenCLIP text tower (cond_stage_model.model.*) under Hugging Face CLIP names.
+def hf_text_tensors(source) -> Renamed:
+    """A Hugging Face CLIP text model's tensors without the `text_model.` prefix (text_projection sits outside it)."""
+    return Renamed(source, {k.removeprefix("text_model."): (k, _same, tuple) for k in source.keys()})
 
-    Only the first `layers` resblocks are mapped: SD2 uses the penultimate block's output.
+
+def _transposed(t):
+    return t.T
+
+
+def _swapped(shape):
+    return tuple(reversed(shape))
+
+
+def open_clip_tensors(source, layers: int, projection: bool = False) -> Renamed:
+    """An OpenCLIP text tower (SD2's cond_stage_model.model.*, SDXL's bigG) under Hugging Face CLIP names.
+
+    Only the first `layers` resblocks are mapped (SD2 uses the penultimate block's output, so it asks for
+    one fewer); `projection` also maps text_projection (SDXL's pooled vector).
     """
     names = {"embeddings.token_embedding.weight": ("token_embedding.weight", _same, tuple),
              "embeddings.position_embedding.weight": ("positional_embedding", _same, tuple),
              "final_layer_norm.weight": ("ln_final.weight", _same, tuple),
              "final_layer_norm.bias": ("ln_final.bias", _same, tuple)}
+    if projection:
+        names["text_projection.weight"] = ("text_projection", _transposed, _swapped)
     leaf = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
     for i in range(layers):

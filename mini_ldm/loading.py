@@ -27,6 +27,9 @@ class ModelSettings:
     prediction: str = option("auto", "what a single-file model predicts; auto = epsilon unless the file name says "
                                      "v (768-v, v-pred, SD2 768); diffusers folders say it themselves",
                              choices=PREDICTIONS)
+    vae: Path | None = option(None, "decode (and encode) with this VAE instead of the checkpoint's own: a file "
+                                    "or a diffusers vae/ folder, e.g. the fp16-fix SDXL VAE or SD 2's ft-MSE VAE",
+                              metavar="FILE", shown="the checkpoint's own")
 
 
 def default_device() -> str:
@@ -59,21 +62,28 @@ def resolve_dtype(dtype, device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load(path, device=None, dtype=None, prediction="auto") -> StableDiffusion:
+def load(path, device=None, dtype=None, prediction="auto", vae=None) -> StableDiffusion:
     """Load a single-file checkpoint (.safetensors, or .ckpt read without unpickling code) or a diffusers folder.
 
     prediction: "auto", "epsilon" or "v"; only used for single files (a folder's scheduler config says).
+    vae: another VAE to decode and encode with (a file or a diffusers vae/ folder), e.g. SDXL's fp16-fix VAE.
     """
     device = device or default_device()
     check_device(device)
     if prediction not in PREDICTIONS:
         raise UserError(f"--prediction {prediction}: choose auto, epsilon or v")
-    ckpt = load_checkpoint(path, device=device, dtype=resolve_dtype(dtype, device), prediction=prediction)
-    if ckpt.tokenizer_dir is not None:
-        try:
-            tokenizer = CLIPTokenizer.from_folder(ckpt.tokenizer_dir)
-        except (ValueError, OSError) as e:  # a broken tokenizer/ folder: missing merges.txt, bad JSON
-            raise CheckpointError(f"{ckpt.tokenizer_dir}: not a usable CLIP tokenizer ({e})") from None
-    else:  # SD1 pads the 77-token window with EOS, SD2 (OpenCLIP) with id 0
-        tokenizer = CLIPTokenizer.default(pad_id=49407 if ckpt.family == "sd1" else 0)
-    return StableDiffusion(ckpt, tokenizer, device, resolve_dtype(dtype, device))
+    ckpt = load_checkpoint(path, device=device, dtype=resolve_dtype(dtype, device), prediction=prediction, vae=vae)
+    # SD1 (and SDXL's first encoder) pad the 77-token window with EOS, OpenCLIP (SD2, SDXL's bigG) with id 0
+    tokenizer = _tokenizer(ckpt.tokenizer_dir, pad_id=0 if ckpt.family == "sd2" else 49407)
+    tokenizer_2 = _tokenizer(ckpt.tokenizer_2_dir, pad_id=0) if ckpt.text_encoder_2 is not None else None
+    return StableDiffusion(ckpt, tokenizer, device, resolve_dtype(dtype, device), tokenizer_2)
+
+
+def _tokenizer(folder, pad_id: int) -> CLIPTokenizer:
+    """A diffusers folder's own tokenizer/ files, or the shipped CLIP vocabulary padded with `pad_id`."""
+    if folder is None:
+        return CLIPTokenizer.default(pad_id=pad_id)
+    try:
+        return CLIPTokenizer.from_folder(folder)
+    except (ValueError, OSError) as e:  # a broken tokenizer/ folder: missing merges.txt, bad JSON
+        raise CheckpointError(f"{folder}: not a usable CLIP tokenizer ({e})") from None

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import images as imaging
 from . import prompt as prompting
 from . import samplers, starts
-from .denoisers import ClassifierFreeGuidance, Denoiser, InpaintingChannels, UNetPrediction
+from .denoisers import ClassifierFreeGuidance, Denoiser, InpaintingChannels, ScaledUNet
 from .errors import UserError
 from .sample_settings import SampleSettings
 from .vae import posterior_std
@@ -39,10 +39,11 @@ INTERPOLATE_MODES = ("prompt", "vectors")
 
 
 class StableDiffusion:
-    def __init__(self, checkpoint, tokenizer, device, dtype):
+    def __init__(self, checkpoint, tokenizer, device, dtype, tokenizer_2=None):
         self.checkpoint = checkpoint
-        self.tokenizer = tokenizer
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2  # tokenizer_2: SDXL's second (pads with id 0)
         self.text_encoder, self.unet, self.vae = checkpoint.text_encoder, checkpoint.unet, checkpoint.vae
+        self.text_encoder_2 = checkpoint.text_encoder_2  # SDXL's OpenCLIP bigG, else None
         self.family, self.prediction = checkpoint.family, checkpoint.prediction
         self.native_size = checkpoint.native_size
         self.model_name = checkpoint.path.stem if checkpoint.path is not None else "tiny-random-demo-model"
@@ -51,23 +52,40 @@ class StableDiffusion:
         self.alphas_cumprod = samplers.alphas_cumprod_from_config(checkpoint.scheduler_config)
 
     @property
+    def widths(self) -> tuple:
+        """Widths of the text encoders' token embeddings: (768,) SD1, (1024,) SD2, (768, 1280) SDXL."""
+        return tuple(text_encoder.cfg.width for _, text_encoder in self.encoders)
+
+    @property
     def width(self) -> int:
-        """Width of the text encoder's token embeddings (768 for SD1, 1024 for SD2)."""
-        return self.text_encoder.cfg.width
+        """Width of a learned token's vectors: the encoders' widths side by side (SDXL: 768 + 1280 = 2048)."""
+        return sum(self.widths)
 
     def add_learned_token(self, token: str, vectors: torch.Tensor):
+        """`vectors` [n, width]; on SDXL the CLIP-L part [n, 768] and the bigG part [n, 1280] side by side."""
         if vectors.ndim != 2 or vectors.shape[1] != self.width:
             raise UserError(f"learned token {token}: vectors of shape {tuple(vectors.shape)} do not fit the "
-                            f"{self.family} model, which expects [n, {self.width}]")
+                            f"{self.family} model, which expects [n, {' + '.join(map(str, self.widths))}]")
         self.learned[token] = vectors.float().cpu()
 
     # --- conditioning --------------------------------------------------------------------------
 
+    @property
+    def encoders(self) -> list:
+        """[(tokenizer, text encoder)]: one pair on SD 1/2, two on SDXL (CLIP ViT-L, then OpenCLIP bigG)."""
+        pairs = [(self.tokenizer, self.text_encoder)]
+        return pairs + [(self.tokenizer_2, self.text_encoder_2)] if self.text_encoder_2 is not None else pairs
+
     @torch.no_grad()
     def encode_prompt(self, text: str, learned: dict | None = None) -> torch.Tensor:
         """Prompt text -> context (1, 77 * windows, width) in the model's dtype; one window up to 75 tokens."""
-        windows = prompting.tokenize(self.tokenizer, text, self.learned if learned is None else learned)
-        return prompting.encode_windows(self.text_encoder, windows, self.device)
+        return self.conditioning(text, learned).context
+
+    @torch.no_grad()
+    def conditioning(self, text: str, learned: dict | None = None) -> prompting.Conditioning:
+        """Prompt text -> context and (SDXL) pooled vector."""
+        learned = self.learned if learned is None else learned
+        return prompting.encode_prompt(self.encoders, text, learned, self.device)
 
     def _conditioning(self, parts: list, negative_prompt: str, learned: dict):
         """Contexts of the negative prompt and of each weighted sub-prompt, padded to one length.
@@ -76,16 +94,20 @@ class StableDiffusion:
         "A:1 AND B:0" is exactly the image of "A". Windows differ in number when prompts differ in
         length; the shorter ones are padded with windows of the empty prompt (as AUTOMATIC1111 does).
         """
-        negative = self.encode_prompt(negative_prompt, learned)
-        terms = [(self.encode_prompt(text, learned), w) for text, w in parts if w != 0]
-        longest = max([negative.shape[1]] + [c.shape[1] for c, _ in terms])
-        if any(c.shape[1] != longest for c in [negative] + [c for c, _ in terms]):
+        negative = self.conditioning(negative_prompt, learned)
+        terms = [(self.conditioning(text, learned), w) for text, w in parts if w != 0]
+        longest = max([negative.context.shape[1]] + [c.context.shape[1] for c, _ in terms])
+        if any(c.context.shape[1] != longest for c in [negative] + [c for c, _ in terms]):
             empty = self.encode_prompt("", learned)
 
             def pad(c):
-                return torch.cat([c] + [empty] * ((longest - c.shape[1]) // empty.shape[1]), dim=1)
+                windows = [empty] * ((longest - c.context.shape[1]) // empty.shape[1])
+                return replace(c, context=torch.cat([c.context] + windows, dim=1))
 
             negative, terms = pad(negative), [(pad(c), w) for c, w in terms]
+        if self.family == "sdxl" and negative_prompt == "":
+            # SDXL base's force_zeros_for_empty_prompt: no negative prompt is the zero conditioning, not ""'s
+            negative = prompting.Conditioning(torch.zeros_like(negative.context), torch.zeros_like(negative.pooled))
         return negative, terms
 
     # --- images and the model's inputs ---------------------------------------------------------
@@ -149,20 +171,19 @@ class StableDiffusion:
         negative, terms = self._conditioning(parts, settings.negative_prompt, learned)
         generator = generator if generator is not None else torch.Generator("cpu").manual_seed(settings.seed)
         start = self._start(settings, image, generator)
-        prediction = self._unet_prediction(start)
-        guidance = ClassifierFreeGuidance(prediction, negative, terms, settings.cfg, settings.n)
-        denoise = Denoiser(guidance, start.schedule, self.prediction)
-        if start.keep_known is not None:
-            denoise = start.keep_known(denoise)
+        unet = ScaledUNet(self.unet if start.unet_extra is None else InpaintingChannels(self.unet, start.unet_extra),
+                          self.dtype)
+        guidance = ClassifierFreeGuidance(unet, negative, terms, settings.cfg, settings.n, self._sizes(settings))
+        denoise = Denoiser(guidance, start.schedule, self.prediction, start.keep_known)
         if len(start.schedule.timesteps) == 0:
             latents = start.x  # img2img at strength 0: nothing to re-run (not even DDIM's final rescale)
         else:
             with tqdm(total=len(start.schedule.timesteps), desc="sampling", disable=not progress, leave=False) as bar:
                 latents = samplers.sample(settings.scheduler, denoise, start.x, start.schedule, generator,
                                           callback=lambda i: bar.update(1))
-        prediction.raise_if_non_finite()
+        unet.raise_if_non_finite(len(start.schedule.timesteps))
         if start.keep_known is not None:
-            latents = denoise.finish(latents)
+            latents = start.keep_known.finish(latents)
         images, redone = self._decode_checked(latents)
         if redone:  # the PNG says so, and so does the terminal, once
             settings.extra["VAE decode"] = f"fp32 after NaN in {_dtype_name(self.dtype)}"
@@ -178,7 +199,8 @@ class StableDiffusion:
 
     def _resolve(self, settings: SampleSettings):
         """Checked settings with every default filled in (seed, size, PNG fields), and the init image."""
-        settings = replace(settings, extra=dict(settings.extra)).check()
+        settings = copy.copy(settings)  # checked when it was made; here only defaults are filled in
+        settings.extra = dict(settings.extra)
         if settings.seed is None:
             settings.seed = secrets.randbelow(2**32)
         image = None
@@ -213,7 +235,9 @@ class StableDiffusion:
     def _start(self, settings: SampleSettings, image, generator) -> starts.Start:
         f = self.vae.downscale
         shape = (settings.n, 4, settings.height // f, settings.width // f)
-        schedule = samplers.make_schedule(settings.scheduler, settings.steps, self.alphas_cumprod)
+        config = self.checkpoint.scheduler_config
+        schedule = samplers.make_schedule(settings.scheduler, settings.steps, self.alphas_cumprod,
+                                          config.get("steps_offset", 1), config.get("timestep_spacing"))
         if image is None:
             return starts.txt2img(self, shape, schedule, generator)
         if settings.mask is None:
@@ -222,9 +246,13 @@ class StableDiffusion:
         return starts.inpaint(self, image, mask, settings.feather_px, settings.denoising_strength, schedule,
                               generator, shape)
 
-    def _unet_prediction(self, start: starts.Start) -> UNetPrediction:
-        unet = self.unet if start.unet_extra is None else InpaintingChannels(self.unet, start.unet_extra)
-        return UNetPrediction(unet, start.schedule, self.dtype)
+    def _sizes(self, settings: SampleSettings) -> torch.Tensor | None:
+        """SDXL's micro-conditioning (1, 6): original size, crop top-left, target size = (H, W, 0, 0, H, W),
+        diffusers' defaults; None on SD 1/2."""
+        if self.text_encoder_2 is None:
+            return None
+        h, w = settings.height, settings.width
+        return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=self.device)
 
     # --- interpolation -------------------------------------------------------------------------
 
@@ -240,8 +268,8 @@ class StableDiffusion:
         """
         if mode not in INTERPOLATE_MODES:
             raise UserError(f"--interpolate-mode {mode}: choose one of {', '.join(INTERPOLATE_MODES)}")
-        base = replace(settings) if settings is not None else SampleSettings(**options)
-        base.check()
+        base = copy.copy(settings) if settings is not None else SampleSettings(**options)
+        base.extra = dict(base.extra)
         if base.n != 1:
             raise UserError("--n: interpolation draws one image per alpha; leave --n at 1")
         alphas = [float(x) for x in alphas]

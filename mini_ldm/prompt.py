@@ -59,8 +59,21 @@ def first_window(tokenizer, text: str, learned: dict) -> Tokens:
     return windows[0]
 
 
+@dataclass
+class Conditioning:
+    """What one prompt gives the UNet: the cross-attention context and, on SDXL, the pooled text vector."""
+
+    context: torch.Tensor  # (1, 77 * windows, width); SDXL: both encoders' contexts side by side (2048)
+    pooled: torch.Tensor | None = None  # (1, 1280) SDXL: bigG's pooled vector of the first window
+
+
 def encode(text_encoder, batch: list, device) -> torch.Tensor:
     """Several Tokens (prompts, or the windows of one prompt) -> contexts (B, 77, width), in one call."""
+    return encode_pooled(text_encoder, batch, device)[0]
+
+
+def encode_pooled(text_encoder, batch: list, device):
+    """Several Tokens -> (contexts (B, 77, width), pooled vectors (B, P) or None if the encoder has none)."""
     ids = torch.tensor([tokens.ids for tokens in batch], device=device)
     embeds = text_encoder.embed_tokens(ids)  # (B, 77, width)
     if any(tokens.vectors for tokens in batch):
@@ -68,7 +81,7 @@ def encode(text_encoder, batch: list, device) -> torch.Tensor:
         for row, tokens in enumerate(batch):
             for pos, vecs in tokens.vectors:
                 embeds[row, pos:pos + len(vecs)] = vecs.to(embeds)
-    return text_encoder(token_embeds=embeds)
+    return text_encoder.encode(ids, token_embeds=embeds)
 
 
 # --- composable prompts -------------------------------------------------------------------------
@@ -144,3 +157,37 @@ def tokenize(tokenizer, text: str, learned: dict) -> list:
 def encode_windows(text_encoder, windows: list, device) -> torch.Tensor:
     """Windows -> context (1, 77 * len(windows), width): each window encoded on its own, then concatenated."""
     return encode(text_encoder, windows, device).flatten(0, 1)[None]
+
+
+def encode_prompt(encoders: list, text: str, learned: dict, device) -> Conditioning:
+    """A prompt of any length -> its Conditioning. `encoders`: [(tokenizer, text encoder)], one pair on
+    SD 1/2, two on SDXL, whose contexts are concatenated along the width. A learned token's vectors are
+    [n, sum of the encoders' widths] (SDXL: 768 + 1280), each encoder's own part spliced into it. The pooled
+    vector is the last encoder's, of the first window (as AUTOMATIC1111 does for long prompts)."""
+    contexts, pooled = [], None
+    for (tokenizer, text_encoder), own in zip(encoders, _per_encoder(encoders, learned)):
+        context, pooled = encode_pooled(text_encoder, tokenize(tokenizer, text, own), device)
+        contexts.append(context.flatten(0, 1)[None])  # (1, 77 * windows, width_k)
+    return Conditioning(torch.cat(contexts, dim=-1), None if pooled is None else pooled[:1])
+
+
+def encode_first_windows(encoders: list, texts: list, learned: dict, device) -> Conditioning:
+    """Training: each prompt in one window (first_window) -> Conditioning with context (B, 77, C) and, on
+    SDXL, pooled (B, P); one batched call per encoder. Gradients flow to the learned vectors."""
+    contexts, pooled = [], None
+    for (tokenizer, text_encoder), own in zip(encoders, _per_encoder(encoders, learned)):
+        context, pooled = encode_pooled(text_encoder, [first_window(tokenizer, t, own) for t in texts], device)
+        contexts.append(context)
+    return Conditioning(torch.cat(contexts, dim=-1), pooled)
+
+
+def _per_encoder(encoders: list, learned: dict) -> list:
+    """{token: [n, sum of widths]} -> one {token: [n, width_k]} per encoder (SDXL: columns 0:768, 768:2048)."""
+    if len(encoders) == 1:
+        return [learned]
+    parts, start = [], 0
+    for _, text_encoder in encoders:
+        width = text_encoder.cfg.width
+        parts.append({name: vecs[:, start:start + width] for name, vecs in learned.items()})
+        start += width
+    return parts

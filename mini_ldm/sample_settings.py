@@ -44,8 +44,11 @@ class SampleSettings:
                                          "the init image's pixels are kept exactly", shown=str(DEFAULT_MASK_BLUR))
     extra: dict = field(default_factory=dict)  # more "Key: value" pairs for the PNG (model, prediction, alpha...)
 
+    def __post_init__(self):
+        self.check()  # a SampleSettings is valid from the moment it exists: no caller has to remember to check
+
     def check(self) -> "SampleSettings":
-        """Refuse what cannot be honoured, before any model is loaded. Returns self."""
+        """Refuse what cannot be honoured, before any model is loaded (run when the settings are made). Returns self."""
         for flag, text in (("--prompt", self.prompt), ("--negative-prompt", self.negative_prompt),
                            ("--init-image", self.init_image), ("--mask", self.mask)):
             check_utf8(flag, text)

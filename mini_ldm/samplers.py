@@ -116,11 +116,13 @@ def _init_noise_sigma(name: str, sigma0: float) -> float:
 
 
 def make_schedule(name: str, steps: int, alphas_cumprod: torch.Tensor | None = None,
-                  steps_offset: int = 1) -> Schedule:
+                  steps_offset: int = 1, spacing: str | None = None) -> Schedule:
     """Timesteps and sigmas of diffusers' `name` scheduler after `set_timesteps(steps)`.
 
     alphas_cumprod: (T,) alpha_bar per training timestep; SD's scaled_linear schedule if None.
-    steps_offset: the config's steps_offset (1 in SD configs); only DDIM's 'leading' spacing uses it.
+    steps_offset: the config's steps_offset (1 in SD configs); only 'leading' spacing uses it.
+    spacing: the config's timestep_spacing. "leading" (SDXL base's config) changes euler, euler_a and dpm++2m;
+    anything else keeps each scheduler's default (the SD 1/2 configs have no such key).
     """
     if name not in SCHEDULERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SCHEDULERS)}")
@@ -139,6 +141,12 @@ def make_schedule(name: str, steps: int, alphas_cumprod: torch.Tensor | None = N
         if timesteps[0] >= T:  # steps == T with offset 1: diffusers would index alpha_bar[T] and fail
             raise ValueError(f"ddim supports at most {T - 1} steps with steps_offset {steps_offset}")
         sigmas = torch.cat([train_sigmas[timesteps], train_sigmas[:1]])
+    elif name in ("euler", "euler_a") and spacing == "leading":
+        # every (T // steps)-th timestep from steps_offset up, as float32 (SDXL: 1000//4 -> 751, 501, 251, 1)
+        timesteps = (torch.arange(steps - 1, -1, -1, dtype=torch.float64) * (T // steps) + steps_offset).float()
+        sigmas = torch.cat([_interp(timesteps, train_sigmas).float(), torch.zeros(1)])
+        # diffusers starts leading-spaced Euler from a unit-variance VP sample, as DDIM
+        return Schedule(sigmas, timesteps, (1.0 + sigmas[0].item() ** 2) ** 0.5, name)
     elif name in ("euler", "euler_a"):
         # 'linspace' spacing in float32, so the UNet gets fractional timesteps (e.g. 957.375) and the
         # sigmas are linearly interpolated between training timesteps.
@@ -147,6 +155,8 @@ def make_schedule(name: str, steps: int, alphas_cumprod: torch.Tensor | None = N
     else:
         # DPM-Solver 'linspace': steps+1 points over 0..T-1, rounded to ints, the final 0 dropped.
         timesteps = _np_linspace(T - 1, steps + 1).round().flip(0)[:-1].long()
+        if spacing == "leading":  # steps+1 points T // (steps+1) apart, the last (0) dropped, + steps_offset
+            timesteps = torch.arange(steps, 0, -1, dtype=torch.int64) * (T // (steps + 1)) + steps_offset
         if name == "dpm++2m":
             sigmas = train_sigmas[timesteps]
         else:

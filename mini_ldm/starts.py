@@ -7,7 +7,6 @@ the same seed gives diffusers' image: txt2img draws the noise; img2img and inpai
 sample of the init image, then the noise, then (9-channel UNet only) the posterior of the masked image.
 """
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ class Start:
     x: torch.Tensor                            # (n, 4, h, w) VE sample at schedule.sigmas[0]
     schedule: Schedule                         # the schedule left to run (img2img runs its last part)
     unet_extra: torch.Tensor | None = None     # (n, 5, h, w) mask + masked-image latents, 9-channel UNet only
-    keep_known: partial | None = None          # KeepKnownLatents waiting for its denoiser (base-model inpainting)
+    keep_known: KeepKnownLatents | None = None  # base-model inpainting: the init latents outside the mask
     init_image: Image.Image | None = None      # inpainting: pasted back where feathered_mask is 0
     feathered_mask: torch.Tensor | None = None  # (1, 1, H, W) in [0, 1], 1 = generated pixels
 
@@ -64,8 +63,7 @@ def inpaint(sd, image: Image.Image, mask: Image.Image, blur_px: int, strength: f
         start.unet_extra = inpainting_channels(sd, pixels, binary, generator, shape[0])
     else:
         keep = 1.0 - imaging.latent_mask(binary, sd.vae.downscale).to(sd.device)
-        start.keep_known = partial(KeepKnownLatents, keep=keep, init_latents=init, noise=noise,
-                                   schedule=start.schedule)
+        start.keep_known = KeepKnownLatents(keep, init, noise)
     start.init_image, start.feathered_mask = image, imaging.blur_mask(binary, blur_px)
     return start
 

@@ -95,6 +95,11 @@ class CLIPTokenizer:
         vocab, merges = _shipped_vocab()
         return cls(vocab, merges, pad_id)
 
+    @staticmethod
+    def shipped_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+        """(vocab {token: id}, merges) of the CLIP BPE shipped with mini_ldm (what a tokenizer/ folder holds)."""
+        return _shipped_vocab()
+
     @classmethod
     def from_folder(cls, path: str | Path) -> "CLIPTokenizer":
         """A diffusers `tokenizer/` folder: vocab.json + merges.txt, pad token from the config files."""

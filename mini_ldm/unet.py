@@ -1,4 +1,4 @@
-"""The denoising UNet of Stable Diffusion 1.x/2.x.
+"""The denoising UNet of Stable Diffusion 1.x/2.x and XL.
 
 Attribute names mirror the original LDM checkpoint (`input_blocks.1.1.transformer_blocks.0.attn1.to_q`),
 so a single-file checkpoint loads by name with no rename table.
@@ -10,6 +10,11 @@ Shape of SD (model_channels 320, channel_mult 1,2,4,4, two ResBlocks per level):
                  the last of each level followed by an Upsample
 SD1 and SD2 differ only in context width (768 vs 1024), heads (8 vs head dim 64) and whether the
 transformer's proj_in/proj_out are 1x1 convs (SD1) or Linear layers (SD2).
+
+SDXL is the same network with three levels (320/640/1280), no attention at level 0, several transformer
+blocks per SpatialTransformer (2 at level 1, 10 at level 2 and in the middle), context 2048, and one more
+input: `label_emb`, an MLP on the vector `y` (2816 = the pooled text embedding, 1280, and six image-size
+numbers, 256 each: `added_conditioning`) whose output is added to the time embedding.
 """
 import math
 from dataclasses import dataclass
@@ -34,6 +39,12 @@ class UNetConfig:
     context_dim: int = 768
     linear_proj: bool = False  # SD2: Linear proj_in/proj_out instead of 1x1 convs
     upcast_attention: bool = False  # compute attention in fp32 under fp16/bf16 (SD2)
+    transformer_depth: tuple | None = None  # blocks per SpatialTransformer, per level (SDXL: 0, 2, 10); None: 1
+    middle_depth: int = 1  # blocks in the middle block's SpatialTransformer (SDXL: 10)
+    adm_in_channels: int = 0  # width of SDXL's added conditioning `y` (2816); 0: no label_emb
+
+    def depth(self, level: int) -> int:
+        return 1 if self.transformer_depth is None else self.transformer_depth[level]
 
 
 def timestep_embedding(t, dim, max_period=10000):
@@ -42,6 +53,16 @@ def timestep_embedding(t, dim, max_period=10000):
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t[:, None].float() * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+SIZE_EMBED_DIM = 256  # SDXL: each of the six size numbers gets a sinusoidal embedding this wide
+
+
+def added_conditioning(pooled: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """SDXL's `y`: pooled text (B, 1280) and sizes (B, 6) = original (h, w), crop (top, left), target (h, w)
+    -> (B, 1280 + 6 * 256), each number embedded like a timestep (cos first, no frequency shift)."""
+    sizes_embedded = timestep_embedding(sizes.flatten(), SIZE_EMBED_DIM).reshape(sizes.shape[0], -1)  # (B, 1536)
+    return torch.cat([pooled.float(), sizes_embedded.to(pooled.device)], dim=-1)
 
 
 def norm(channels, eps=1e-5):
@@ -115,13 +136,14 @@ class BasicTransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """Image features attend to themselves and to the prompt, as a sequence of H*W tokens."""
 
-    def __init__(self, channels, context_dim, heads, linear_proj, upcast):
+    def __init__(self, channels, context_dim, heads, linear_proj, upcast, depth=1):
         super().__init__()
         self.linear_proj = linear_proj
         self.norm = norm(channels, eps=1e-6)
         proj = (lambda: nn.Linear(channels, channels)) if linear_proj else (lambda: nn.Conv2d(channels, channels, 1))
         self.proj_in = proj()
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(channels, context_dim, heads, upcast)])
+        self.transformer_blocks = nn.ModuleList(BasicTransformerBlock(channels, context_dim, heads, upcast)
+                                                for _ in range(depth))
         self.proj_out = proj()
 
     def forward(self, x, context):  # x (B, C, H, W)
@@ -184,10 +206,14 @@ class UNet(nn.Module):
         self.cfg = cfg
         base_channels, emb_dim = cfg.model_channels, cfg.model_channels * 4
 
-        def transformer(ch, level):
-            return SpatialTransformer(ch, cfg.context_dim, cfg.heads[level], cfg.linear_proj, cfg.upcast_attention)
+        def transformer(ch, level, depth=None):
+            return SpatialTransformer(ch, cfg.context_dim, cfg.heads[level], cfg.linear_proj, cfg.upcast_attention,
+                                      cfg.depth(level) if depth is None else depth)
 
         self.time_embed = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.adm_in_channels:  # SDXL: label_emb.0.0 / label_emb.0.2 in the checkpoint
+            self.label_emb = nn.Sequential(nn.Sequential(
+                nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
 
         self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(cfg.in_channels, base_channels, 3, padding=1))])
         skip_channels, ch = [base_channels], base_channels
@@ -205,7 +231,7 @@ class UNet(nn.Module):
                 skip_channels.append(ch)
 
         self.middle_block = TimestepSequential(
-            ResBlock(ch, ch, emb_dim), transformer(ch, last), ResBlock(ch, ch, emb_dim)
+            ResBlock(ch, ch, emb_dim), transformer(ch, last, cfg.middle_depth), ResBlock(ch, ch, emb_dim)
         )
 
         self.output_blocks = nn.ModuleList()
@@ -229,10 +255,13 @@ class UNet(nn.Module):
             return checkpoint(block, h, emb, context, upsample_size, use_reentrant=False)
         return block(h, emb, context, upsample_size)
 
-    def forward(self, x, t, context):
-        """x (B, 4, h, w) latents, t (B,) or scalar timesteps, context (B, 77k, Cctx) -> (B, 4, h, w)."""
+    def forward(self, x, t, context, y=None):
+        """x (B, 4, h, w) latents, t (B,) or scalar timesteps, context (B, 77k, Cctx), and for SDXL
+        y (B, adm_in_channels) from `added_conditioning` -> (B, 4, h, w)."""
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(x.dtype))  # (B, 4*base_channels)
+        if self.cfg.adm_in_channels:
+            emb = emb + self.label_emb(y.to(x.dtype))
         skips = []
         h = x
         for block in self.input_blocks:

@@ -11,7 +11,7 @@ for folder in (str(Path(__file__).parent), str(Path(__file__).resolve().parents[
     if folder not in sys.path:
         sys.path.insert(0, folder)
 
-from devkit.tiny_models import make_diffusers_folder, make_single_file  # noqa: E402
+from devkit.tiny_models import make_diffusers_folder, make_sdxl_folder, make_sdxl_single_file, make_single_file  # noqa: E402,E501
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,3 +82,13 @@ def sd2_single(tmp_path_factory, sd2_folder):
 @pytest.fixture(scope="session")
 def sd2v_single(tmp_path_factory, sd2v_folder):
     return make_single_file(sd2v_folder, tmp_path_factory.mktemp("sd2v_single") / "v2-1_768-ema-pruned.safetensors", seed=2)
+
+
+@pytest.fixture(scope="session")
+def sdxl_folder(tmp_path_factory):
+    return make_sdxl_folder(tmp_path_factory.mktemp("sdxl") / "stable-diffusion-xl-base-1.0", seed=3)
+
+
+@pytest.fixture(scope="session")
+def sdxl_single(tmp_path_factory, sdxl_folder):
+    return make_sdxl_single_file(sdxl_folder, tmp_path_factory.mktemp("sdxl_single") / "sd_xl_base_1.0.safetensors")

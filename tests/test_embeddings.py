@@ -121,9 +121,16 @@ def test_kohya_and_sdxl(tmp_path):
     emb = read_embedding(tmp_path / "kohya_style.safetensors")
     assert emb.token == "kohya_style" and torch.equal(emb.vectors, t) and emb.metadata["format"] == "kohya"
 
+    # an SDXL file reads (both encoders' vectors side by side); it is refused where it does not fit (test_sdxl_ti.py)
     sdxl = tmp_path / "xl.safetensors"
     safetensors.torch.save_file({"clip_l": rand(2, 768), "clip_g": rand(2, 1280)}, sdxl)
+    emb = read_embedding(sdxl)
+    assert emb.token == "xl" and emb.widths == (768, 1280) and emb.vectors.shape == (2, 2048)
     with pytest.raises(EmbeddingError, match="SDXL") as err:
+        check_width(emb, 1024, "sd2")
+    one_line_naming(err, sdxl)
+    safetensors.torch.save_file({"clip_g": rand(2, 1280)}, sdxl)
+    with pytest.raises(EmbeddingError, match="half an SDXL") as err:
         read_embedding(sdxl)
     one_line_naming(err, sdxl)
 

@@ -3,6 +3,7 @@
     python -m ti.convert chexpert_pneumonia.pt chexpert_pneumonia.safetensors
     python -m ti.convert effusion.safetensors effusion.pt                 # A1111, chosen by the .pt ending
     python -m ti.convert learned_embeds.bin effusion.safetensors --token "<effusion>"
+    python -m ti.convert kohya_sdxl.safetensors effusion.safetensors --token "<effusion>"   # SDXL: clip_l + clip_g
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.token is not None:
         emb = dataclasses.replace(emb, token=args.token)
     write_embedding(out, emb, format=fmt)
-    print(f"wrote {out} ({fmt}): token {emb.token!r}, {emb.num_vectors} x {emb.width}")
+    shape = emb.shape_text() if emb.widths else f"{emb.num_vectors} x {emb.width}"
+    print(f"wrote {out} ({fmt}): token {emb.token!r}, {shape}")
 
 
 if __name__ == "__main__":

@@ -28,11 +28,19 @@ CACHE_FORMAT = "mini-ldm-latents-1"  # part of the cache key: bump it when the s
 
 def to_training_tensor(image: Image.Image, resolution: int, crop: str = "center", rng: random.Random | None = None) -> torch.Tensor:
     """Resize the shorter side to `resolution`, crop a square -> float tensor (3, R, R) in [-1, 1]."""
+    return to_training_tensor_with_crop(image, resolution, crop, rng)[0]
+
+
+def to_training_tensor_with_crop(image: Image.Image, resolution: int, crop: str = "center",
+                                 rng: random.Random | None = None) -> tuple:
+    """`to_training_tensor`, and where the square came from: (original height, width, crop top, left), the crop in the
+    resized image's pixels, what SDXL's size conditioning records (as diffusers' SDXL training scripts)."""
     if crop not in ("center", "random"):
         raise ValueError(f"crop must be 'center' or 'random', not {crop!r}")
     if image.mode != "RGB":
         image = to_rgb(image)
     w, h = image.size
+    original_h, original_w = h, w
     scale = resolution / min(w, h)
     size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
     if size != (w, h):
@@ -45,7 +53,8 @@ def to_training_tensor(image: Image.Image, resolution: int, crop: str = "center"
         left, top = rng.randint(0, w - resolution), rng.randint(0, h - resolution)
     image = image.crop((left, top, left + resolution, top + resolution))
     arr = np.asarray(image, dtype=np.float32)  # (R, R, 3) in 0..255
-    return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
+    pixels = torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
+    return pixels, (original_h, original_w, top, left, w)
 
 
 @dataclass
@@ -54,6 +63,7 @@ class TrainingImage:
     image: torch.Tensor  # (3, R, R) in [-1, 1]
     caption: str  # from <stem>.txt beside the image, "" if there is none
     flipped: bool = False
+    geometry: tuple = ()  # (original height, width, crop top, left): SDXL's size conditioning
 
 
 def read_caption(image_path: Path) -> str:
@@ -76,15 +86,16 @@ def load_dataset(root, resolution: int, crop: str = "center", flip: bool = False
     items = []
     for path in paths:
         try:
-            images = [to_training_tensor(frame, resolution, crop, rng) for frame in load_frames(path)]
+            images = [to_training_tensor_with_crop(frame, resolution, crop, rng) for frame in load_frames(path)]
         except DataError as e:
             warn(f"{e}; skipping it")
             continue
         caption = read_caption(path)
-        for image in images:  # a multi-frame DICOM file gives one item per frame
-            items.append(TrainingImage(path, image, caption))
-            if flip:
-                items.append(TrainingImage(path, image.flip(-1), caption, flipped=True))
+        for image, (h, w, top, left, resized_w) in images:  # a multi-frame DICOM file gives one item per frame
+            items.append(TrainingImage(path, image, caption, geometry=(h, w, top, left)))
+            if flip:  # the mirror's crop starts as far from the left edge as the original's from the right
+                items.append(TrainingImage(path, image.flip(-1), caption, flipped=True,
+                                           geometry=(h, w, top, resized_w - resolution - left)))
     if not items:
         raise DataError(f"none of the {len(paths)} image files in {root} could be read; check that they open in an image viewer")
     return items
@@ -102,10 +113,12 @@ class LatentCache:
     images were loaded; it is not per-step crop augmentation (that would need the VAE in the loop).
     """
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, captions: list[str], names: list[str]):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, captions: list[str], names: list[str],
+                 geometry: torch.Tensor | None = None):
         assert mean.shape == std.shape and mean.ndim == 4, (mean.shape, std.shape)
         assert len(captions) == len(names) == mean.shape[0]
         self.mean, self.std = mean, std  # (N, 4, r, r) each
+        self.geometry = geometry  # (N, 4) original height, width, crop top, left; None in caches made before it
         self.captions = captions
         self.names = names  # image path, with " (flipped)" for mirrors; for messages only
         self.file: Path | None = None  # the .safetensors file this cache was saved to / loaded from
@@ -134,7 +147,9 @@ class LatentCache:
                 stds.append(posterior_std(logvar).to(device))
                 bar.update(batch.shape[0])
         names = [str(it.path) + (" (flipped)" if it.flipped else "") for it in items]
-        return cls(torch.cat(means), torch.cat(stds), [it.caption for it in items], names)
+        geometry = torch.tensor([it.geometry for it in items], dtype=torch.float32) if all(
+            it.geometry for it in items) else None
+        return cls(torch.cat(means), torch.cat(stds), [it.caption for it in items], names, geometry)
 
     def sample(self, indices, generator: torch.Generator | None = None) -> torch.Tensor:
         """Latents (B, 4, r, r) = mean + std * N(0, 1) for the given item indices (noise drawn on the cache's device)."""
@@ -146,12 +161,21 @@ class LatentCache:
     def caption(self, index: int) -> str:
         return self.captions[index]
 
+    def size_conditioning(self, indices, size: int) -> torch.Tensor:
+        """SDXL's six numbers per row (B, 6): each image's original size and crop, then the target size `size`
+        (pixels). A cache without geometry (made before it was recorded) says (size, size, 0, 0)."""
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        known = self.geometry[idx] if self.geometry is not None else torch.tensor([[size, size, 0, 0]] * len(idx))
+        return torch.cat([known.float(), torch.tensor([[size, size]] * len(idx), dtype=torch.float32)], dim=1)
+
     def save(self, file, key: str = "") -> None:
         file = Path(file)
         file.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": CACHE_FORMAT, "key": key,
                 "captions": json.dumps(self.captions), "names": json.dumps(self.names)}
         tensors = {"mean": self.mean.contiguous().cpu(), "std": self.std.contiguous().cpu()}
+        if self.geometry is not None:
+            tensors["geometry"] = self.geometry.contiguous().cpu()
         write_bytes_atomic(file, safetensors_bytes(tensors, meta))  # never half a file; the same bytes each run
         self.file = file
 
@@ -163,11 +187,13 @@ class LatentCache:
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 meta = f.metadata() or {}
                 mean, std = f.get_tensor("mean"), f.get_tensor("std")
+                geometry = f.get_tensor("geometry") if "geometry" in f.keys() else None
             if meta.get("format") != CACHE_FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}, expected {CACHE_FORMAT!r}")
             if key is not None and meta.get("key") != key:
                 raise ValueError("its key does not match these images and settings")
-            cache = cls(mean.to(device), std.to(device), json.loads(meta["captions"]), json.loads(meta["names"]))
+            cache = cls(mean.to(device), std.to(device), json.loads(meta["captions"]), json.loads(meta["names"]),
+                        geometry)
         except Exception as e:  # safetensors raises its own error types for damaged files
             raise DataError(f"cannot use latent cache {file}: {e}") from e
         cache.file, cache.reused = file, True

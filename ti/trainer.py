@@ -36,6 +36,7 @@ from mini_ldm import samplers
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
 from mini_ldm.png import parameters_text, save_png
+from mini_ldm.unet import added_conditioning
 
 from mini_ldm.embeddings import Embedding, intermediate_path, read_embedding, write_embedding
 from mini_ldm.io import first_line
@@ -58,8 +59,9 @@ def initial_vectors(sd, init_text: str | None, vectors: int, generator) -> torch
     ids = sd.tokenizer.encode(init_text)
     if not ids:
         raise UserError(f"--init {init_text!r}: the text has no tokens")
-    with torch.no_grad():
-        table = sd.text_encoder.embed_tokens(torch.tensor(ids, device=sd.device)).float().cpu()  # (len, width)
+    with torch.no_grad():  # SDXL: both encoders' embeddings side by side, (len, 768 + 1280)
+        table = torch.cat([encoder.embed_tokens(torch.tensor(ids, device=sd.device)).float().cpu()
+                           for _, encoder in sd.encoders], dim=-1)  # (len, width)
     return torch.stack([table[i * len(ids) // vectors] for i in range(vectors)])
 
 
@@ -125,7 +127,7 @@ class Trainer:
         of the per-concept mean losses (each concept's kept in self.concept_losses). Every draw comes from the
         run's one generator, concept by concept, in this order."""
         sd, g, n = self.sd, self.generator, self.settings.batch
-        x0, noise, t, prompts = [], [], [], []
+        x0, noise, t, prompts, sizes = [], [], [], [], []
         for i in self.active:
             c = self.concepts[i]
             index = torch.randint(len(c.cache), (n,), generator=g)  # which training images
@@ -134,27 +136,31 @@ class Trainer:
             t.append(torch.randint(len(self.alphas_cumprod), (n,), generator=g))  # (n,) uniform timesteps
             choice = torch.randint(len(self.templates), (n,), generator=g).tolist()
             prompts += [render(self.templates[k], c.token, c.cache.caption(j)) for k, j in zip(choice, index.tolist())]
-        x0, noise, t = (torch.cat(v).to(sd.device) for v in (x0, noise, t))  # B = n * active concepts
+            sizes.append(c.cache.size_conditioning(index, x0[-1].shape[-1] * sd.vae.downscale))  # (n, 6) SDXL
+        x0, noise, t, sizes = (torch.cat(v).to(sd.device) for v in (x0, noise, t, sizes))  # B = n * active concepts
         alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = samplers.noised_for_training(x0, noise, alpha_bar)  # sqrt(a) x0 + sqrt(1 - a) noise
         target = samplers.training_target(x0, noise, alpha_bar, sd.prediction)  # the noise, or v
-        context = self._context(prompts)  # (B, 77, width): the frozen text encoder, the vectors spliced in
-        out = self.unet(noisy.to(sd.dtype), t, context).float()  # (B, 4, h, w), frozen UNet
+        context, y = self._conditioning(prompts, sizes)  # (B, 77, width): the frozen text encoder(s), the vectors
+        out = self.unet(noisy.to(sd.dtype), t, context, y).float()  # (B, 4, h, w), frozen UNet
         losses = [F.mse_loss(out[k * n:(k + 1) * n], target[k * n:(k + 1) * n]) for k in range(len(self.active))]
         self.concept_losses = dict(zip(self.active, losses))
         return torch.stack(losses).sum()
 
-    def _context(self, prompts: list) -> torch.Tensor:
+    def _conditioning(self, prompts: list, sizes: torch.Tensor):
         """The text encoder's context (B, 77, width) for one prompt per row, the learned tokens' trainable vectors
-        spliced into their positions; each distinct prompt goes through the encoder once, in one batched call."""
+        spliced into their positions; each distinct prompt goes through the encoder(s) once, in one batched call.
+        SDXL also gives the UNet's added conditioning y (B, 2816) from the pooled vector and `sizes` (B, 6);
+        None on SD 1/2."""
         sd = self.sd
         learned = {c.token: p for c, p in zip(self.concepts, self.params)}
         distinct = list(dict.fromkeys(prompts))
-        windows = [prompting.first_window(sd.tokenizer, text, learned) for text in distinct]
-        context = prompting.encode(sd.text_encoder, windows, sd.device)
+        cond = prompting.encode_first_windows(sd.encoders, distinct, learned, sd.device)
+        context, pooled = cond.context, cond.pooled
         if len(distinct) < len(prompts):
-            context = context[torch.tensor([distinct.index(p) for p in prompts], device=sd.device)]
-        return context
+            rows = torch.tensor([distinct.index(p) for p in prompts], device=sd.device)
+            context, pooled = context[rows], None if pooled is None else pooled[rows]
+        return context, None if pooled is None else added_conditioning(pooled, sizes)
 
     def train_step(self, after_update=None) -> dict:
         """One step; returns {concept index: its loss}. `after_update(losses)` runs with the update, before a
@@ -212,7 +218,9 @@ class Trainer:
         alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = samplers.noised_for_training(x0, noise, alpha_bar)
         target = samplers.training_target(x0, noise, alpha_bar, self.sd.prediction)
-        out = self.unet(noisy.to(self.sd.dtype), t, self._context(prompts)).float()
+        side = x0.shape[-1] * self.sd.vae.downscale  # held-out rows: SDXL sizes of an uncropped training image
+        sizes = torch.tensor([[side, side, 0, 0, side, side]] * len(prompts), dtype=torch.float32, device=device)
+        out = self.unet(noisy.to(self.sd.dtype), t, *self._conditioning(prompts, sizes)).float()
         return (out - target).pow(2).mean(dim=(1, 2, 3))
 
     def validation_due(self) -> bool:
@@ -252,10 +260,11 @@ class Trainer:
         for i, c in enumerate(self.concepts):
             base = c.output if snapshot_step is None else intermediate_path(c.output, snapshot_step)
             write_embedding(self._current_file(c, base), Embedding(c.token, self.params[i].detach(), None,
-                                                                   self._metadata(i, self.step)))
+                                                                   self._metadata(i, self.step), self.sd.widths))
             if self.settings.early_stop and snapshot_step is None and c.token in self.best:
                 best_step = self.records[c.token].best_step
-                write_embedding(c.output, Embedding(c.token, self.best[c.token], None, self._metadata(i, best_step)))
+                write_embedding(c.output, Embedding(c.token, self.best[c.token], None, self._metadata(i, best_step),
+                                                    self.sd.widths))
         if state is not None and not first_save:
             write_state(state, self._state_tensors(), self._state_meta())
         if state is not None:

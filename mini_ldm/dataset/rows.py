@@ -35,7 +35,7 @@ class Row:
 
 def job_rows(settings: SampleSettings, count=None, prompts_file=None) -> list:
     """The checked rows of a job, before any model is loaded (bad input fails here, nothing written)."""
-    settings = replace(settings, cfg=float(settings.cfg)).check()
+    settings = replace(settings, cfg=float(settings.cfg))  # a SampleSettings is checked when made
     for flag, value in (("--init-image", settings.init_image), ("--mask", settings.mask)):
         if value is not None:
             raise UserError(f"{flag}: a dataset job (--count, --prompts-file) draws text-to-image only")
