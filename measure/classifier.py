@@ -237,7 +237,7 @@ def run_experiment(s: ClassifySettings, log=print) -> dict:
     data = replace(data, val=on_device(data.val, device), test=on_device(data.test, device))
     with experiment_lock(s.output):
         prepare_output(s, sha)
-        runs, results = {}, None  # results: None while the outputs lack a run read back
+        runs, results = {}, None  # results: None while a run read back is missing from the outputs written
         for arm in arms:
             train, sizes = training_set(arm, data, s.seed)
             train_on_device = None  # moved when the arm's first repeat trains, once for all of them
