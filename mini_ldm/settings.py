@@ -74,6 +74,19 @@ def from_flags(cls, args: argparse.Namespace, **more):
     return cls(**values, **more)
 
 
+_NOT_GIVEN = object()
+
+
+def parse_given(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespace, frozenset]:
+    """Parse argv; also the names (dests) of the flags the user typed, their value the default or not, so a
+    mode such as --demo can fill in only what was left out. argparse sets a default only where the namespace
+    has no value yet, so a second parse into a namespace pre-filled with a marker leaves the marker exactly on
+    the flags not typed."""
+    args = parser.parse_args(argv)
+    probe = parser.parse_args(argv, namespace=argparse.Namespace(**{name: _NOT_GIVEN for name in vars(args)}))
+    return args, frozenset(name for name, value in vars(probe).items() if value is not _NOT_GIVEN)
+
+
 def markdown_table(cls, skip: tuple = ()) -> str:
     """The README table of `cls`'s flags: | flag | default | meaning |."""
     rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
