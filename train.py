@@ -15,7 +15,7 @@ import mini_ldm
 from mini_ldm import cli, demo
 from mini_ldm.errors import UserError
 from mini_ldm.loading import ModelSettings
-from mini_ldm.settings import add_flags, from_flags, given_flags
+from mini_ldm.settings import add_flags, from_flags, parse_given
 from ti import concepts as concept_plan
 from ti.concepts import file_name
 from ti.data import cached_latents
@@ -39,8 +39,8 @@ def parse_args(argv=None):
                    help="start afresh where --output already holds an earlier run (its files are replaced)")
     p.add_argument("--demo", action="store_true", help="check the install: a tiny random model and synthetic "
                    f"phantom images, a few steps, in about a minute on a CPU (writes {demo.DEMO_DIR}/)")
-    args = p.parse_args(argv)
-    args.given = given_flags(p, argv)  # --demo's values fill in only the flags not typed
+    args, given = parse_given(p, argv)
+    args.given = given  # --demo's values fill in only the flags not typed
     return args
 
 

@@ -74,21 +74,17 @@ def from_flags(cls, args: argparse.Namespace, **more):
     return cls(**values, **more)
 
 
-def given_flags(parser: argparse.ArgumentParser, argv=None) -> frozenset:
-    """The names (dests) of the options typed in `argv` (default: sys.argv[1:]), whatever their values: a flag
-    given at its default value counts as given. Lets a preset (--demo) fill in only what the user left out.
-    `argv` must already parse (parse_args first: its errors and --help come from there)."""
-    defaults = [(action, action.default) for action in parser._actions]
-    parser_defaults, parser._defaults = parser._defaults, {}
-    try:
-        for action, _ in defaults:
-            action.default = argparse.SUPPRESS  # a flag not typed then leaves no attribute at all
-        typed, _ = parser.parse_known_args(argv)
-    finally:
-        for action, default in defaults:
-            action.default = default
-        parser._defaults = parser_defaults
-    return frozenset(vars(typed))
+_NOT_GIVEN = object()
+
+
+def parse_given(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespace, frozenset]:
+    """Parse argv; also the names (dests) of the flags the user typed, their value the default or not, so a
+    mode such as --demo can fill in only what was left out. argparse sets a default only where the namespace
+    has no value yet, so a second parse into a namespace pre-filled with a marker leaves the marker exactly on
+    the flags not typed."""
+    args = parser.parse_args(argv)
+    probe = parser.parse_args(argv, namespace=argparse.Namespace(**{name: _NOT_GIVEN for name in vars(args)}))
+    return args, frozenset(name for name, value in vars(probe).items() if value is not _NOT_GIVEN)
 
 
 def markdown_table(cls, skip: tuple = ()) -> str:
