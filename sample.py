@@ -137,9 +137,7 @@ def demo_defaults(args):
 
 def load_model(args):
     device = args.device or mini_ldm.loading.default_device()
-    if args.demo:
-        return demo.tiny_model(mini_ldm.loading.check_device(device))
-    model_path = args.model or cli.find_default_model()
+    model_path = demo.demo_model_file() if args.demo else args.model or cli.find_default_model()
     t0 = time.time()
     sd = mini_ldm.load(model_path, device=device, dtype=args.dtype, prediction=args.prediction,
                        vae=args.vae)

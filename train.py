@@ -15,7 +15,7 @@ import mini_ldm
 from mini_ldm import cli, demo
 from mini_ldm.errors import UserError
 from mini_ldm.loading import ModelSettings
-from mini_ldm.settings import add_flags, from_flags
+from mini_ldm.settings import add_flags, from_flags, parse_given
 from ti import concepts as concept_plan
 from ti.concepts import file_name
 from ti.data import cached_latents
@@ -39,7 +39,9 @@ def parse_args(argv=None):
                    help="start afresh where --output already holds an earlier run (its files are replaced)")
     p.add_argument("--demo", action="store_true", help="check the install: a tiny random model and synthetic "
                    f"phantom images, a few steps, in about a minute on a CPU (writes {demo.DEMO_DIR}/)")
-    return p.parse_args(argv)
+    args, given = parse_given(p, argv)
+    args.given = given  # --demo's values fill in only the flags not typed
+    return args
 
 
 def default_dtype(device: str) -> str:
@@ -51,21 +53,20 @@ def default_dtype(device: str) -> str:
 def model_stamp(path) -> str:
     """What identifies the VAE weights for the latent cache key: file names, sizes and modification times
     (not os.stat() as a whole: its access time changes on reads, which would miss the cache for nothing)."""
-    if path is None:
-        return "demo"
     path = Path(path).resolve()
     files = sorted((path / "vae").glob("diffusion_pytorch_model.*")) if path.is_dir() else [path]
     return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files or [path])
 
 
-def demo_settings(settings: TrainSettings) -> TrainSettings:
+def demo_settings(settings: TrainSettings, given=frozenset()) -> TrainSettings:
     """--demo: synthetic phantoms (with --concepts: two folders of them), a short run at a higher learning rate,
-    a preview at the end, on the tiny random model of demo-output/."""
+    a preview at the end, on the tiny random model of demo-output/. A flag in `given` (typed by the user) keeps
+    its value: the demo's apply only where nothing was given."""
     from ti.phantoms import write_phantoms
     print("demo: a tiny random model and synthetic phantoms; this checks the install, it does not learn "
           "anything useful (real runs need a real checkpoint in weights/, see README)")
-    d = demo.DEMO_TRAINING
-    steps = min(settings.steps, d["steps"])
+    steps = settings.steps if "steps" in given else demo.DEMO_TRAINING["steps"]
+    d = {**demo.DEMO_TRAINING, "steps": steps, "preview_every": steps, "save_every": 0}  # a preview at the end
     if settings.concepts:  # one token per subfolder: <phantom-a>, <phantom-b>
         data = settings.data or demo.DEMO_DIR / "concepts-data"
         if settings.data is None:
@@ -76,15 +77,14 @@ def demo_settings(settings: TrainSettings) -> TrainSettings:
         data = settings.data or write_phantoms(demo.DEMO_DIR / "phantoms")
         token = settings.token or demo.DEMO_TOKEN
         output = settings.output or demo.DEMO_DIR / f"{file_name(token)}.safetensors"
-    return replace(settings, data=data, token=token, vectors=min(settings.vectors, d["vectors"]), steps=steps,
-                   lr=d["lr"], output=output, preview_every=steps, save_every=0, preview_steps=d["preview_steps"])
+    return replace(settings, data=data, token=token, output=output, **{k: v for k, v in d.items() if k not in given})
 
 
 def resolve_settings(args) -> TrainSettings:
     """The flags as checked TrainSettings with the data-dependent defaults (token, output) filled in."""
     settings = from_flags(TrainSettings, args)
     if args.demo:
-        settings = demo_settings(settings)
+        settings = demo_settings(settings, args.given)
         args.overwrite = True  # the demo always starts afresh
     elif settings.data is None:
         raise UserError("--data: give the folder of training images (or --demo to check the install)")
@@ -177,9 +177,8 @@ def main(argv=None):
 
 def next_command(sd, settings: TrainSettings, concepts: list) -> str:
     """The sample.py command that draws with what this run wrote (on the same model, at its training size)."""
-    model = f" --model {sd.checkpoint.path}" if sd.checkpoint.path else ""
     size = settings.resolution or sd.native_size
-    return (f"python sample.py{model} --embeddings {settings.output} --prompt \"{concepts[0].token}\" "
+    return (f"python sample.py --model {sd.checkpoint.path} --embeddings {settings.output} --prompt \"{concepts[0].token}\" "
             f"--height {size} --width {size}")
 
 

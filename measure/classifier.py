@@ -209,10 +209,7 @@ def finished_run(path: Path, data: Data, s: ClassifySettings) -> dict | None:
 def experiment_lock(output: Path):
     """output/classify.lock while this run writes there: a second run stops at once (a stale lock of a killed
     run is taken over)."""
-    output.mkdir(parents=True, exist_ok=True)
-    return pid_lock(output / "classify.lock", lambda pid: f"--output {output}: another classify.py run (pid {pid}) "
-                    "is writing it; wait for it to finish or choose another --output (remove classify.lock if no "
-                    "such run exists)")
+    return pid_lock(output / "classify.lock", output, "classify.py run")
 
 
 def resolve_runtime(s: ClassifySettings) -> tuple:

@@ -24,7 +24,7 @@ DEMO_DIR = Path("demo-output")  # where the demos write, relative to the current
 DEMO_MODEL = DEMO_DIR / "tiny-random-sd2.safetensors"  # the model file every --demo loads
 DEMO_TOKEN = "<phantom>"  # the token `train.py --demo` learns from synthetic phantoms ...
 DEMO_EMBEDDING = DEMO_DIR / "phantom.safetensors"  # ... and where it goes, for `sample.py --demo` to use
-DEMO_TRAINING = {"vectors": 4, "steps": 60, "lr": 0.02, "preview_steps": 8}  # upper bounds for vectors, steps
+DEMO_TRAINING = {"vectors": 4, "steps": 60, "lr": 0.02, "preview_steps": 8}  # for the flags not given with --demo
 UNET = UNetConfig(model_channels=32, channel_mult=(1, 2), attention_levels=(0, 1), heads=(1, 2), context_dim=64,
                   linear_proj=True)
 TEXT = TextConfig(width=64, layers=2, heads=2, mlp_width=256, activation="gelu")
@@ -37,12 +37,6 @@ def demo_model_file(path: Path = DEMO_MODEL) -> Path:
     if not (path.is_file() and path.stat().st_size == len(data) and _sha256(path.read_bytes()) == _sha256(data)):
         write_bytes_atomic(path, data)
     return path
-
-
-def tiny_model(device="cpu"):
-    """The demo model, loaded from its file by the normal loader (mini_ldm.load)."""
-    from .loading import load
-    return load(demo_model_file(), device=device, dtype="fp32")
 
 
 def _model_bytes() -> bytes:

@@ -57,11 +57,13 @@ class InpaintingChannels:
     size and the latents of the masked image (`extra`, (n, 5, h, w)), as diffusers' inpainting pipeline."""
 
     def __init__(self, unet, extra: torch.Tensor):
-        self.unet, self.extra = unet, extra
+        self.unet, self.extra = unet, extra  # (n, 5, h, w)
+        self.rows = extra  # extra for every row of the UNet batch: made at the first call, then reused
 
     def __call__(self, inp, t, context, y=None):
-        extra = self.extra.repeat(inp.shape[0] // self.extra.shape[0], 1, 1, 1)
-        return self.unet(torch.cat([inp, extra], dim=1), t, context, y)
+        if self.rows.shape[0] != inp.shape[0]:  # the guidance batch: n rows per prompt (a sampler's is fixed)
+            self.rows = self.extra.repeat(inp.shape[0] // self.extra.shape[0], 1, 1, 1)
+        return self.unet(torch.cat([inp, self.rows], dim=1), t, context, y)
 
 
 class ClassifierFreeGuidance:

@@ -136,11 +136,12 @@ def lock_holder(lock: Path) -> int | None:
 
 
 @contextmanager
-def pid_lock(lock, busy):
-    """Hold the file `lock` (holding our pid) for the duration; a second holder stops at once with
-    UserError(busy(pid of the holder)). A lock whose process is gone (kill -9, a power cut) is stale and
-    taken over. The lock's folder must exist."""
+def pid_lock(lock, output, what: str):
+    """Hold the file `lock` (holding our pid; its folder is made) while a `what` (say "training run") writes
+    `output`: a second one stops at once with a UserError naming the holder. A lock whose process is gone
+    (kill -9, a power cut) is stale and taken over."""
     lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -148,7 +149,9 @@ def pid_lock(lock, busy):
         except FileExistsError:
             holder = lock_holder(lock)
             if holder is not None and holder != os.getpid() and _running(holder):
-                raise UserError(busy(holder)) from None
+                raise UserError(f"--output {output}: another {what} (pid {holder}) is writing it; wait for it to "
+                                f"finish or choose another --output (remove {lock} if pid {holder} is not a {what})"
+                                ) from None
             lock.unlink(missing_ok=True)  # stale: its process is gone
     else:
         raise UserError(f"{lock}: cannot be taken; remove it if no other run is writing there")

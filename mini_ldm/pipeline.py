@@ -46,7 +46,7 @@ class StableDiffusion:
         self.text_encoder_2 = checkpoint.text_encoder_2  # SDXL's OpenCLIP bigG, else None
         self.family, self.prediction = checkpoint.family, checkpoint.prediction
         self.native_size = checkpoint.native_size
-        self.model_name = checkpoint.path.stem if checkpoint.path is not None else "tiny-random-demo-model"
+        self.model_name = checkpoint.path.stem
         self.device, self.dtype = torch.device(device), dtype
         self.learned = {}  # token -> float32 [n, width]: Textual Inversion vectors usable in prompts
         self.alphas_cumprod = samplers.alphas_cumprod_from_config(checkpoint.scheduler_config)
@@ -313,9 +313,9 @@ class StableDiffusion:
         return [(None, learned, names) for learned in blends]
 
     def _find_learned(self, text: str):
-        """The registered name of learned token `text` (matched like in prompts: case-insensitively)."""
-        by_lower = {name.lower(): name for name in self.learned}
-        return by_lower.get(text.strip().lower())
+        """The registered name of learned token `text` (matched as in prompts: by prompt.match_key)."""
+        by_key = {prompting.match_key(name): name for name in self.learned}
+        return by_key.get(prompting.match_key(text.strip()))
 
     def _known_tokens(self) -> str:
         if not self.learned:
@@ -334,9 +334,11 @@ class StableDiffusion:
         images, redone = [], 0
         for z in latents:
             pixels = self._decode_pixels(self.vae, z[None], self.dtype)
-            if not torch.isfinite(pixels).all() and self.dtype != torch.float32:
+            finite = bool(torch.isfinite(pixels).all())  # one host sync per image
+            if not finite and self.dtype != torch.float32:
                 pixels, redone = self._decode_pixels(self._vae_fp32(), z[None], torch.float32), redone + 1
-            if not torch.isfinite(pixels).all():
+                finite = bool(torch.isfinite(pixels).all())
+            if not finite:
                 raise UserError("the VAE decoder gave NaN or infinite pixels even in fp32; the checkpoint's VAE "
                                 "weights may be damaged")
             pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()[0]

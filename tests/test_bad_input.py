@@ -245,3 +245,26 @@ def test_resume_with_other_settings_is_refused(phantoms, sd1_single, tmp_path):
                    "--seed 5", "saved run's 0")
     one_line_error(run("train.py", *train_args(phantoms, sd1_single, out, 4, "--resume", "--lr", 0.1)), "--lr 0.1")
     assert run("train.py", *train_args(phantoms, sd1_single, out, 3, "--resume")).returncode == 0  # more steps: fine
+
+
+def test_pid_lock_makes_its_folder_and_names_the_holder_the_lock_and_the_output(tmp_path):
+    """The one lock of training, dataset and classify runs: a live holder stops a second run with one message
+    naming the output, the holder's pid and the lock file to remove; the lock goes when the run ends."""
+    from mini_ldm.errors import UserError
+    from mini_ldm.io import pid_lock
+    lock, out = tmp_path / "new" / "folder" / "run.lock", tmp_path / "new" / "folder"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        with pid_lock(lock, out, "training run"):  # the folder is made, the lock holds our pid
+            assert lock.read_text() == str(os.getpid())
+        assert not lock.exists()
+        lock.write_text(str(holder.pid))
+        with pytest.raises(UserError) as refused:
+            with pid_lock(lock, out, "dataset job"):
+                pass
+        assert str(refused.value) == (f"--output {out}: another dataset job (pid {holder.pid}) is writing it; wait for "
+                                      f"it to finish or choose another --output (remove {lock} if pid {holder.pid} "
+                                      "is not a dataset job)")
+    finally:
+        holder.kill()
+        holder.wait()

@@ -149,3 +149,28 @@ def test_png_parameters(tiny, tmp_path):
     # Without a negative prompt, AUTOMATIC1111's format has just two lines.
     _, plain = sd.sample("x", seed=1, steps=1, height=64, width=64, progress=False)
     assert len(parameters_text(plain, "m").split("\n")) == 2
+
+
+def test_decode_checks_each_image_for_nan_once(tiny, monkeypatch):
+    """A good decode costs one finiteness check (one host sync) per image, not one per test of it."""
+    sd, checks, isfinite = tiny("sd1", "folder"), [], torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda x: checks.append(x.shape) or isfinite(x))
+    images = sd.decode(torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)))
+    assert len(images) == 2 and checks == [(1, 3, images[0].height, images[0].width)] * 2
+
+
+def test_inpainting_channels_repeat_the_extra_input_once():
+    """The 9-channel UNet's mask and masked-image latents, repeated to the guidance batch at the first call,
+    are reused at every later step (the same tensor), and reach the UNet after the 4 latent channels."""
+    from mini_ldm.denoisers import InpaintingChannels
+    seen = []
+    extra = torch.randn(2, 5, 8, 8, generator=torch.Generator().manual_seed(1))  # n = 2 images
+    wrapped = InpaintingChannels(lambda x, t, context, y: seen.append(x) or x[:, :4], extra)
+    for step in range(3):
+        inp = torch.full((6, 4, 8, 8), float(step))  # negative + 2 prompts, n rows each
+        wrapped(inp, torch.zeros(6), None)
+    assert [x.shape for x in seen] == [(6, 9, 8, 8)] * 3
+    assert torch.equal(seen[2][:, 4:], extra.repeat(3, 1, 1, 1)) and torch.equal(seen[2][:, :4], inp)
+    first = wrapped.rows
+    wrapped(inp, torch.zeros(6), None)
+    assert wrapped.rows is first

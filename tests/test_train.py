@@ -551,3 +551,23 @@ def test_demo_with_concepts_runs_and_its_suggested_command_works(tmp_path):
     out = tmp_path / "demo-output" / "concepts"
     assert {read_embedding(out / f"phantom-{x}.safetensors").token for x in "ab"} == {"<phantom-a>", "<phantom-b>"}
     run_suggested_command(proc.stdout, tmp_path)
+
+
+def test_demo_fills_in_only_the_flags_not_given(tmp_path, monkeypatch):
+    """--demo sizes the run for a CPU (its lr, steps, vectors, previews, no snapshots), but a flag typed with it
+    keeps its value, even one typed at its ordinary default (--lr 0.005)."""
+    import train
+    from mini_ldm import demo
+
+    monkeypatch.chdir(tmp_path)
+    demo_only = train.resolve_settings(train.parse_args(["--demo"]))
+    assert (demo_only.lr, demo_only.steps, demo_only.vectors, demo_only.save_every, demo_only.preview_every,
+            demo_only.preview_steps) == (0.02, 60, 4, 0, 60, 8)
+    args = train.parse_args(["--demo", "--lr", "0.005", "--steps", "100", "--vectors", "16", "--save-every", "50",
+                             "--preview-every", "25", "--preview-steps", "3"])
+    assert args.given == {"demo", "lr", "steps", "vectors", "save_every", "preview_every", "preview_steps"}
+    mine = train.resolve_settings(args)
+    assert (mine.lr, mine.steps, mine.vectors, mine.save_every, mine.preview_every, mine.preview_steps) == (
+        0.005, 100, 16, 50, 25, 3)
+    assert train.resolve_settings(train.parse_args(["--demo", "--steps", "7"])).preview_every == 7  # at the end
+    assert demo.DEMO_TRAINING["lr"] != TrainSettings.lr  # else the first case could not tell

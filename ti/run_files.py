@@ -15,7 +15,6 @@ two runs never write the same files at once, and a resumed log holds each step o
 """
 import csv
 import io
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,16 +80,10 @@ def check_fresh_output(output: Path, concepts: bool = False, embeddings=()):
                             "that run with --resume, replace it with --overwrite, or choose another --output")
 
 
-@contextmanager
 def output_lock(output: Path, concepts: bool = False):
     """Hold `<name>.lock` (holding our pid) while a run writes its files; a second run on the same output
     stops at once. A lock whose process is gone (kill -9, a power cut) is stale and taken over."""
-    lock = RunFiles.of(output, concepts).lock
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with pid_lock(lock, lambda pid: f"--output {output}: another training run (pid {pid}) is writing it; wait "
-                                    f"for it to finish or choose another --output (remove {lock.name} if no such "
-                                    "run exists)"):
-        yield
+    return pid_lock(RunFiles.of(output, concepts).lock, output, "training run")
 
 
 def trim_loss_log(path: Path, step: int):

@@ -131,21 +131,29 @@ class Trainer:
         for i in self.active:
             c = self.concepts[i]
             index = torch.randint(len(c.cache), (n,), generator=g)  # which training images
-            x0.append(c.cache.sample(index, g) * sd.vae.cfg.scale)  # (n, 4, h, w): a sample of each latent
+            x0.append(c.cache.sample(index, g))  # (n, 4, h, w): a sample of each cached latent distribution
             noise.append(torch.randn(x0[-1].shape, generator=g))  # (n, 4, h, w)
             t.append(torch.randint(len(self.alphas_cumprod), (n,), generator=g))  # (n,) uniform timesteps
             choice = torch.randint(len(self.templates), (n,), generator=g).tolist()
             prompts += [render(self.templates[k], c.token, c.cache.caption(j)) for k, j in zip(choice, index.tolist())]
             sizes.append(c.cache.size_conditioning(index, x0[-1].shape[-1] * sd.vae.downscale))  # (n, 6) SDXL
-        x0, noise, t, sizes = (torch.cat(v).to(sd.device) for v in (x0, noise, t, sizes))  # B = n * active concepts
+        out, target = self._predict(*(torch.cat(v) for v in (x0, noise, t)), prompts, torch.cat(sizes))
+        losses = [F.mse_loss(out[k * n:(k + 1) * n], target[k * n:(k + 1) * n]) for k in range(len(self.active))]
+        self.concept_losses = dict(zip(self.active, losses))
+        return torch.stack(losses).sum()
+
+    def _predict(self, x0, noise, t, prompts: list, sizes):
+        """The frozen UNet's prediction and its training target, both (B, 4, h, w) float32, for the VAE latents
+        x0 (B, 4, h, w, unscaled), noise (B, 4, h, w), timesteps t (B,), one prompt and (SDXL) six size numbers
+        (B, 6) per row; the learned vectors enter through the prompts. Training and validation both use it."""
+        sd = self.sd
+        x0 = x0.to(sd.device) * sd.vae.cfg.scale
+        noise, t, sizes = noise.to(sd.device), t.to(sd.device), sizes.to(sd.device)
         alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = samplers.noised_for_training(x0, noise, alpha_bar)  # sqrt(a) x0 + sqrt(1 - a) noise
         target = samplers.training_target(x0, noise, alpha_bar, sd.prediction)  # the noise, or v
         context, y = self._conditioning(prompts, sizes)  # (B, 77, width): the frozen text encoder(s), the vectors
-        out = self.unet(noisy.to(sd.dtype), t, context, y).float()  # (B, 4, h, w), frozen UNet
-        losses = [F.mse_loss(out[k * n:(k + 1) * n], target[k * n:(k + 1) * n]) for k in range(len(self.active))]
-        self.concept_losses = dict(zip(self.active, losses))
-        return torch.stack(losses).sum()
+        return self.unet(noisy.to(sd.dtype), t, context, y).float(), target  # frozen UNet
 
     def _conditioning(self, prompts: list, sizes: torch.Tensor):
         """The text encoder's context (B, 77, width) for one prompt per row, the learned tokens' trainable vectors
@@ -165,14 +173,15 @@ class Trainer:
     def train_step(self, after_update=None) -> dict:
         """One step; returns {concept index: its loss}. `after_update(losses)` runs with the update, before a
         Ctrl-C can land (run() logs the step there, so a step is never counted without its log row)."""
-        accum = self.settings.grad_accum
-        totals = dict.fromkeys(self.active, 0.0)
+        accum, parts = self.settings.grad_accum, []
         for _ in range(accum):
             loss = self._batch_loss() / accum
             self.scaler.scale(loss).backward()
-            parts = torch.stack(list(self.concept_losses.values())).detach() / accum
-            for i, value in zip(self.concept_losses, parts.tolist()):  # one device sync, not one per concept
-                totals[i] += value
+            parts.append(torch.stack(list(self.concept_losses.values())).detach() / accum)  # (concepts,)
+        totals = dict.fromkeys(self.active, 0.0)
+        for row in torch.stack(parts).tolist():  # (accum, concepts): one device sync for the whole step
+            for i, value in zip(self.active, row):
+                totals[i] += value  # summed in Python floats, micro-batch by micro-batch
         # The update, the step count and the random state move together: a Ctrl-C arriving in between
         # would otherwise save an update without its count, and a resume would not replay exactly.
         with _signals_deferred():
@@ -196,7 +205,8 @@ class Trainer:
             return False
         if self.scaler.is_enabled():
             return True
-        return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())  # one device sync
 
     def _count_skipped(self, finite: bool):
         if finite:
@@ -211,16 +221,12 @@ class Trainer:
 
     def _row_errors(self, i: int, x0, noise, t, captions, rows: slice):
         """Per-row mean squared errors of concept i's held-out rows (validation.py's callback)."""
-        token, device = self.concepts[i].token, self.sd.device
+        token = self.concepts[i].token
         prompts = [render(self.templates[r % len(self.templates)], token, caption)
                    for r, caption in zip(range(rows.start, rows.start + len(captions)), captions)]
-        x0, noise, t = x0.to(device) * self.sd.vae.cfg.scale, noise.to(device), t.to(device)  # as in _batch_loss
-        alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = samplers.noised_for_training(x0, noise, alpha_bar)
-        target = samplers.training_target(x0, noise, alpha_bar, self.sd.prediction)
         side = x0.shape[-1] * self.sd.vae.downscale  # held-out rows: SDXL sizes of an uncropped training image
-        sizes = torch.tensor([[side, side, 0, 0, side, side]] * len(prompts), dtype=torch.float32, device=device)
-        out = self.unet(noisy.to(self.sd.dtype), t, *self._conditioning(prompts, sizes)).float()
+        sizes = torch.tensor([[side, side, 0, 0, side, side]] * len(prompts), dtype=torch.float32)
+        out, target = self._predict(x0, noise, t, prompts, sizes)
         return (out - target).pow(2).mean(dim=(1, 2, 3))
 
     def validation_due(self) -> bool:
@@ -313,9 +319,12 @@ class Trainer:
             tensors["growth_tracker"] = torch.tensor(scaler["_growth_tracker"], dtype=torch.int64)
         return tensors
 
+    def _settings_text(self) -> dict:
+        """The settings as the state file keeps them (every value a string), to refuse resuming another run."""
+        return {k: str(v) for k, v in asdict(self.settings).items()}
+
     def _state_meta(self) -> dict:
-        settings = {k: str(v) for k, v in asdict(self.settings).items()}
-        return {"settings": repr(settings), "records": dump_records(self.records),
+        return {"settings": repr(self._settings_text()), "records": dump_records(self.records),
                 "validated_step": str(self.validated_step)}
 
     def resume(self, path: Path):
@@ -325,7 +334,7 @@ class Trainer:
         check_resumable(path, concepts_run)
         state = self.files.state if concepts_run else state_path(Path(path))
         saved, meta = read_state(path, state)
-        check_same_run(path, meta, {k: str(v) for k, v in asdict(self.settings).items()})
+        check_same_run(path, meta, self._settings_text())
         step = int(saved["step"])
         for i, c in enumerate(self.concepts):
             vectors = self._saved_vectors(path, c, c.output if concepts_run else Path(path), saved, step)

@@ -272,8 +272,7 @@ def _embeddings_field(sd, settings: SampleSettings, token_hashes: dict) -> str:
 def content_hashes(sd, rows: list, embedding_files: dict | None) -> tuple:
     """(model hash, {learned token the job uses: hash}): sha256[:10] of the files (or of the vectors when
     the file is not known). Computed once per job, on rank 0."""
-    path = sd.checkpoint.path
-    model = hashes.model_hash(path) if path is not None else ""
+    model = hashes.model_hash(sd.checkpoint.path)
     files = {name.lower(): Path(p) for name, p in (embedding_files or {}).items() if p is not None}
     tokens = {}
     for row in rows:
@@ -383,9 +382,7 @@ def open_job(sd, request: DatasetRequest, embedding_files, locks: ExitStack) -> 
     made = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     with ExitStack() as held:
-        held.enter_context(pid_lock(output / LOCK, lambda pid: (  # another job's: its folder is left alone
-            f"--output {output}: another dataset job (pid {pid}) is writing it; wait for it to finish or "
-            f"choose another --output (remove {output / LOCK} if no such job exists)")))
+        held.enter_context(pid_lock(output / LOCK, output, "dataset job"))  # another job's: its folder is left alone
         try:
             job = settle_folder(sd, request, embedding_files)
         except BaseException:
