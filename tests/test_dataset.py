@@ -423,3 +423,29 @@ def test_a_prompt_in_bytes_that_are_not_utf8_in_a_real_process(env, tmp_path):
                           text=True, timeout=TIMEOUT)
     one_line_error(proc, "--prompt", "not UTF-8")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_room_check_counts_a_shared_folders_images_once(tmp_path, monkeypatch):
+    """Two rows writing to neg/ (5 PNGs there already): those 5 count once toward the room they free, not once
+    per row, so a job the disk cannot hold is refused (the room check used to count them twice and let it run)."""
+    from mini_ldm.dataset import job
+    from mini_ldm.dataset.rows import Row
+    from mini_ldm.sample_settings import SampleSettings
+
+    (tmp_path / "neg").mkdir()
+    for k in range(5):
+        (tmp_path / "neg" / f"{k:05d}.png").write_bytes(b"x")
+    rows = [Row(SampleSettings(prompt="a"), 10, "neg", None, f"prompts.csv line {k + 2}") for k in range(2)]
+    need = 2 * 10 * (job.MIN_PNG_BYTES + 1)
+    free = need - 7 * job.MIN_PNG_BYTES  # enough with 10 images' room freed, too little with the 5 really there
+    monkeypatch.setattr(job.shutil, "disk_usage", lambda path: shutil_usage(free))
+    monkeypatch.setattr(job.os, "statvfs", lambda path: os.statvfs_result((0,) * 10), raising=False)
+    with pytest.raises(UserError, match="cannot fit"):
+        job.check_room(tmp_path, rows)
+    monkeypatch.setattr(job.shutil, "disk_usage", lambda path: shutil_usage(free + 2 * job.MIN_PNG_BYTES))
+    job.check_room(tmp_path, rows)  # 5 images' room freed is just enough
+
+
+def shutil_usage(free: int):
+    import shutil
+    return shutil._ntuple_diskusage(10**12, 10**12 - free, free)

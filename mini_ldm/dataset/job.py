@@ -230,7 +230,8 @@ def check_room(output: Path, rows: list) -> None:
     free = shutil.disk_usage(existing).free
     if (files is None or total <= files) and need <= free:
         return
-    there = sum(1 for row in rows for _ in (output / row.folder).glob("*.png")) if output.is_dir() else 0
+    folders = {row.folder for row in rows}  # rows may share a folder (neg/): count its images once
+    there = sum(1 for folder in folders for _ in (output / folder).glob("*.png")) if output.is_dir() else 0
     if (files is None or total <= files + there) and need <= free + there * MIN_PNG_BYTES:
         return
     raise UserError(f"--output {output}: {total} images cannot fit on its disk ({free // 2**20} MiB and "
