@@ -449,3 +449,48 @@ def test_the_room_check_counts_a_shared_folders_images_once(tmp_path, monkeypatc
 def shutil_usage(free: int):
     from types import SimpleNamespace
     return SimpleNamespace(total=10**12, used=10**12 - free, free=free)  # what shutil.disk_usage gives
+
+
+def test_the_progress_bar_reads_only_what_other_ranks_appended(tmp_path, monkeypatch):
+    """Rank 0's bar counts the rows of the other ranks' parts after each batch: it reads the bytes added since
+    its last look, not the whole part again (which made each batch cost O(images written))."""
+    from mini_ldm.dataset import manifest
+
+    part = tmp_path / ".metadata.rank1.csv"
+    count = manifest.RowCounter(part)
+    assert count() == 0  # not there yet
+    appender = manifest.Appender(part)
+    row = dict.fromkeys(manifest.COLUMNS, "x")
+    read = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: Recording(real_open(*a, **k), read))
+    for written in range(1, 4):
+        appender.add(row)
+        assert count() == written
+    appender.close()
+    with real_open(part, "ab") as f:
+        f.write(b"half a row")  # a row being written counts once it ends
+    assert count() == 3
+    monkeypatch.undo()
+    assert sum(read) == part.stat().st_size  # every byte read once
+
+
+class Recording:
+    """An open file that records how many bytes were read through it."""
+
+    def __init__(self, file, read):
+        self.file, self.read_sizes = file, read
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def read(self, *args):
+        data = self.file.read(*args)
+        self.read_sizes.append(len(data))
+        return data

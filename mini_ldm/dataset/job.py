@@ -484,11 +484,13 @@ class Progress:
     def __init__(self, job: Job, group: Group, kept: int, enabled: bool):
         self.job, self.group = job, group
         self.kept = kept
+        others = range(1, group.size) if group.rank == 0 else ()  # only rank 0 shows a bar
+        self.others = [manifest.RowCounter(manifest.part_path(job.output, r)) for r in others]
         self.bar = tqdm(total=len(job.plan), initial=kept, unit="img", desc="dataset", dynamic_ncols=True,
                         disable=not enabled or group.rank != 0, smoothing=0.1)
 
     def __call__(self, written_here: int) -> None:
-        others = sum(manifest.count_rows(manifest.part_path(self.job.output, r)) for r in range(1, self.group.size))
+        others = sum(count() for count in self.others)
         self.bar.update(self.kept + written_here + others - self.bar.n)
 
     def close(self):
