@@ -50,13 +50,9 @@ def check_cheap_things(args, settings: EvaluateSettings) -> None:
 
 
 def encode(s: EvaluateSettings, model, folder: Path, role: str):
-    try:
+    with cli.naming_out_of_memory(f"encoding {role} folder {folder}"):  # cli.run adds OUT_OF_MEMORY_HINT
         feats = folder_features(folder, model, s.resize, s.zscore, s.dims, s.batch,
                                 cache_dir=False if s.no_cache else s.cache_dir, mirror=role == "REAL" and not s.no_mirror)
-    except (MemoryError, RuntimeError) as e:  # Python's, or torch's CPU/CUDA allocators: name the folder
-        if not cli.is_out_of_memory(e):
-            raise
-        raise UserError(f"out of memory encoding {role} folder {folder}: {OUT_OF_MEMORY_HINT}") from None
     print(f"{role}: {len(feats)} images from {folder}" + (" (cached features)" if feats.from_cache else ""))
     if len(feats) < 2:
         raise UserError(f"{role} folder {folder} has {len(feats)} readable image; FID, KID and the memorisation "

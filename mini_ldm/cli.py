@@ -1,9 +1,11 @@
 """What train.py and sample.py share: finding the model, and turning errors into one line."""
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
+from .io import first_line
 from .settings import check_utf8
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,10 +75,34 @@ def is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and any(words in str(e).lower() for words in OUT_OF_MEMORY)
 
 
-def out_of_memory_line(e: BaseException, hint: str) -> str:
-    """One line for an allocator's error: what it said (its first line) and what to lower."""
-    said = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    return f"out of memory ({said}); {hint}"
+def out_of_memory_line(e: BaseException, hint: str, what: str = "") -> str:
+    """One line for an allocator's error: what we were doing, what the allocator said, what to lower."""
+    said = first_line(e) if str(e).strip() else ""  # Python's MemoryError says nothing
+    return "out of memory" + (f" {what}" if what else "") + (f" ({said})" if said else "") + f": {hint}"
+
+
+class OutOfMemory(UserError):
+    """Running out of memory while working on one named thing (`naming_out_of_memory`); `cli.run` words it
+    with the CLI's own memory hint unless the thing came with its own."""
+
+    def __init__(self, error: BaseException, what: str, hint: str | None):
+        self.error, self.what, self.hint = error, what, hint
+        super().__init__(out_of_memory_line(error, hint or "free memory", what))
+
+    def line(self, memory_hint: str) -> str:
+        return out_of_memory_line(self.error, self.hint or memory_hint, self.what)
+
+
+@contextmanager
+def naming_out_of_memory(what: str, hint: str | None = None):
+    """Running out of memory inside the block becomes OutOfMemory naming `what` ("reading image a.png"); `hint`
+    is what to do about that thing, else the CLI's memory hint is given."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:  # Python's, or torch's CPU/CUDA/MPS allocators
+        if not is_out_of_memory(e):
+            raise
+        raise OutOfMemory(e, what, hint) from None
 
 
 def run(main, argv=None, memory_hint: str = "use a smaller input or another --device") -> None:
@@ -85,6 +111,9 @@ def run(main, argv=None, memory_hint: str = "use a smaller input or another --de
     lower, in that CLI's flags), Ctrl-C exit status 130."""
     try:
         main(argv)
+    except OutOfMemory as e:
+        print(f"error: {e.line(memory_hint)}", file=sys.stderr)
+        sys.exit(2)
     except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

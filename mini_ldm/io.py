@@ -29,8 +29,9 @@ def user_cache_dir() -> Path:
 
 
 def first_line(e: BaseException) -> str:
-    """The gist of a library error: its first sentence, so our messages stay one line."""
-    text = str(e).strip()
+    """The gist of a library error: its first sentence, so our messages stay one line. A C++ check's prefix
+    (torch's "[enforce fail at alloc_cpu.cpp:127] err == 0. ") says nothing to a user and is left out."""
+    text = re.sub(r"^\[enforce fail at [^\]]*\][^.]*\.\s*", "", str(e).strip())
     if not text:
         return type(e).__name__
     return text.splitlines()[0].split(". ")[0][:200]
