@@ -24,7 +24,7 @@ def parse_args(argv=None):
                                 "validated on real images, tested once on real images; AUC with DeLong 95%% CIs, "
                                 "paired DeLong tests between arms, mean +/- std over repeats.")
     add_flags(p, ClassifySettings)
-    return p.parse_args(argv)
+    return cli.parse_args(p, argv)
 
 
 def demo_settings(settings: ClassifySettings) -> ClassifySettings:

@@ -32,7 +32,7 @@ def parse_args(argv=None):
                    "train.py --data reads)")
     p.add_argument("synth", type=Path, nargs="?", metavar="SYNTH", help="folder of synthetic images")
     add_flags(p, EvaluateSettings)
-    args = p.parse_args(argv)
+    args = cli.parse_args(p, argv)
     if not args.demo and (args.real is None or args.synth is None):
         p.error("give REAL and SYNTH (or --demo)")
     return args

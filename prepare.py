@@ -93,7 +93,7 @@ def parse_args(argv=None):
                    help="folder (searched recursively) or file with the scans")
     p.add_argument("out", type=Path, metavar="OUT", nargs="?", help="output folder for the PNGs and metadata.csv")
     add_flags(p, PrepareSettings)
-    args = p.parse_args(argv)
+    args = cli.parse_args(p, argv)
     if args.demo:
         args = demo_args(args)
     elif args.src is None or args.out is None:

@@ -39,7 +39,7 @@ def parse_args(argv=None):
                    help="start afresh where --output already holds an earlier run (its files are replaced)")
     p.add_argument("--demo", action="store_true", help="check the install: a tiny random model and synthetic "
                    f"phantom images, a few steps, in about a minute on a CPU (writes {demo.DEMO_DIR}/)")
-    return p.parse_args(argv)
+    return cli.parse_args(p, argv)  # text that is not UTF-8 (--token, --init, --data ...) fails here
 
 
 def default_dtype(device: str) -> str:
@@ -152,7 +152,6 @@ def encode_concepts(sd, settings: TrainSettings, concepts: list):
 
 def main(argv=None):
     args = parse_args(argv)
-    cli.check_utf8_flags(args)  # text that is not UTF-8 (--token, --init, --data ...) fails here, before any work
     device = args.device or mini_ldm.loading.default_device()
     mini_ldm.loading.check_device(device)
     settings = resolve_settings(args)

@@ -1,4 +1,5 @@
-"""What train.py and sample.py share: finding the model, and turning errors into one line."""
+"""What the CLIs share: finding the model, parsing flags (text checked), turning errors into one line."""
+import argparse
 import os
 import sys
 from contextlib import contextmanager
@@ -55,13 +56,18 @@ def check_writable(path: Path, flag: str, is_file: bool) -> None:
         raise UserError(f"{flag} {path}: {existing} is not writable; choose another place")
 
 
-def check_utf8_flags(args) -> None:
-    """Refuse, before any work, a flag whose text holds bytes that are not UTF-8 (Python hands them over as
-    lone surrogates, which fail later when a PNG text, the manifest or the terminal encodes them)."""
-    for name, value in vars(args).items():
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, refusing before any work a value whose text holds bytes that are not UTF-8
+    (Python hands them over as lone surrogates, which fail later, when a PNG's text, a manifest or the terminal
+    encodes them). Every CLI parses through here, so none has to remember the check."""
+    args = parser.parse_args(argv)
+    for action in parser._actions:  # argparse keeps no public list of its arguments
+        value = getattr(args, action.dest, None)
+        name = action.option_strings[0] if action.option_strings else (action.metavar or action.dest.upper())
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, (str, Path)):
-                check_utf8("--" + name.replace("_", "-"), item)
+                check_utf8(name, item)
+    return args
 
 
 OUT_OF_MEMORY = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")

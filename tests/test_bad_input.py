@@ -245,3 +245,29 @@ def test_resume_with_other_settings_is_refused(phantoms, sd1_single, tmp_path):
                    "--seed 5", "saved run's 0")
     one_line_error(run("train.py", *train_args(phantoms, sd1_single, out, 4, "--resume", "--lr", 0.1)), "--lr 0.1")
     assert run("train.py", *train_args(phantoms, sd1_single, out, 3, "--resume")).returncode == 0  # more steps: fine
+
+
+# --- every CLI: text that is not UTF-8 --------------------------------------------------------------------
+
+BAD_TEXT = "caf\udce9"  # b"caf\xe9" (Latin-1) as Python hands it over on a UTF-8 system: a lone surrogate
+
+
+@pytest.mark.parametrize("script", ["sample", "train", "classify", "evaluate", "prepare"])
+def test_every_cli_refuses_a_value_that_is_not_utf8_before_any_work(script, tmp_path):
+    """One check, in the parsing every CLI shares: exit 2, one line naming the flag or argument, nothing
+    written (classify, evaluate and prepare used to go on, and fail later or write the text as it came)."""
+    import importlib
+
+    out, empty, no_model = tmp_path / "out", tmp_path / "empty", tmp_path / "none.safetensors"
+    empty.mkdir()
+    args, needle = {
+        "sample": (["--prompt", BAD_TEXT, "--model", no_model, "--device", "cpu", "--output", out], "--prompt"),
+        "train": (["--data", empty, "--token", f"<{BAD_TEXT}>", "--model", no_model, "--device", "cpu",
+                   "--output", out], "--token"),
+        "classify": (["--train", tmp_path / BAD_TEXT, "--device", "cpu", "--output", out], "--train"),
+        "evaluate": ([tmp_path / BAD_TEXT, empty, "--device", "cpu", "--output", out], "REAL"),
+        "prepare": ([empty, out / BAD_TEXT], "OUT"),
+    }[script]
+    r = run_main(importlib.import_module(script).main, *args)
+    one_line_error(r, needle, "not UTF-8")
+    assert not out.exists()
