@@ -22,7 +22,7 @@ from tqdm import tqdm
 from mini_ldm import cli
 from mini_ldm.demo import DEMO_DIR  # every CLI's --demo writes there
 from mini_ldm.errors import UserError
-from mini_ldm.io import atomic_write, write_text_atomic
+from mini_ldm.io import write_image_atomic, write_text_atomic
 from mini_ldm.settings import add_flags, from_flags, option
 from readers.cases import find_cases, find_masks
 from readers.extras import INSTALL_HINT
@@ -205,8 +205,7 @@ def write_case(case, slices: list[Slice], out: Path, size: int | None) -> list[d
     for s in slices:
         name = case.id if len(slices) == 1 else f"{case.id}_{s.index:03d}"
         file_name = f"{s.subfolder}/{name}.png" if s.subfolder else f"{name}.png"
-        with atomic_write(out / file_name) as f:
-            to_png(s.pixels, size).save(f, format="PNG")
+        write_image_atomic(out / file_name, to_png(s.pixels, size))
         rows.append(dict(file_name=file_name, case=case.id, slice="" if s.index is None else s.index,
                          sources=";".join(src.label for src in case.sources), spacing=s.spacing,
                          normalize=s.normalize))

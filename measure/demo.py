@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mini_ldm.demo import DEMO_DIR  # every CLI's --demo writes there
-from mini_ldm.io import atomic_write
+from mini_ldm.io import atomic_write, write_image_atomic
 
 from .inception import WEIGHTS_FILES, InceptionV3FID
 
@@ -75,6 +75,5 @@ def demo_folders(count: int = 6) -> tuple[Path, Path]:
         for k, seed in enumerate(seeds):
             path = folder / f"{folder.name}-{k:02d}.png"
             if not path.is_file():
-                with atomic_write(path) as f:
-                    demo_image(0 if folder == synth and k == 0 else seed).save(f, format="PNG")
+                write_image_atomic(path, demo_image(0 if folder == synth and k == 0 else seed))
     return real, synth

@@ -271,3 +271,25 @@ def test_every_cli_refuses_a_value_that_is_not_utf8_before_any_work(script, tmp_
     r = run_main(importlib.import_module(script).main, *args)
     one_line_error(r, needle, "not UTF-8")
     assert not out.exists()
+
+
+# --- image files are never half written ---------------------------------------------------------------------
+
+def test_an_image_write_cut_short_leaves_no_half_file(tmp_path, monkeypatch):
+    """Ctrl-C while a PNG is being written (PIL cleans up after an Exception, not a KeyboardInterrupt): every
+    image goes through mini_ldm.io.write_image_atomic, so no half PNG is left (the phantoms used to be)."""
+    from PIL import Image
+
+    from mini_ldm.io import write_image_atomic
+
+    def cut_short(image, fp, filename):
+        fp.write(b"\x89PNG\r\n\x1a\n half")
+        raise KeyboardInterrupt
+    monkeypatch.setitem(Image.SAVE, "PNG", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        write_phantoms(tmp_path / "phantoms", count=2)
+    assert list((tmp_path / "phantoms").iterdir()) == []
+    monkeypatch.undo()
+    jpeg = write_image_atomic(tmp_path / "a.jpg", Image.new("RGB", (8, 8)), quality=90)  # the format from the name
+    with Image.open(jpeg) as im:
+        assert im.format == "JPEG"

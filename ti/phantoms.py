@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mini_ldm.io import write_image_atomic
+
 
 def phantom(rng: np.random.Generator, size: int = 128) -> Image.Image:
     y, x = np.mgrid[0:size, 0:size] / size  # (size, size) coordinates in [0, 1)
@@ -29,5 +31,5 @@ def write_phantoms(folder: Path, count: int = 8, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
-        phantom(rng).save(folder / f"phantom-{i:02d}.png")
+        write_image_atomic(folder / f"phantom-{i:02d}.png", phantom(rng))
     return folder
