@@ -9,11 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from mini_ldm import cli
 from mini_ldm.errors import UserError
-from mini_ldm.loading import check_device
+from mini_ldm.loading import check_device, default_device
 from mini_ldm.settings import add_flags, from_flags
 from measure.demo import DEMO_DIR, demo_folders, demo_weights
 from measure.features import folder_features
@@ -107,8 +105,7 @@ def demo(args, settings: EvaluateSettings) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     settings = from_flags(EvaluateSettings, args)
-    if settings.device is None:
-        settings.device = "cuda" if torch.cuda.is_available() else "cpu"
+    settings.device = settings.device or default_device()
     if settings.demo:
         demo(args, settings)
     check_cheap_things(args, settings)

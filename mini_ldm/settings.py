@@ -68,6 +68,12 @@ def add_flags(parser: argparse.ArgumentParser, cls, skip: tuple = ()) -> None:
                             choices=meta["choices"], metavar=meta["metavar"], help=text)
 
 
+def device_option():
+    """The --device field, one definition for every CLI (each dataclass needs a field of its own)."""
+    return option(None, "where to run: cpu, cuda, cuda:N (the N-th GPU) or mps (Apple GPUs)",
+                  shown="cuda if available, else cpu")
+
+
 def from_flags(cls, args: argparse.Namespace, **more):
     """An instance of `cls` from parsed flags: every option that was added as a flag, plus `more`."""
     values = {f.name: getattr(args, f.name) for f in options(cls) if hasattr(args, f.name)}
