@@ -1,7 +1,9 @@
 """What the CLIs share: finding the model, parsing flags (text checked), turning errors into one line."""
 import argparse
 import os
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -109,6 +111,28 @@ def naming_out_of_memory(what: str, hint: str | None = None):
         if not is_out_of_memory(e):
             raise
         raise OutOfMemory(e, what, hint) from None
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (what `timeout`, `kill` and SLURM send before they end a job) go to
+    `handler(signum, frame)` while the block runs; the previous handlers are put back after it, or earlier by
+    `restore()`. Only the main thread receives signals: in any other this does nothing."""
+
+    def __init__(self, handler, signals: tuple = (signal.SIGINT, signal.SIGTERM)):
+        self.handler, self.signals, self.previous = handler, signals, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self.handler) for sig in self.signals}
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def __exit__(self, *exc):
+        self.restore()
 
 
 def run(main, argv=None, memory_hint: str = "use a smaller input or another --device") -> None:

@@ -494,3 +494,22 @@ class Recording:
         data = self.file.read(*args)
         self.read_sizes.append(len(data))
         return data
+
+
+def test_stop_signals_hands_both_signals_over_and_puts_the_old_handlers_back():
+    """mini_ldm.cli.StopSignals, the one home of signal handling (the dataset job's StopAfterBatch is one):
+    SIGINT and SIGTERM go to the handler inside the block, the previous handlers come back after it."""
+    from mini_ldm.cli import StopSignals
+    from mini_ldm.dataset.job import StopAfterBatch
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    got = []
+    with StopSignals(lambda signum, frame: got.append(signum)):
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGINT)
+    assert got == [signal.SIGTERM, signal.SIGINT]
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    with StopAfterBatch() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.requested and signal.getsignal(signal.SIGINT) == before[signal.SIGINT]  # a second one stops now
+    assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -24,9 +24,7 @@ import bisect
 import os
 import secrets
 import shutil
-import signal
 import sys
-import threading
 import time
 from array import array
 from contextlib import ExitStack
@@ -39,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .. import hashes
 from .. import prompt as prompting
-from ..cli import check_writable
+from ..cli import StopSignals, check_writable
 from ..errors import UserError
 from ..io import pid_lock
 from ..png import parameters_text, parse_parameters, save_png
@@ -413,30 +411,19 @@ def scan(job: Job, mine) -> tuple:
 
 # --- drawing --------------------------------------------------------------------------------------------
 
-class StopAfterBatch:
-    """Ctrl-C (SIGINT) or SIGTERM (what SLURM sends before it ends a job): finish the batch being drawn and its
-    files, then stop. The handlers are put back at once, so a second Ctrl-C stops immediately."""
+class StopAfterBatch(StopSignals):
+    """Ctrl-C or SIGTERM: finish the batch being drawn and its files, then stop. The handlers are put back at
+    once, so a second Ctrl-C stops immediately."""
 
-    def __enter__(self):
-        self.requested, self.old = False, {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, self._handle)
-        return self
+    def __init__(self):
+        super().__init__(self._handle)
+        self.requested = False
 
     def _handle(self, signum, frame):
         self.requested = True
-        self._restore()
+        self.restore()
         print("stopping after this batch (everything written so far is kept; run the same command to go on)",
               file=sys.stderr)
-
-    def _restore(self):
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
-        self.old = {}
-
-    def __exit__(self, *exc):
-        self._restore()
 
 
 def batches(job: Job, todo, size: int):
