@@ -4,12 +4,12 @@ For each arm (training set) and repeat: a ResNet-18 is fine-tuned with the paper
 real validation set every `val_every` steps, and its best checkpoint scores the real test set once. Each
 finished (arm, repeat) is saved at once as runs/<arm>-r<repeat>.json, so a rerun with the same settings
 continues where the last one stopped; results.json, predictions.csv and roc.png are rewritten from the
-finished runs after each one.
+finished runs after each newly trained one (a killed experiment keeps what finished) and at the end.
 """
 import json
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -98,12 +98,17 @@ def predict(model, images: ImageSet, device, dtype: str, batch: int) -> list:
     model.eval()
     scores = []
     for start in range(0, len(images.names), batch):
-        x = images.pixels[start:start + batch].to(device).float() / 255
+        x = images.pixels[start:start + batch].to(device).float() / 255  # (B, 3, S, S); on the device already
         with autocast(device, dtype):
             logits = model(x)
-        scores += F.softmax(logits.float(), dim=1)[:, 1].tolist()
+        scores.append(F.softmax(logits.float(), dim=1)[:, 1])
     model.train()
-    return scores
+    return torch.cat(scores).tolist()  # one copy to the host, not one per batch
+
+
+def on_device(images: ImageSet, device) -> ImageSet:
+    """The set's pixels and labels moved to the training device once, not batch by batch."""
+    return ImageSet(images.names, images.labels.to(device), images.pixels.to(device))
 
 
 def train_and_test(train: ImageSet, data: Data, s: ClassifySettings, seed: int, backbone, device, dtype: str,
@@ -117,18 +122,19 @@ def train_and_test(train: ImageSet, data: Data, s: ClassifySettings, seed: int, 
     val_every = s.val_every or steps_per_epoch(len(train.names), s.batch)  # default: once per epoch, as Lightning
     best = {"val_auc": -math.inf, "step": 0, "state": None}
     history, batches = [], epoch_batches(len(train.names), s.batch, g)
+    val_labels = data.val.labels.tolist()
     for step in (bar := tqdm(range(1, s.steps + 1), desc=desc, unit="step", leave=False)):
-        idx = next(batches)
-        x = augment(train.pixels[idx].to(device).float() / 255, s.augment, g_aug)  # (B, 3, S, S) in [0, 1]
+        idx = next(batches).to(train.pixels.device)  # the batch order is drawn on the CPU, the images are not
+        x = augment(train.pixels[idx].float() / 255, s.augment, g_aug)  # (B, 3, S, S) in [0, 1]
         with autocast(device, dtype):
-            loss = F.cross_entropy(model(x).float(), train.labels[idx].to(device))
+            loss = F.cross_entropy(model(x).float(), train.labels[idx])
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
         scaler.update()
         if step % val_every == 0 or step == s.steps:
             val_scores = predict(model, data.val, device, dtype, 2 * s.batch)
-            val_auc = stats.auc_mann_whitney(val_scores, data.val.labels.tolist()) if _finite(val_scores) else math.nan
+            val_auc = stats.auc_mann_whitney(val_scores, val_labels) if _finite(val_scores) else math.nan
             history.append([step, val_auc if math.isfinite(val_auc) else None])  # JSON has no NaN
             if val_auc > best["val_auc"]:  # the first of equal AUCs is kept, as Lightning's checkpoint does
                 best = {"val_auc": val_auc, "step": step,
@@ -228,23 +234,31 @@ def run_experiment(s: ClassifySettings, log=print) -> dict:
     log(f"classes: {', '.join(data.classes)}; positive class (label 1): {data.positive}")
     log(f"arms: {', '.join(a.name for a in arms)}; {s.repeats} repeats each; {device}, {dtype}, "
         f"{'from scratch' if backbone is None else 'ImageNet weights'}")
+    data = replace(data, val=on_device(data.val, device), test=on_device(data.test, device))
     with experiment_lock(s.output):
         prepare_output(s, sha)
-        runs = {}
+        runs, results = {}, None  # results: None while a run read back is missing from the outputs written
         for arm in arms:
             train, sizes = training_set(arm, data, s.seed)
+            train_on_device = None  # moved when the arm's first repeat trains, once for all of them
             for r in range(s.repeats):
                 path = run_path(s.output, arm, r)
                 run = finished_run(path, data, s)
                 desc = f"{arm.name} repeat {r + 1}/{s.repeats}"
-                if run is None:
-                    run = train_and_test(train, data, s, s.seed + r, backbone, device, dtype, desc)
-                    run.update(arm=arm.name, repeat=r, n_train=train.per_class(data.classes, data.positive), **sizes)
-                    write_text_atomic(path, json.dumps(run) + "\n")
-                    log(f"{desc}: test AUC {stats.auc_mann_whitney(run['scores'], data.test.labels.tolist()):.3f} "
-                        f"(best validation AUC {run['best_val_auc']:.3f} at step {run['best_step']})")
-                else:
+                if run is not None:
+                    runs[arm.name, r], results = run, None
                     log(f"{desc}: finished earlier, read from {path}")
+                    continue
+                if train_on_device is None:
+                    train_on_device = on_device(train, device)
+                run = train_and_test(train_on_device, data, s, s.seed + r, backbone, device, dtype, desc)
+                run.update(arm=arm.name, repeat=r, n_train=train.per_class(data.classes, data.positive), **sizes)
+                write_text_atomic(path, json.dumps(run) + "\n")
                 runs[arm.name, r] = run
                 results = write_outputs(s.output, s, data, arms, runs, sha)
+                entry = results["arms"][arm.name]
+                log(f"{desc}: test AUC {entry['auc'][entry['repeats'].index(r)]:.3f} "
+                    f"(best validation AUC {run['best_val_auc']:.3f} at step {run['best_step']})")
+        if results is None:
+            results = write_outputs(s.output, s, data, arms, runs, sha)
     return results

@@ -25,9 +25,10 @@ def build_results(s, data, arms: list, runs: dict, weights_sha256) -> dict:
     labels = data.test.labels.tolist()
     results = {"positive": data.positive, "classes": data.classes,
                "n_test": data.test.per_class(data.classes, data.positive), "arms": {}, "comparisons": []}
+    test_auc = {key: stats.auc_mann_whitney(run["scores"], labels) for key, run in runs.items()}  # (arm, repeat)
     for arm in arms:
         finished = arm_scores(runs, arm.name)
-        aucs = [stats.auc_mann_whitney(scores, labels) for _, scores in finished]
+        aucs = [test_auc[arm.name, r] for r, _ in finished]
         mean, std = stats.mean_std(aucs) if aucs else (None, None)
         sizes = next((run for (name, _), run in runs.items() if name == arm.name), {})
         results["arms"][arm.name] = {"auc": aucs, "ci95": [list(stats.auc_ci95(sc, labels)) for _, sc in finished],
@@ -37,17 +38,18 @@ def build_results(s, data, arms: list, runs: dict, weights_sha256) -> dict:
     reference = next((a.name for a in arms if a.name == "real"), arms[0].name)
     for arm in arms:
         if arm.name != reference:
-            results["comparisons"].append(compare(runs, reference, arm.name, labels))
+            results["comparisons"].append(compare(runs, test_auc, reference, arm.name, labels))
     results.update(settings=s.identity(), weights_sha256=weights_sha256)
     return results
 
 
-def compare(runs: dict, a: str, b: str, labels: list) -> dict:
-    """The paired DeLong test of arm b against arm a on each repeat both have finished (same seed)."""
+def compare(runs: dict, test_auc: dict, a: str, b: str, labels: list) -> dict:
+    """The paired DeLong test of arm b against arm a on each repeat both have finished (same seed);
+    `test_auc`: {(arm, repeat): AUC}."""
     scores_a, scores_b = dict(arm_scores(runs, a)), dict(arm_scores(runs, b))
     paired = sorted(set(scores_a) & set(scores_b))
     p = [stats.delong_paired_test(scores_a[r], scores_b[r], labels) for r in paired]
-    deltas = [stats.auc_mann_whitney(scores_b[r], labels) - stats.auc_mann_whitney(scores_a[r], labels) for r in paired]
+    deltas = [test_auc[b, r] - test_auc[a, r] for r in paired]
     return {"a": a, "b": b, "p": p, "delta_mean": float(np.mean(deltas)) if deltas else None, "repeats": paired}
 
 

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mini_ldm import loading
+from mini_ldm.demo import DEMO_DIR
 from mini_ldm.errors import UserError
 from mini_ldm.settings import check_positive, check_seed, device_option, option
 
@@ -64,8 +65,9 @@ class ClassifySettings:
                                                    "finished trainings (runs/)", metavar="DIR")
     overwrite: bool = option(False, "start afresh where --output holds an experiment with other settings")
     demo: bool = option(False, "check the install: a tiny from-scratch run on generated two-class images "
-                               "where --train, --val, --test or --synthetic is not given "
-                               "(writes demo-output/classify/)")
+                               "where --train, --val, --test or --synthetic is not given; flags given win "
+                               f"(writes {DEMO_DIR / 'classify'}/, replacing an earlier demo there; an --output "
+                               "given is replaced only with --overwrite)")
 
     def __post_init__(self):  # the Python API may pass folders as text
         for name in ("train", "val", "test", "synthetic", "weights", "output"):

@@ -3,6 +3,7 @@ flags and of the README's table."""
 from dataclasses import dataclass
 from pathlib import Path
 
+from mini_ldm.demo import DEMO_DIR
 from mini_ldm.errors import UserError
 from mini_ldm.settings import check_positive, device_option, option
 
@@ -38,7 +39,7 @@ class EvaluateSettings:
                                     shown="~/.cache/mini-ldm/inception-features (under $XDG_CACHE_HOME if set)")
     no_cache: bool = option(False, "encode both folders again and cache nothing")
     demo: bool = option(False, "check the install: random Inception weights written once to "
-                               "demo-output/, REAL and SYNTH default to two small demo folders made there")
+                               f"{DEMO_DIR}/, REAL and SYNTH default to two small demo folders made there")
 
     def check(self) -> "EvaluateSettings":
         """Refuse bad numbers before anything is read."""

@@ -6,7 +6,7 @@ import math
 
 from PIL import Image, ImageDraw
 
-from mini_ldm.images import _font
+from mini_ldm.images import font
 from mini_ldm.io import write_image_atomic, write_text_atomic
 from readers.images import DataError, load_image
 
@@ -56,11 +56,11 @@ def _thumbnail(path) -> Image.Image:
     return square
 
 
-def _short(name: str, width: int, font, draw) -> str:
+def _short(name: str, width: int, typeface, draw) -> str:
     """The file name, cut at the front (keeping its end, where names differ) to fit `width` pixels."""
-    if draw.textlength(name, font=font) <= width:
+    if draw.textlength(name, font=typeface) <= width:
         return name
-    while name and draw.textlength("..." + name, font=font) > width:
+    while name and draw.textlength("..." + name, font=typeface) > width:
         name = name[1:]
     return "..." + name
 
@@ -75,7 +75,7 @@ def memorization_sheet(audit, real_root, real_names, synth_root, synth_names, to
     cell_w, cell_h = 2 * THUMB + 8, THUMB + 2 * band + 8
     sheet = Image.new("RGB", (cols * cell_w, max(1, rows) * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
-    font, small = _font(band), _font(int(band * 0.8))
+    big, small = font(13), font(10)  # pixels: the similarity line, the file names
     for k, i in enumerate(order):
         x, y = (k % cols) * cell_w, (k // cols) * cell_h
         real_name = real_names[int(audit.nearest_real[i])]
@@ -85,7 +85,7 @@ def memorization_sheet(audit, real_root, real_names, synth_root, synth_names, to
             draw.text((x + dx + 2, y + THUMB + 2), _short(name, THUMB - 4, small, draw), fill="black", font=small)
         flagged = bool(audit.flagged[i])
         text = f"{float(audit.similarity[i]):.4f}" + ("  FLAGGED" if flagged else "")
-        draw.text((x + 4, y + THUMB + band + 2), text, fill=(200, 0, 0) if flagged else "black", font=font)
+        draw.text((x + 4, y + THUMB + band + 2), text, fill=(200, 0, 0) if flagged else "black", font=big)
     return sheet
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .io import first_line
-from .settings import check_utf8
+from .settings import check_utf8_args
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = REPO / "weights"
@@ -59,16 +59,10 @@ def check_writable(path: Path, flag: str, is_file: bool) -> None:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """`parser.parse_args(argv)`, refusing before any work a value whose text holds bytes that are not UTF-8
-    (Python hands them over as lone surrogates, which fail later, when a PNG's text, a manifest or the terminal
-    encodes them). Every CLI parses through here, so none has to remember the check."""
+    """`parser.parse_args(argv)`, a value whose text is not UTF-8 refused before any work (`check_utf8_args`).
+    Every CLI parses through here or `settings.parse_given`, so none has to remember the check."""
     args = parser.parse_args(argv)
-    for action in parser._actions:  # argparse keeps no public list of its arguments
-        value = getattr(args, action.dest, None)
-        name = action.option_strings[0] if action.option_strings else (action.metavar or action.dest.upper())
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, (str, Path)):
-                check_utf8(name, item)
+    check_utf8_args(parser, args)
     return args
 
 

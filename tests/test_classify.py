@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from measure import auc as stats
 from measure.augment import RECIPES, affine, augment, optical_distortion
 from measure.classifier import epoch_batches, run_experiment, steps_per_epoch
+from measure.classify_report import write_outputs
 from measure.classify_settings import ClassifySettings
 from measure.resnet import ResNet18, build, read_backbone
 from measure.toy_classes import write_toy_classes
@@ -343,6 +344,25 @@ def test_resume_equals_an_uninterrupted_run_and_other_settings_are_refused(toy):
     assert len(replaced["arms"]["real"]["auc"]) == 1  # the earlier repeats were removed, not mixed in
 
 
+def test_outputs_are_written_after_each_new_training_and_once_at_the_end(toy, monkeypatch):
+    """results.json, predictions.csv and roc.png: rewritten after every training that finished now (so a
+    killed experiment keeps them), never once per run read back."""
+    import measure.classifier as classifier
+    settings = toy_settings(toy, arms="real,synthetic", repeats=2, steps=1, output=toy / "writes")
+    quiet = lambda *a: None  # noqa: E731
+    writes = []
+    monkeypatch.setattr(classifier, "write_outputs", lambda *a: writes.append(len(a[4])) or write_outputs(*a))
+    run_experiment(settings, log=quiet)
+    assert writes == [1, 2, 3, 4]  # how many finished runs each write holds
+    writes.clear()
+    run_experiment(settings, log=quiet)  # everything read back
+    assert writes == [4]
+    writes.clear()
+    (settings.output / "runs" / "real-r1.json").unlink()
+    run_experiment(settings, log=quiet)  # the new run's write, then the end's (the synthetic ones read back)
+    assert writes == [2, 4]
+
+
 def test_a_second_run_on_the_same_output_is_refused(toy):
     settings = toy_settings(toy, arms="real", steps=1, output=toy / "locked")
     settings.output.mkdir()
@@ -430,8 +450,52 @@ def test_demo_keeps_the_flags_and_folders_given(tmp_path, monkeypatch):
     import classify
     monkeypatch.chdir(tmp_path)
     mine = tmp_path / "mine"
-    settings = classify.demo_settings(replace(ClassifySettings(demo=True), steps=3, synthetic=mine))
+    settings = classify.demo_settings(replace(ClassifySettings(demo=True), steps=3, synthetic=mine))  # the API
     assert (settings.steps, settings.synthetic) == (3, mine)
     assert (settings.batch, settings.size, settings.repeats) == (16, 32, 2)  # the demo's, where nothing was given
     assert settings.train == Path("demo-output/classify/data/train") and (tmp_path / settings.train / "pos").is_dir()
     assert not (tmp_path / "demo-output/classify/data/synthetic").exists()
+
+
+def test_demo_decides_given_from_what_was_typed(tmp_path, monkeypatch):
+    """A flag typed with --demo wins even at its default value (--steps 6250); --weights and --dtype are kept;
+    only the demo's own folder is replaced without --overwrite."""
+    import classify
+    from mini_ldm.settings import from_flags
+    monkeypatch.chdir(tmp_path)
+
+    def demo(*argv):
+        args, typed = classify.parse_args(["--demo", *argv])
+        return classify.demo_settings(from_flags(ClassifySettings, args), typed)
+
+    plain = demo()
+    assert (plain.steps, plain.from_scratch, plain.weights, plain.dtype) == (24, True, None, "fp32")
+    assert plain.output == Path("demo-output/classify/results") and plain.overwrite
+    typed = demo("--steps", "6250", "--lr", "0.0001", "--weights", "w.pth", "--dtype", "bf16",
+                 "--output", "classification")
+    assert (typed.steps, typed.lr, typed.batch) == (6250, 1e-4, 16)
+    assert (typed.weights, typed.from_scratch, typed.dtype) == (Path("w.pth"), False, "bf16")
+    assert typed.output == Path("classification") and not typed.overwrite
+    assert demo("--output", "mine", "--overwrite").overwrite
+
+
+def test_demo_never_replaces_an_experiment_given_with_output(tmp_path):
+    """classify.py --demo --output myexp on an earlier experiment: refused in one line, its files untouched."""
+    runs = tmp_path / "myexp" / "runs"
+    runs.mkdir(parents=True)
+    earlier = {"myexp/settings.json": json.dumps({"settings": {"steps": 6250}, "weights_sha256": "ab"}),
+               "myexp/runs/real-r0.json": '{"scores": [0.5]}', "myexp/results.json": '{"arms": {}}'}
+    for name, text in earlier.items():
+        (tmp_path / name).write_text(text)
+    proc = subprocess.run([sys.executable, str(REPO / "classify.py"), "--demo", "--output", "myexp", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "TQDM_DISABLE": "1"})  # stderr: the error alone
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--output myexp" in proc.stderr and "--overwrite" in proc.stderr
+    assert {name: (tmp_path / name).read_text() for name in earlier} == earlier
+
+
+def test_help_shows_no_doubled_percent_signs():
+    proc = subprocess.run([sys.executable, str(REPO / "classify.py"), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "95% CIs" in proc.stdout and "%%" not in proc.stdout
