@@ -7,7 +7,6 @@ synthetic images, test each on the same real cases, with DeLong CIs and paired t
 """
 import argparse
 from dataclasses import fields, replace
-from pathlib import Path
 
 from mini_ldm import cli, demo
 from mini_ldm.settings import add_flags, from_flags, parse_given
@@ -25,7 +24,7 @@ def parse_args(argv=None) -> tuple:
                                 "validated on real images, tested once on real images; AUC with DeLong 95% CIs, "
                                 "paired DeLong tests between arms, mean +/- std over repeats.")
     add_flags(p, ClassifySettings)
-    return parse_given(p, argv)
+    return parse_given(p, argv)  # text that is not UTF-8 is refused there, as in cli.parse_args
 
 
 def demo_settings(settings: ClassifySettings, typed: frozenset = frozenset()) -> ClassifySettings:

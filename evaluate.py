@@ -9,11 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from mini_ldm import cli
 from mini_ldm.errors import UserError
-from mini_ldm.loading import check_device
+from mini_ldm.loading import check_device, default_device
 from mini_ldm.settings import add_flags, from_flags
 from measure.demo import DEMO_DIR, demo_folders, demo_weights
 from measure.features import folder_features
@@ -32,7 +30,7 @@ def parse_args(argv=None):
                    "train.py --data reads)")
     p.add_argument("synth", type=Path, nargs="?", metavar="SYNTH", help="folder of synthetic images")
     add_flags(p, EvaluateSettings)
-    args = p.parse_args(argv)
+    args = cli.parse_args(p, argv)
     if not args.demo and (args.real is None or args.synth is None):
         p.error("give REAL and SYNTH (or --demo)")
     return args
@@ -50,13 +48,9 @@ def check_cheap_things(args, settings: EvaluateSettings) -> None:
 
 
 def encode(s: EvaluateSettings, model, folder: Path, role: str):
-    try:
+    with cli.naming_out_of_memory(f"encoding {role} folder {folder}"):  # cli.run adds OUT_OF_MEMORY_HINT
         feats = folder_features(folder, model, s.resize, s.zscore, s.dims, s.batch,
                                 cache_dir=False if s.no_cache else s.cache_dir, mirror=role == "REAL" and not s.no_mirror)
-    except (MemoryError, RuntimeError) as e:  # Python's, or torch's CPU/CUDA allocators: name the folder
-        if not cli.is_out_of_memory(e):
-            raise
-        raise UserError(f"out of memory encoding {role} folder {folder}: {OUT_OF_MEMORY_HINT}") from None
     print(f"{role}: {len(feats)} images from {folder}" + (" (cached features)" if feats.from_cache else ""))
     if len(feats) < 2:
         raise UserError(f"{role} folder {folder} has {len(feats)} readable image; FID, KID and the memorisation "
@@ -111,8 +105,7 @@ def demo(args, settings: EvaluateSettings) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     settings = from_flags(EvaluateSettings, args)
-    if settings.device is None:
-        settings.device = "cuda" if torch.cuda.is_available() else "cpu"
+    settings.device = settings.device or default_device()
     if settings.demo:
         demo(args, settings)
     check_cheap_things(args, settings)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from mini_ldm import cli
 from mini_ldm.demo import DEMO_DIR  # every CLI's --demo writes there
 from mini_ldm.errors import UserError
-from mini_ldm.io import atomic_write, write_text_atomic
+from mini_ldm.io import write_image_atomic, write_text_atomic
 from mini_ldm.settings import add_flags, from_flags, option
 from readers.cases import find_cases, find_masks
 from readers.extras import INSTALL_HINT
@@ -36,7 +36,7 @@ from readers.volumes import DEFAULT_MAX_VOXELS, MEMORY_HINT, SLICE_MODES
 # whenever the scans' origins differ).
 RECIPES = {"picai": dict(sequences="t2w,adc,hbv", spacing="3,0.5,0.5", crop="30,300,300", normalize="minmax",
                          slice="largest", fallback_slice="median", split_by_mask=True, size=512)}
-DEFAULTS = dict(slice="middle", fallback_slice="median")
+DEFAULTS = dict(slice="middle", fallback_slice="median")  # where neither the flag nor the recipe says
 COLUMNS = ["file_name", "case", "slice", "sources", "spacing", "normalize"]
 
 
@@ -57,7 +57,7 @@ class PrepareSettings:
                                    shown="a DICOM's own VOI LUT or window, else minmax")
     slice: str | None = option(None, "axial slices to write: middle, all, largest (the slice with the most "
                                      "--masks voxels, the first on ties) or median (the median slice holding "
-                                     "the mask)", choices=SLICE_MODES, shown="middle")
+                                     "the mask)", choices=SLICE_MODES, shown=DEFAULTS["slice"])
     masks: Path | None = option(None, "mask volumes named <case>.nii.gz (any volume suffix), searched "
                                       "recursively, resampled onto the case's grid with nearest neighbour; any "
                                       "label > 0 counts", metavar="DIR")
@@ -65,7 +65,7 @@ class PrepareSettings:
                                                "the grid (the paper: lesion masks, else gland masks)",
                                          metavar="DIR")
     fallback_slice: str | None = option(None, "the slice choice with a fallback mask (middle needs no fallback "
-                                              "mask)", choices=SLICE_MODES, shown="median")
+                                              "mask)", choices=SLICE_MODES, shown=DEFAULTS["fallback_slice"])
     split_by_mask: bool = option(False, "write cases whose --masks mask has any voxel to OUT/pos/, the others "
                                         "to OUT/neg/")
     size: int | None = option(None, "resize to PX x PX with Lanczos; a non-square slice is zero-padded to "
@@ -93,7 +93,7 @@ def parse_args(argv=None):
                    help="folder (searched recursively) or file with the scans")
     p.add_argument("out", type=Path, metavar="OUT", nargs="?", help="output folder for the PNGs and metadata.csv")
     add_flags(p, PrepareSettings)
-    args = p.parse_args(argv)
+    args = cli.parse_args(p, argv)
     if args.demo:
         args = demo_args(args)
     elif args.src is None or args.out is None:
@@ -205,8 +205,7 @@ def write_case(case, slices: list[Slice], out: Path, size: int | None) -> list[d
     for s in slices:
         name = case.id if len(slices) == 1 else f"{case.id}_{s.index:03d}"
         file_name = f"{s.subfolder}/{name}.png" if s.subfolder else f"{name}.png"
-        with atomic_write(out / file_name) as f:
-            to_png(s.pixels, size).save(f, format="PNG")
+        write_image_atomic(out / file_name, to_png(s.pixels, size))
         rows.append(dict(file_name=file_name, case=case.id, slice="" if s.index is None else s.index,
                          sources=";".join(src.label for src in case.sources), spacing=s.spacing,
                          normalize=s.normalize))
@@ -226,8 +225,7 @@ def main(argv=None):
     settings = from_flags(PrepareSettings, args)
     sequences = check_settings(settings)
     opts = options(settings)
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"OUT {args.out} is a file; give a folder for the PNGs")
+    cli.check_writable(args.out, "OUT", is_file=False)  # a file, a path under a file, a read-only folder
     report = Report()
     cases = find_cases(args.src, sequences, report.skip, warn=note, out=args.out)
     rows = []

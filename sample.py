@@ -57,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--no-embeddings", action="store_true", help="do not load the default embeddings/ folder")
     p.add_argument("--demo", action="store_true", help="check the install: a tiny random model made on the spot "
                    f"(with the embedding of `train.py --demo` if present), writing to {demo.DEMO_DIR}/")
-    return p.parse_args(argv)
+    return cli.parse_args(p, argv)
 
 
 def output_paths(output: Path, n: int, seed: int) -> list:
@@ -197,7 +197,6 @@ def refuse_unused_flags(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    cli.check_utf8_flags(args)  # text that is not UTF-8 fails here, not when a PNG or the manifest is written
     if args.demo:
         demo_defaults(args)
     refuse_unused_flags(args)

@@ -44,11 +44,6 @@ def parse_args(argv=None):
     return args
 
 
-def default_dtype(device: str) -> str:
-    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
-
 
 def model_stamp(path) -> str:
     """What identifies the VAE weights for the latent cache key: file names, sizes and modification times
@@ -152,11 +147,10 @@ def encode_concepts(sd, settings: TrainSettings, concepts: list):
 
 def main(argv=None):
     args = parse_args(argv)
-    cli.check_utf8_flags(args)  # text that is not UTF-8 (--token, --init, --data ...) fails here, before any work
     device = args.device or mini_ldm.loading.default_device()
     mini_ldm.loading.check_device(device)
     settings = resolve_settings(args)
-    settings.dtype = settings.dtype or default_dtype(device)
+    settings.dtype = settings.dtype or mini_ldm.loading.default_autocast_dtype(device)
     templates = load_templates(settings.template)
     concepts = concept_plan.plan(settings)
     resume_from = check_output(args, settings, concepts)

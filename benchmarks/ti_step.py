@@ -367,14 +367,14 @@ def profile(step, steps: int, rows: int = 25) -> str:
 
 def write_images(folder: Path, count: int, size: int, seed: int) -> list:
     """Synthetic grayscale chest-phantom PNGs slightly larger than the training size, so both sides resize."""
-    from ti.phantoms import phantom
+    from readers.phantom import chest_phantom
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(count):
         path = folder / f"phantom-{i:02d}.png"
-        phantom(rng, size).save(path)
+        chest_phantom(rng, size).save(path)
         paths.append(path)
     return paths
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from mini_ldm import cli
 from mini_ldm.errors import UserError
 from mini_ldm.io import pid_lock, write_text_atomic
-from mini_ldm.loading import DTYPES, check_device, default_device
+from mini_ldm.loading import DTYPES, check_device, default_autocast_dtype, default_device
 
 from . import auc as stats
 from .augment import augment
@@ -214,7 +214,7 @@ def experiment_lock(output: Path):
 
 def resolve_runtime(s: ClassifySettings) -> tuple:
     device = check_device(s.device or default_device())
-    dtype = s.dtype or ("bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32")
+    dtype = s.dtype or default_autocast_dtype(device)
     if dtype != "fp32" and device.type != "cuda":
         raise UserError(f"--dtype {dtype}: mixed precision is for CUDA GPUs; use --dtype fp32 on {device.type}")
     return device, dtype

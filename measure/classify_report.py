@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mini_ldm.images import font
-from mini_ldm.io import write_bytes_atomic, write_text_atomic
+from mini_ldm.io import write_image_atomic, write_text_atomic
 
 from . import auc as stats
 
@@ -138,7 +138,5 @@ def write_outputs(output, s, data, arms: list, runs: dict, weights_sha256) -> di
     results = build_results(s, data, arms, runs, weights_sha256)
     write_text_atomic(output / "results.json", json.dumps(results, indent=2) + "\n")
     write_predictions(output / "predictions.csv", arms, runs, data)
-    buf = io.BytesIO()
-    draw_roc(arms, runs, data, results).save(buf, format="PNG")
-    write_bytes_atomic(output / "roc.png", buf.getvalue())
+    write_image_atomic(output / "roc.png", draw_roc(arms, runs, data, results))
     return results

@@ -7,7 +7,7 @@ from pathlib import Path
 from mini_ldm import loading
 from mini_ldm.demo import DEMO_DIR
 from mini_ldm.errors import UserError
-from mini_ldm.settings import check_positive, check_seed, option
+from mini_ldm.settings import check_positive, check_seed, device_option, option
 
 from .augment import LEVELS
 
@@ -58,7 +58,7 @@ class ClassifySettings:
     weights: Path | None = option(None, "torchvision's ImageNet ResNet-18 file", metavar="FILE",
                                   shown="weights/resnet18-f37072fd.pth")
     from_scratch: bool = option(False, "random initial weights instead of ImageNet ones (no weights file needed)")
-    device: str | None = option(None, "cpu, cuda, cuda:1, mps", shown="cuda if available")
+    device: str | None = device_option()
     dtype: str | None = option(None, "autocast precision on CUDA (fp32 elsewhere)", choices=DTYPES,
                                shown="bf16 on a CUDA GPU that has it, else fp32")
     output: Path = option(Path("classification"), "folder for results.json, predictions.csv, roc.png and the "

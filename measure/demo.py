@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from mini_ldm.demo import DEMO_DIR  # every CLI's --demo writes there
-from mini_ldm.io import atomic_write
+from mini_ldm.io import atomic_write, write_image_atomic
+from readers.phantom import chest_phantom
 
 from .inception import WEIGHTS_FILES, InceptionV3FID
 
@@ -52,18 +53,8 @@ def demo_weights(path: Path = DEMO_WEIGHTS) -> Path:
 
 
 def demo_image(seed: int, size: int = 96) -> Image.Image:
-    """A small grey 'scan': a bright ellipse (the body) with a few darker and brighter blobs, its own layout."""
-    rng = np.random.default_rng(seed)
-    image = Image.new("L", (size, size))
-    draw = ImageDraw.Draw(image)
-    m = int(rng.integers(4, 14))
-    draw.ellipse([m, m + 6, size - m, size - m - 6], fill=int(rng.integers(90, 140)))
-    for _ in range(int(rng.integers(2, 5))):
-        x, y = rng.integers(16, size - 30, 2)
-        w, h = rng.integers(6, 20, 2)
-        draw.ellipse([x, y, x + w, y + h], fill=int(rng.integers(20, 255)))
-    noise = rng.normal(0, 6, (size, size))
-    return Image.fromarray(np.clip(np.asarray(image, float) + noise, 0, 255).astype(np.uint8)).convert("RGB")
+    """A small 'scan' of its own: a chest phantom with a few random blobs, so images of different seeds differ."""
+    return chest_phantom(np.random.default_rng(seed), size, blobs=3).convert("RGB")
 
 
 def demo_folders(count: int = 6) -> tuple[Path, Path]:
@@ -75,6 +66,5 @@ def demo_folders(count: int = 6) -> tuple[Path, Path]:
         for k, seed in enumerate(seeds):
             path = folder / f"{folder.name}-{k:02d}.png"
             if not path.is_file():
-                with atomic_write(path) as f:
-                    demo_image(0 if folder == synth and k == 0 else seed).save(f, format="PNG")
+                write_image_atomic(path, demo_image(0 if folder == synth and k == 0 else seed))
     return real, synth

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from mini_ldm.demo import DEMO_DIR
 from mini_ldm.errors import UserError
-from mini_ldm.settings import check_positive, option
+from mini_ldm.settings import check_positive, device_option, option
 
 from .inception import FEATURE_DIMS, WEIGHTS_FILES
 from .preprocess import RESIZE_MODES
@@ -32,7 +32,7 @@ class EvaluateSettings:
     no_mirror: bool = option(False, "memorisation audit: do not count a left-right mirrored copy of a real image "
                                     "as a copy (saves encoding the real set a second time, mirrored)")
     seed: int = option(0, "seed of the KID subsets and the IS permutation", metavar="N")
-    device: str | None = option(None, "cpu, cuda, cuda:1, mps", shown="cuda if available")
+    device: str | None = device_option()
     batch: int = option(16, "images per Inception forward pass", metavar="N")
     cache_dir: Path | None = option(None, "where folder features are cached (key: files, sizes, mtimes, weights "
                                           "hash, settings; a damaged entry is computed again)", metavar="DIR",

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save
 
 from measure.inception import FEATURE_DIMS
 from measure.preprocess import inception_input, to_uint8_tensor, zscore_paper
-from mini_ldm.errors import UserError
+from mini_ldm.cli import naming_out_of_memory
 from mini_ldm.io import first_line, user_cache_dir, write_bytes_atomic
 from readers.images import DataError, find_images, load_image, warn_stderr
 
@@ -112,15 +112,14 @@ def read_images(root: Path, paths: list, zscore: bool, warn) -> tuple:
     images, names, skipped = [], [], []
     for p in paths:
         name = p.relative_to(root).as_posix()
-        try:
-            images.append(preprocess(load_image(p), zscore))
-            names.append(name)
-        except DataError as e:
-            warn(f"warning: {e}; skipping it")
-            skipped.append(name)
-        except MemoryError:  # one huge image (a 100k x 100k slide export): name it, stop with one line
-            raise UserError(f"out of memory reading image {p}: make it smaller (or leave it out of {root}), "
-                            "or free memory") from None
+        # one huge image (a 100k x 100k slide export): name it, stop with one line
+        with naming_out_of_memory(f"reading image {p}", f"make it smaller (or leave it out of {root}), or free memory"):
+            try:
+                images.append(preprocess(load_image(p), zscore))
+                names.append(name)
+            except DataError as e:
+                warn(f"warning: {e}; skipping it")
+                skipped.append(name)
     return images, names, skipped
 
 

@@ -7,7 +7,7 @@ import math
 from PIL import Image, ImageDraw
 
 from mini_ldm.images import font
-from mini_ldm.io import write_bytes_atomic, write_text_atomic
+from mini_ldm.io import write_image_atomic, write_text_atomic
 from readers.images import DataError, load_image
 
 THUMB = 160  # pixels per image in memorization.png
@@ -90,9 +90,7 @@ def memorization_sheet(audit, real_root, real_names, synth_root, synth_names, to
 
 
 def write_memorization_png(path, *args) -> None:
-    buf = io.BytesIO()
-    memorization_sheet(*args).save(buf, format="PNG")
-    write_bytes_atomic(path, buf.getvalue())
+    write_image_atomic(path, memorization_sheet(*args))
 
 
 def summary_table(m: dict) -> str:

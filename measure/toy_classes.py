@@ -1,13 +1,12 @@
 """Generated two-class image folders (neg/, pos/) for `classify.py --demo`, the tests and the benchmark:
 noisy textured squares; a positive image also holds a bright blob of a given contrast somewhere. A higher
 contrast makes a more informative image; `swap` writes each class into the other's folder."""
-import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from mini_ldm.io import write_bytes_atomic
+from mini_ldm.io import write_image_atomic
 
 
 def toy_image(rng: np.random.Generator, positive: bool, contrast: float, size: int) -> np.ndarray:
@@ -27,7 +26,6 @@ def write_toy_classes(folder, per_class: int, contrast: float, seed: int, size: 
     for positive in (False, True):
         name = "pos" if positive != swap else "neg"
         for i in range(per_class):
-            buf = io.BytesIO()
-            Image.fromarray(toy_image(rng, positive, contrast, size)).save(buf, format="PNG")
-            write_bytes_atomic(folder / name / f"{name}-{seed}-{i:04d}.png", buf.getvalue())
+            write_image_atomic(folder / name / f"{name}-{seed}-{i:04d}.png",
+                               Image.fromarray(toy_image(rng, positive, contrast, size)))
     return folder

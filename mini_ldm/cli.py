@@ -1,10 +1,15 @@
-"""What train.py and sample.py share: finding the model, and turning errors into one line."""
+"""What the CLIs share: finding the model, parsing flags (text checked), turning errors into one line."""
+import argparse
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
-from .settings import check_utf8
+from .io import first_line
+from .settings import check_utf8_args
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = REPO / "weights"
@@ -53,13 +58,12 @@ def check_writable(path: Path, flag: str, is_file: bool) -> None:
         raise UserError(f"{flag} {path}: {existing} is not writable; choose another place")
 
 
-def check_utf8_flags(args) -> None:
-    """Refuse, before any work, a flag whose text holds bytes that are not UTF-8 (Python hands them over as
-    lone surrogates, which fail later when a PNG text, the manifest or the terminal encodes them)."""
-    for name, value in vars(args).items():
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, (str, Path)):
-                check_utf8("--" + name.replace("_", "-"), item)
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, a value whose text is not UTF-8 refused before any work (`check_utf8_args`).
+    Every CLI parses through here or `settings.parse_given`, so none has to remember the check."""
+    args = parser.parse_args(argv)
+    check_utf8_args(parser, args)
+    return args
 
 
 OUT_OF_MEMORY = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
@@ -73,10 +77,56 @@ def is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and any(words in str(e).lower() for words in OUT_OF_MEMORY)
 
 
-def out_of_memory_line(e: BaseException, hint: str) -> str:
-    """One line for an allocator's error: what it said (its first line) and what to lower."""
-    said = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    return f"out of memory ({said}); {hint}"
+def out_of_memory_line(e: BaseException, hint: str, what: str = "") -> str:
+    """One line for an allocator's error: what we were doing, what the allocator said, what to lower."""
+    said = first_line(e) if str(e).strip() else ""  # Python's MemoryError says nothing
+    return "out of memory" + (f" {what}" if what else "") + (f" ({said})" if said else "") + f": {hint}"
+
+
+class OutOfMemory(UserError):
+    """Running out of memory while working on one named thing (`naming_out_of_memory`); `cli.run` words it
+    with the CLI's own memory hint unless the thing came with its own."""
+
+    def __init__(self, error: BaseException, what: str, hint: str | None):
+        self.error, self.what, self.hint = error, what, hint
+        super().__init__(out_of_memory_line(error, hint or "free memory", what))
+
+    def line(self, memory_hint: str) -> str:
+        return out_of_memory_line(self.error, self.hint or memory_hint, self.what)
+
+
+@contextmanager
+def naming_out_of_memory(what: str, hint: str | None = None):
+    """Running out of memory inside the block becomes OutOfMemory naming `what` ("reading image a.png"); `hint`
+    is what to do about that thing, else the CLI's memory hint is given."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:  # Python's, or torch's CPU/CUDA/MPS allocators
+        if not is_out_of_memory(e):
+            raise
+        raise OutOfMemory(e, what, hint) from None
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (what `timeout`, `kill` and SLURM send before they end a job) go to
+    `handler(signum, frame)` while the block runs; the previous handlers are put back after it, or earlier by
+    `restore()`. Only the main thread receives signals: in any other this does nothing."""
+
+    def __init__(self, handler, signals: tuple = (signal.SIGINT, signal.SIGTERM)):
+        self.handler, self.signals, self.previous = handler, signals, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self.handler) for sig in self.signals}
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def __exit__(self, *exc):
+        self.restore()
 
 
 def run(main, argv=None, memory_hint: str = "use a smaller input or another --device") -> None:
@@ -85,6 +135,9 @@ def run(main, argv=None, memory_hint: str = "use a smaller input or another --de
     lower, in that CLI's flags), Ctrl-C exit status 130."""
     try:
         main(argv)
+    except OutOfMemory as e:
+        print(f"error: {e.line(memory_hint)}", file=sys.stderr)
+        sys.exit(2)
     except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,7 +1,8 @@
 """File helpers every part of the project shares: atomic writes, safe torch loading, one-line error text.
 
 Five rules live here so that no caller has to remember them:
-- a file we write is either the old one or the complete new one, never half of one (`atomic_write`);
+- a file we write is either the old one or the complete new one, never half of one (`atomic_write`, and
+  `write_image_atomic` for images);
 - two runs never write one output at once: the first holds a lock file with its pid (`pid_lock`);
 - a pickle is only ever opened with `weights_only=True`, so loading a file never runs its code (`torch_load`);
 - the same tensors and metadata give the same bytes (`safetensors_bytes`);
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+from PIL import Image
 
 from .errors import UserError
 
@@ -29,8 +31,9 @@ def user_cache_dir() -> Path:
 
 
 def first_line(e: BaseException) -> str:
-    """The gist of a library error: its first sentence, so our messages stay one line."""
-    text = str(e).strip()
+    """The gist of a library error: its first sentence, so our messages stay one line. A C++ check's prefix
+    (torch's "[enforce fail at alloc_cpu.cpp:127] err == 0. ") says nothing to a user and is left out."""
+    text = re.sub(r"^\[enforce fail at [^\]]*\][^.]*\.\s*", "", str(e).strip())
     if not text:
         return type(e).__name__
     return text.splitlines()[0].split(". ")[0][:200]
@@ -74,6 +77,16 @@ def write_text_atomic(path, text: str) -> Path:
     with atomic_write(path, "w") as f:
         f.write(text)
     return Path(path)
+
+
+def write_image_atomic(path, image: Image.Image, **save_kw) -> Path:
+    """`image.save(path, **save_kw)` through `atomic_write`: the format from the file's suffix (.png, .jpg)
+    unless `format=` says otherwise, since the temporary file's name has none."""
+    path = Path(path)
+    save_kw.setdefault("format", Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    with atomic_write(path) as f:
+        image.save(f, **save_kw)
+    return path
 
 
 class UnsafePickle(Exception):

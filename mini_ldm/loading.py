@@ -7,7 +7,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, UserError
 from .pipeline import StableDiffusion
-from .settings import option
+from .settings import device_option, option
 from .tokenizer import CLIPTokenizer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -20,8 +20,7 @@ class ModelSettings:
     (sample.py, train.py), so they read and default the same everywhere."""
     model: Path | None = option(None, "a .safetensors/.ckpt single file or a diffusers folder",
                                 shown="the one checkpoint in weights/", metavar="PATH")
-    device: str | None = option(None, "where to run: cpu, cuda, cuda:N (the N-th GPU) or mps (Apple GPUs)",
-                                shown="cuda if available, else cpu")
+    device: str | None = device_option()
     dtype: str | None = option(None, "weights and activations precision", choices=tuple(DTYPES),
                                aliases=("--precision",), shown="fp16 on CUDA, fp32 elsewhere")
     prediction: str = option("auto", "what a single-file model predicts; auto = epsilon unless the file name says "
@@ -34,6 +33,12 @@ class ModelSettings:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_autocast_dtype(device) -> str:
+    """Training's precision when none is asked for: bf16 autocast on a CUDA GPU that has it (as fast as fp16
+    without its overflow), fp32 elsewhere."""
+    return "bf16" if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def check_device(device: str) -> torch.device:

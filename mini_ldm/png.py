@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .io import atomic_write
+from .io import write_image_atomic
 
 # Our scheduler names -> AUTOMATIC1111's sampler names.
 A1111_SAMPLERS = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "dpm++2m": "DPM++ 2M",
@@ -56,9 +56,7 @@ def save_png(image: Image.Image, path, parameters: str) -> Path:
     written, whatever interrupts the write (a dataset job relies on it to resume after a crash)."""
     info = PngInfo()
     info.add_text("parameters", parameters)
-    with atomic_write(path) as f:
-        image.save(f, format="PNG", pnginfo=info)
-    return Path(path)
+    return write_image_atomic(path, image, format="PNG", pnginfo=info)
 
 
 def read_parameters(path) -> str | None:

@@ -68,6 +68,12 @@ def add_flags(parser: argparse.ArgumentParser, cls, skip: tuple = ()) -> None:
                             choices=meta["choices"], metavar=meta["metavar"], help=text)
 
 
+def device_option():
+    """The --device field, one definition for every CLI (each dataclass needs a field of its own)."""
+    return option(None, "where to run: cpu, cuda, cuda:N (the N-th GPU) or mps (Apple GPUs)",
+                  shown="cuda if available, else cpu")
+
+
 def from_flags(cls, args: argparse.Namespace, **more):
     """An instance of `cls` from parsed flags: every option that was added as a flag, plus `more`."""
     values = {f.name: getattr(args, f.name) for f in options(cls) if hasattr(args, f.name)}
@@ -83,6 +89,7 @@ def parse_given(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Na
     has no value yet, so a second parse into a namespace pre-filled with a marker leaves the marker exactly on
     the flags not typed."""
     args = parser.parse_args(argv)
+    check_utf8_args(parser, args)
     probe = parser.parse_args(argv, namespace=argparse.Namespace(**{name: _NOT_GIVEN for name in vars(args)}))
     return args, frozenset(name for name, value in vars(probe).items() if value is not _NOT_GIVEN)
 
@@ -136,3 +143,15 @@ def check_utf8(flag: str, text) -> None:
     except UnicodeEncodeError:
         raise UserError(f"{flag} {ascii(str(text))}: holds bytes that are not UTF-8 text; write it in UTF-8 (for "
                         "a file, rename it with a UTF-8 name)") from None
+
+
+def check_utf8_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before any work, a parsed value whose text holds bytes that are not UTF-8 (Python hands them over
+    as lone surrogates, which fail later, when a PNG's text, a manifest or the terminal encodes them), naming
+    its flag or argument. Run by cli.parse_args and parse_given, the two ways a CLI parses."""
+    for action in parser._actions:  # argparse keeps no public list of its arguments
+        value = getattr(args, action.dest, None)
+        name = action.option_strings[0] if action.option_strings else (action.metavar or action.dest.upper())
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (str, Path)):
+                check_utf8(name, item)

@@ -1,11 +1,15 @@
-"""A synthetic phantom volume and its lesion mask, for `prepare.py --demo` (nothing to download).
+"""Synthetic phantoms, so every --demo runs with nothing to download.
 
-An ellipsoidal 'body' with a brighter 'gland' and a small bright 'lesion' inside, on a 1 x 1 x 3 mm grid:
-enough structure for the reorientation, the mask-driven slice choice and the PNG writing to be seen working.
+`phantom_arrays`, for `prepare.py --demo`: an ellipsoidal 'body' with a brighter 'gland' and a small bright
+'lesion' inside, on a 1 x 1 x 3 mm grid: enough structure for the reorientation, the mask-driven slice choice
+and the PNG writing to be seen working.
+`chest_phantom`, for `train.py --demo` and `evaluate.py --demo`: a 2-D 'chest X-ray' (grey ellipses for
+lungs and heart, the spine), optionally with random blobs that make images of different seeds tell apart.
 """
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .volumes import sitk_module
 
@@ -46,3 +50,24 @@ def write_phantom_case(folder: Path) -> tuple[Path, Path]:
         sitk.WriteImage(image, str(tmp))
         tmp.replace(path)
     return images, masks
+
+
+def chest_phantom(rng: np.random.Generator, size: int = 128, blobs: int = 0) -> Image.Image:
+    """A grey (size, size) 'chest X-ray' drawn from `rng`: chest wall, two dark lungs, the heart on the body's
+    left, the spine, `blobs` random ellipses of random brightness, then noise."""
+    y, x = np.mgrid[0:size, 0:size] / size  # (size, size) coordinates in [0, 1)
+    image = np.full((size, size), 0.15)
+
+    def ellipse(cx, cy, rx, ry, value):
+        inside = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1
+        image[inside] = value
+
+    ellipse(0.5, 0.55, 0.42, 0.45, 0.75)  # chest wall
+    for side in (-1, 1):  # lungs, dark
+        ellipse(0.5 + side * rng.uniform(0.17, 0.21), 0.5, rng.uniform(0.13, 0.16), rng.uniform(0.28, 0.33), 0.25)
+    ellipse(0.5 + rng.uniform(0.02, 0.06), 0.62, rng.uniform(0.1, 0.16), 0.12, 0.8)  # heart, on the left of the body
+    image[:, int(0.48 * size):int(0.52 * size)] = 0.9  # spine
+    for _ in range(blobs):
+        ellipse(*rng.uniform(0.2, 0.8, 2), *rng.uniform(0.04, 0.1, 2), rng.uniform(0.1, 1.0))
+    image += rng.normal(0, 0.03, image.shape)
+    return Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8), mode="L")

@@ -268,3 +268,51 @@ def test_pid_lock_makes_its_folder_and_names_the_holder_the_lock_and_the_output(
     finally:
         holder.kill()
         holder.wait()
+
+
+# --- every CLI: text that is not UTF-8 --------------------------------------------------------------------
+
+BAD_TEXT = "caf\udce9"  # b"caf\xe9" (Latin-1) as Python hands it over on a UTF-8 system: a lone surrogate
+
+
+@pytest.mark.parametrize("script", ["sample", "train", "classify", "evaluate", "prepare"])
+def test_every_cli_refuses_a_value_that_is_not_utf8_before_any_work(script, tmp_path):
+    """One check, in the parsing every CLI shares: exit 2, one line naming the flag or argument, nothing
+    written (classify, evaluate and prepare used to go on, and fail later or write the text as it came)."""
+    import importlib
+
+    out, empty, no_model = tmp_path / "out", tmp_path / "empty", tmp_path / "none.safetensors"
+    empty.mkdir()
+    args, needle = {
+        "sample": (["--prompt", BAD_TEXT, "--model", no_model, "--device", "cpu", "--output", out], "--prompt"),
+        "train": (["--data", empty, "--token", f"<{BAD_TEXT}>", "--model", no_model, "--device", "cpu",
+                   "--output", out], "--token"),
+        "classify": (["--train", tmp_path / BAD_TEXT, "--device", "cpu", "--output", out], "--train"),
+        "evaluate": ([tmp_path / BAD_TEXT, empty, "--device", "cpu", "--output", out], "REAL"),
+        "prepare": ([empty, out / BAD_TEXT], "OUT"),
+    }[script]
+    r = run_main(importlib.import_module(script).main, *args)
+    one_line_error(r, needle, "not UTF-8")
+    assert not out.exists()
+
+
+# --- image files are never half written ---------------------------------------------------------------------
+
+def test_an_image_write_cut_short_leaves_no_half_file(tmp_path, monkeypatch):
+    """Ctrl-C while a PNG is being written (PIL cleans up after an Exception, not a KeyboardInterrupt): every
+    image goes through mini_ldm.io.write_image_atomic, so no half PNG is left (the phantoms used to be)."""
+    from PIL import Image
+
+    from mini_ldm.io import write_image_atomic
+
+    def cut_short(image, fp, filename):
+        fp.write(b"\x89PNG\r\n\x1a\n half")
+        raise KeyboardInterrupt
+    monkeypatch.setitem(Image.SAVE, "PNG", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        write_phantoms(tmp_path / "phantoms", count=2)
+    assert list((tmp_path / "phantoms").iterdir()) == []
+    monkeypatch.undo()
+    jpeg = write_image_atomic(tmp_path / "a.jpg", Image.new("RGB", (8, 8)), quality=90)  # the format from the name
+    with Image.open(jpeg) as im:
+        assert im.format == "JPEG"

@@ -423,3 +423,93 @@ def test_a_prompt_in_bytes_that_are_not_utf8_in_a_real_process(env, tmp_path):
                           text=True, timeout=TIMEOUT)
     one_line_error(proc, "--prompt", "not UTF-8")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_room_check_counts_a_shared_folders_images_once(tmp_path, monkeypatch):
+    """Two rows writing to neg/ (5 PNGs there already): those 5 count once toward the room they free, not once
+    per row, so a job the disk cannot hold is refused (the room check used to count them twice and let it run)."""
+    from mini_ldm.dataset import job
+    from mini_ldm.dataset.rows import Row
+    from mini_ldm.sample_settings import SampleSettings
+
+    (tmp_path / "neg").mkdir()
+    for k in range(5):
+        (tmp_path / "neg" / f"{k:05d}.png").write_bytes(b"x")
+    rows = [Row(SampleSettings(prompt="a"), 10, "neg", None, f"prompts.csv line {k + 2}") for k in range(2)]
+    need = 2 * 10 * (job.MIN_PNG_BYTES + 1)
+    free = need - 7 * job.MIN_PNG_BYTES  # enough with 10 images' room freed, too little with the 5 really there
+    monkeypatch.setattr(job.shutil, "disk_usage", lambda path: shutil_usage(free))
+    monkeypatch.setattr(job.os, "statvfs", lambda path: os.statvfs_result((0,) * 10), raising=False)
+    with pytest.raises(UserError, match="cannot fit"):
+        job.check_room(tmp_path, rows)
+    monkeypatch.setattr(job.shutil, "disk_usage", lambda path: shutil_usage(free + 2 * job.MIN_PNG_BYTES))
+    job.check_room(tmp_path, rows)  # 5 images' room freed is just enough
+
+
+def shutil_usage(free: int):
+    from types import SimpleNamespace
+    return SimpleNamespace(total=10**12, used=10**12 - free, free=free)  # what shutil.disk_usage gives
+
+
+def test_the_progress_bar_reads_only_what_other_ranks_appended(tmp_path, monkeypatch):
+    """Rank 0's bar counts the rows of the other ranks' parts after each batch: it reads the bytes added since
+    its last look, not the whole part again (which made each batch cost O(images written))."""
+    from mini_ldm.dataset import manifest
+
+    part = tmp_path / ".metadata.rank1.csv"
+    count = manifest.RowCounter(part)
+    assert count() == 0  # not there yet
+    appender = manifest.Appender(part)
+    row = dict.fromkeys(manifest.COLUMNS, "x")
+    read = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: Recording(real_open(*a, **k), read))
+    for written in range(1, 4):
+        appender.add(row)
+        assert count() == written
+    appender.close()
+    with real_open(part, "ab") as f:
+        f.write(b"half a row")  # a row being written counts once it ends
+    assert count() == 3
+    monkeypatch.undo()
+    assert sum(read) == part.stat().st_size  # every byte read once
+
+
+class Recording:
+    """An open file that records how many bytes were read through it."""
+
+    def __init__(self, file, read):
+        self.file, self.read_sizes = file, read
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def read(self, *args):
+        data = self.file.read(*args)
+        self.read_sizes.append(len(data))
+        return data
+
+
+def test_stop_signals_hands_both_signals_over_and_puts_the_old_handlers_back():
+    """mini_ldm.cli.StopSignals, the one home of signal handling (the dataset job's StopAfterBatch is one):
+    SIGINT and SIGTERM go to the handler inside the block, the previous handlers come back after it."""
+    from mini_ldm.cli import StopSignals
+    from mini_ldm.dataset.job import StopAfterBatch
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    got = []
+    with StopSignals(lambda signum, frame: got.append(signum)):
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGINT)
+    assert got == [signal.SIGTERM, signal.SIGINT]
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    with StopAfterBatch() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.requested and signal.getsignal(signal.SIGINT) == before[signal.SIGINT]  # a second one stops now
+    assert {sig: signal.getsignal(sig) for sig in before} == before

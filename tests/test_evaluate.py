@@ -382,6 +382,23 @@ def test_out_of_memory_is_one_line_naming_the_image(folders, weight_files, tmp_p
                        "--no-cache", "--device", "cpu", "--output", str(tmp_path / "out")])
 
 
+def test_out_of_memory_encoding_a_folder_is_one_line_with_the_allocators_words(folders, weight_files, tmp_path,
+                                                                               monkeypatch):
+    """The allocator's error while a folder is encoded: one line naming the folder, what the allocator said and
+    the CLI's memory hint (it used to drop the allocator's words)."""
+    import evaluate
+    from in_process import run_main
+
+    def too_big(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+    monkeypatch.setattr(evaluate, "folder_features", too_big)
+    r = run_main(evaluate.main, folders / "real", folders / "unrelated", "--weights", weight_files[0], "--no-cache",
+                 "--device", "cpu", "--output", tmp_path / "out", memory_hint=evaluate.OUT_OF_MEMORY_HINT)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "encoding REAL folder" in r.stderr and "(CUDA out of memory)" in r.stderr and "--batch" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_reuses_cached_features(folders, weight_files, tmp_path):
     args = ["--weights", weight_files[0], "--cache-dir", tmp_path / "cache", "--dims", "64", "--kid-subsets", "2",
             "--output", tmp_path / "out"]

@@ -411,3 +411,17 @@ def test_help_progress_bar_and_demo(tmp_path):
     assert [(row["case"], row["slice"]) for row in rows] == [("phantom_001", "7")]
     assert (tmp_path / "demo-output" / "phantom-volumes" / "masks" / "phantom_001.nii.gz").is_file()
     assert png(tmp_path / "demo-output" / "prepared" / "phantom_001.png").max() == 255
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_case(tmp_path):
+    """OUT a file, or under a file: one line naming OUT before any volume is read (under a file it used to
+    fail after the first case, with the file system's words)."""
+    import prepare
+    from in_process import run_main
+
+    write_volume(tmp_path / "src" / "c1.mha", np.ones((4, 8, 8), np.float32))
+    (tmp_path / "plain-file").write_text("keep me")
+    for out in (tmp_path / "plain-file", tmp_path / "plain-file" / "out"):
+        r = run_main(prepare.main, tmp_path / "src", out)
+        assert len(one_error_line(r, "OUT", "plain-file", "is a file")) == 1, r.stderr
+    assert (tmp_path / "plain-file").read_text() == "keep me"

@@ -62,3 +62,14 @@ def test_model_flags_come_from_model_settings(script):
     for words in ("cpu, cuda, cuda:N (the N-th GPU) or mps", "what a single-file model predicts",
                   "a .safetensors/.ckpt single file or a diffusers folder", "--dtype {fp32,fp16,bf16}, --precision"):
         assert words in help_text, (script, words)
+
+
+def test_device_is_one_option_everywhere():
+    """--device is defined once (settings.device_option): the same help and default in every CLI's settings;
+    training's precision default is one function (loading.default_autocast_dtype)."""
+    from mini_ldm.loading import default_autocast_dtype
+
+    tables = [markdown_table(cls) for cls in (ModelSettings, ClassifySettings, EvaluateSettings)]
+    rows = {next(line for line in table.splitlines() if line.startswith("| `--device`")) for table in tables}
+    assert len(rows) == 1 and "cuda:N (the N-th GPU) or mps" in rows.pop()
+    assert default_autocast_dtype("cpu") == "fp32"

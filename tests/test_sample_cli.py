@@ -244,6 +244,18 @@ def test_an_allocator_error_is_one_line_naming_what_to_lower():
     assert cli.is_out_of_memory(MemoryError()) and not cli.is_out_of_memory(RuntimeError("shape mismatch"))
 
 
+def test_the_cpu_allocators_error_keeps_its_words_not_its_cpp_check():
+    """torch's CPU allocator begins with a C++ check ("[enforce fail at alloc_cpu.cpp:127] err == 0. "): the
+    one line keeps what follows it."""
+    from mini_ldm.io import first_line
+
+    said = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+            "allocate 4611686018427387904 bytes. Error code 12 (Cannot allocate memory)")
+    assert first_line(RuntimeError(said)) == ("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                                              "4611686018427387904 bytes")
+    assert first_line(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")) == "CUDA out of memory"
+
+
 @pytest.mark.parametrize("dataset", [False, True], ids=["sample", "dataset"])
 def test_sample_and_dataset_out_of_memory_say_lower_height_width_batch(dataset, sd1_single, tmp_path, monkeypatch):
     def allocate_too_much(self, *args, **kwargs):

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from mini_ldm.images import font
-from mini_ldm.io import atomic_write
+from mini_ldm.io import write_image_atomic
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
 SIZE, LEFT, RIGHT, TOP, BOTTOM = (720, 420), 70, 190, 36, 50  # pixels: canvas and margins (the legend: right)
@@ -79,8 +79,7 @@ def draw_loss_plot(csv_path: Path, png_path: Path, title: str = "", marks: dict 
             stopped = True
             _dashed_vline(draw, to_pixel(mark["stop"], 0)[0], colour)
     _legend(draw, list(curves), any(c["val"] for c in curves.values()), stopped)
-    with atomic_write(png_path) as f:
-        image.save(f, format="PNG", optimize=True)
+    write_image_atomic(png_path, image, optimize=True)
     return png_path
 
 

@@ -20,7 +20,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from mini_ldm import prompt as prompting
 from mini_ldm import samplers
+from mini_ldm.cli import StopSignals
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
 from mini_ldm.png import parameters_text, save_png
@@ -482,40 +482,20 @@ def _open_loss_log(path: Path, fresh: bool):
         yield writer
 
 
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
-@contextmanager
-def _sigterm_as_interrupt():
+def _sigterm_as_interrupt() -> StopSignals:
     """SIGTERM (what `timeout`, `kill` and job schedulers send) ends the run like Ctrl-C: saved, resumable."""
-    if not _main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return StopSignals(_interrupt, (signal.SIGTERM,))
 
 
 @contextmanager
 def _signals_deferred():
     """Hold a Ctrl-C or SIGTERM until the block has run, then raise it (only the main thread gets signals)."""
-    if not _main_thread():
-        yield
-        return
     caught = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with StopSignals(lambda signum, frame: caught.append(signum)):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if caught:
         raise KeyboardInterrupt

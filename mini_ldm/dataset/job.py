@@ -24,9 +24,7 @@ import bisect
 import os
 import secrets
 import shutil
-import signal
 import sys
-import threading
 import time
 from array import array
 from contextlib import ExitStack
@@ -39,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .. import hashes
 from .. import prompt as prompting
-from ..cli import check_writable
+from ..cli import StopSignals, check_writable
 from ..errors import UserError
 from ..io import pid_lock
 from ..png import parameters_text, parse_parameters, save_png
@@ -230,7 +228,8 @@ def check_room(output: Path, rows: list) -> None:
     free = shutil.disk_usage(existing).free
     if (files is None or total <= files) and need <= free:
         return
-    there = sum(1 for row in rows for _ in (output / row.folder).glob("*.png")) if output.is_dir() else 0
+    folders = {row.folder for row in rows}  # rows may share a folder (neg/): count its images once
+    there = sum(1 for folder in folders for _ in (output / folder).glob("*.png")) if output.is_dir() else 0
     if (files is None or total <= files + there) and need <= free + there * MIN_PNG_BYTES:
         return
     raise UserError(f"--output {output}: {total} images cannot fit on its disk ({free // 2**20} MiB and "
@@ -409,30 +408,19 @@ def scan(job: Job, mine) -> tuple:
 
 # --- drawing --------------------------------------------------------------------------------------------
 
-class StopAfterBatch:
-    """Ctrl-C (SIGINT) or SIGTERM (what SLURM sends before it ends a job): finish the batch being drawn and its
-    files, then stop. The handlers are put back at once, so a second Ctrl-C stops immediately."""
+class StopAfterBatch(StopSignals):
+    """Ctrl-C or SIGTERM: finish the batch being drawn and its files, then stop. The handlers are put back at
+    once, so a second Ctrl-C stops immediately."""
 
-    def __enter__(self):
-        self.requested, self.old = False, {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, self._handle)
-        return self
+    def __init__(self):
+        super().__init__(self._handle)
+        self.requested = False
 
     def _handle(self, signum, frame):
         self.requested = True
-        self._restore()
+        self.restore()
         print("stopping after this batch (everything written so far is kept; run the same command to go on)",
               file=sys.stderr)
-
-    def _restore(self):
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
-        self.old = {}
-
-    def __exit__(self, *exc):
-        self._restore()
 
 
 def batches(job: Job, todo, size: int):
@@ -480,11 +468,13 @@ class Progress:
     def __init__(self, job: Job, group: Group, kept: int, enabled: bool):
         self.job, self.group = job, group
         self.kept = kept
+        others = range(1, group.size) if group.rank == 0 else ()  # only rank 0 shows a bar
+        self.others = [manifest.RowCounter(manifest.part_path(job.output, r)) for r in others]
         self.bar = tqdm(total=len(job.plan), initial=kept, unit="img", desc="dataset", dynamic_ncols=True,
                         disable=not enabled or group.rank != 0, smoothing=0.1)
 
     def __call__(self, written_here: int) -> None:
-        others = sum(manifest.count_rows(manifest.part_path(self.job.output, r)) for r in range(1, self.group.size))
+        others = sum(count() for count in self.others)
         self.bar.update(self.kept + written_here + others - self.bar.n)
 
     def close(self):

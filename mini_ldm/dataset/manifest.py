@@ -103,13 +103,23 @@ class Appender:
         self.file.close()
 
 
-def count_rows(path: Path) -> int:
-    """Complete rows in a manifest part (for the progress bar); 0 if it is not there yet."""
-    try:
-        with open(path, "rb") as f:
-            return max(f.read().count(b"\n") - 1, 0)
-    except OSError:
-        return 0
+class RowCounter:
+    """Complete rows in a manifest part another process appends to (for the progress bar), reading only the
+    bytes added since the last call: a bar updated after every batch must not re-read the whole part."""
+
+    def __init__(self, path: Path):
+        self.path, self.read_to, self.lines = Path(path), 0, 0
+
+    def __call__(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.read_to)
+                added = f.read()
+        except OSError:  # not there yet
+            return 0
+        self.read_to += len(added)
+        self.lines += added.count(b"\n")
+        return max(self.lines - 1, 0)  # the header is not a row
 
 
 def first_difference(old: dict, new: dict):
