@@ -89,6 +89,18 @@ def _text_config(family: str, size: str):
     )
 
 
+def _partial_folder(root: Path, what: str, log) -> Path:
+    """An empty `<root>.partial` to build into (renamed to root when whole, so a killed build is never reused)."""
+    import shutil
+
+    tmp = root.with_name(root.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    log(f"building {what} in {root} (once) ...")
+    return tmp
+
+
 def random_model(family: str = "sd2", size: str = "full", seed: int = 0, cache_dir=None, log=print) -> Path:
     """A random-weight SD model as a diffusers folder; built on first use, reused afterwards."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -101,12 +113,7 @@ def random_model(family: str = "sd2", size: str = "full", seed: int = 0, cache_d
     root = Path(cache_dir or default_cache_dir()) / f"{family}-{size}-seed{seed}"
     if (root / "model_index.json").is_file():
         return root
-    tmp = root.with_name(root.name + ".partial")
-    if tmp.exists():
-        import shutil
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    log(f"building a random {family} {size} model in {root} (once) ...")
+    tmp = _partial_folder(root, f"a random {family} {size} model", log)
     torch.manual_seed(seed)
     UNet2DConditionModel(**_unet_config(family, size)).save_pretrained(tmp / "unet")
     AutoencoderKL(**_vae_config(size)).save_pretrained(tmp / "vae")
@@ -175,23 +182,9 @@ SDXL_SCHEDULER = {"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "b
                   "use_karras_sigmas": False}
 
 
-def write_tokenizer(dst: Path, pad: str):
-    """A diffusers tokenizer/ folder (vocab.json, merges.txt) from the CLIP vocabulary shipped in mini_ldm."""
-    from mini_ldm.tokenizer import CLIPTokenizer
-
-    vocab, merges = CLIPTokenizer.shipped_vocab()
-    dst.mkdir(parents=True)
-    (dst / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (dst / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
-    specials = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-                "pad_token": pad}
-    write_json(dst / "special_tokens_map.json", specials)
-    write_json(dst / "tokenizer_config.json", {**specials, "model_max_length": 77, "do_lower_case": True,
-                                               "tokenizer_class": "CLIPTokenizer"})
-
-
 def random_sdxl(size: str = "reduced", seed: int = 0, cache_dir=None, log=print) -> Path:
     """A random-weight SDXL base as a diffusers folder (StableDiffusionXLPipeline loads it); built once."""
+    from devkit.tiny_models import _write_tokenizer
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -200,12 +193,7 @@ def random_sdxl(size: str = "reduced", seed: int = 0, cache_dir=None, log=print)
     root = Path(cache_dir or default_cache_dir()) / f"sdxl-{size}-seed{seed}"
     if (root / "model_index.json").is_file():
         return root
-    tmp = root.with_name(root.name + ".partial")
-    if tmp.exists():
-        import shutil
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    log(f"building a random SDXL {size} model in {root} (once) ...")
+    tmp = _partial_folder(root, f"a random SDXL {size} model", log)
     torch.manual_seed(seed)
     UNet2DConditionModel(
         sample_size=128, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -228,8 +216,8 @@ def random_sdxl(size: str = "reduced", seed: int = 0, cache_dir=None, log=print)
                    for k, v in cls(cfg).state_dict().items()}
         save_file({k: v.contiguous() for k, v in tensors.items() if not k.endswith("position_ids")},
                   str(tmp / name / "model.safetensors"), metadata={"format": "pt"})
-    write_tokenizer(tmp / "tokenizer", "<|endoftext|>")
-    write_tokenizer(tmp / "tokenizer_2", "!")
+    _write_tokenizer(tmp / "tokenizer", "sd1")  # CLIP-L pads with end-of-text ...
+    _write_tokenizer(tmp / "tokenizer_2", "sdxl")  # ... bigG with "!" (id 0)
     (tmp / "scheduler").mkdir()
     write_json(tmp / "scheduler" / "scheduler_config.json", SDXL_SCHEDULER)
     write_json(tmp / "model_index.json", {
