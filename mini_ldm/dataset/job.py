@@ -272,11 +272,11 @@ def content_hashes(sd, rows: list, embedding_files: dict | None) -> tuple:
     """(model hash, {learned token the job uses: hash}): sha256[:10] of the files (or of the vectors when
     the file is not known). Computed once per job, on rank 0."""
     model = hashes.model_hash(sd.checkpoint.path)
-    files = {name.lower(): Path(p) for name, p in (embedding_files or {}).items() if p is not None}
+    files = {prompting.match_key(name): Path(p) for name, p in (embedding_files or {}).items() if p is not None}
     tokens = {}
     for row in rows:
         for name in _used_tokens(sd, row.settings):
-            source = files.get(name.lower())
+            source = files.get(prompting.match_key(name))
             digest = hashes.file_sha256(source) if source is not None else hashes.tensor_sha256(sd.learned[name])
             tokens[name] = digest[:hashes.SHORT]
     return model, tokens
