@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import mini_ldm
+from devkit.reference import reference_images
 from mini_ldm.png import parameters_text, read_parameters, save_png
 
 diffusers = pytest.importorskip("diffusers")
@@ -40,13 +41,8 @@ def reference(request):
                     folder, safety_checker=None, requires_safety_checker=False)
                 pipes[stem].set_progress_bar_config(disable=True)
                 configs[stem] = pipes[stem].scheduler.config  # the repo's own; never a previous from_config's
-            pipe = pipes[stem]
-            cls, overrides = SCHEDULERS[scheduler]
-            pipe.scheduler = getattr(diffusers, cls).from_config(configs[stem], **overrides)
-            out = pipe(PROMPT, negative_prompt=negative, num_inference_steps=STEPS, guidance_scale=cfg,
-                       height=height, width=width, num_images_per_prompt=N,
-                       generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images
-            images[key] = (out * 255).round().astype(np.uint8)
+            images[key] = reference_images(pipes[stem], SCHEDULERS[scheduler], configs[stem], PROMPT, negative,
+                                           STEPS, cfg, height, width, N, seed)
         return images[key]
 
     return get

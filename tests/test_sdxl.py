@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mini_ldm
+from devkit.reference import reference_images
 from mini_ldm.errors import CheckpointError
 from mini_ldm.unet import added_conditioning
 
@@ -40,12 +41,8 @@ def reference(pipe):
     def get(scheduler, prompt=PROMPT, negative=NEGATIVE, cfg=3.0, height=64, width=64):
         key = (scheduler, prompt, negative, cfg, height, width)
         if key not in images:
-            cls, overrides = SCHEDULERS[scheduler]
-            pipe.scheduler = getattr(diffusers, cls).from_config(config, **overrides)
-            out = pipe(prompt, negative_prompt=negative, num_inference_steps=STEPS, guidance_scale=cfg,
-                       height=height, width=width, num_images_per_prompt=N,
-                       generator=torch.Generator("cpu").manual_seed(SEED), output_type="np").images
-            images[key] = (out * 255).round().astype(np.uint8)
+            images[key] = reference_images(pipe, SCHEDULERS[scheduler], config, prompt, negative, STEPS, cfg,
+                                           height, width, N, SEED)
         return images[key]
 
     return get
