@@ -18,6 +18,6 @@ from .metrics import fid, inception_score, kid, memorization_audit  # noqa: F401
 
 from .features import FolderFeatures, folder_features, image_features  # noqa: F401
 
-from .auc import auc_ci95, auc_mann_whitney, delong_paired_test, delong_variance, mean_std  # noqa: F401
+from stats.auc import auc_ci95, auc_mann_whitney, delong_paired_test, delong_variance, mean_std  # noqa: F401
 from .classifier import run_experiment  # noqa: F401
 from .classify_settings import ClassifySettings  # noqa: F401

@@ -21,7 +21,7 @@ from mini_ldm.errors import UserError
 from mini_ldm.io import pid_lock, write_text_atomic
 from mini_ldm.loading import DTYPES, check_device, default_autocast_dtype, default_device
 
-from . import auc as stats
+from stats import auc as stats
 from .augment import augment
 from .class_data import ImageSet, check_classes, read_images, synthetic_subset
 from .classify_report import write_outputs

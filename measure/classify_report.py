@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from mini_ldm.images import font
 from mini_ldm.io import write_image_atomic, write_text_atomic
 
-from . import auc as stats
+from stats import auc as stats
 
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
            (140, 86, 75), (227, 119, 194)]

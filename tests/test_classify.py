@@ -17,7 +17,7 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
-from measure import auc as stats
+from stats import auc as stats
 from measure.augment import RECIPES, affine, augment, optical_distortion
 from measure.classifier import epoch_batches, run_experiment, steps_per_epoch
 from measure.classify_report import write_outputs

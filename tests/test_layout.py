@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mini_ldm", "ti", "readers", "measure", "devkit", "tests", "benchmarks")
+PACKAGES = ("mini_ldm", "ti", "readers", "measure", "stats", "devkit", "tests", "benchmarks")
 CLIS = ("prepare.py", "train.py", "sample.py", "evaluate.py", "classify.py")
 MAY_NOT_IMPORT = {
-    "mini_ldm": {"ti", "readers", "measure", "devkit", "tests", "benchmarks"},
-    "readers": {"ti", "measure", "devkit", "tests", "benchmarks"},
+    "mini_ldm": {"ti", "readers", "measure", "stats", "devkit", "tests", "benchmarks"},
+    "stats": {"mini_ldm", "ti", "readers", "measure", "devkit", "tests", "benchmarks"},
+    "readers": {"ti", "measure", "stats", "devkit", "tests", "benchmarks"},
     "ti": {"measure", "devkit", "tests", "benchmarks"},
     "measure": {"ti", "devkit", "tests", "benchmarks"},
     "devkit": {"tests", "benchmarks"},

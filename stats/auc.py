@@ -1,5 +1,5 @@
-"""The statistics of the classifier experiment: AUC, its DeLong variance and 95% CI, the paired DeLong test of
-two classifiers on the same test cases, and mean/std over repeats.
+"""AUC, its DeLong variance and 95% CI, the paired DeLong test of two scorers on the same cases, and mean/std over
+repeats: used by the classifier experiment, the reader study and the membership audit.
 
 Notation: m positive cases with scores X_1..X_m, n negative cases with scores Y_1..Y_n;
 psi(x, y) = 1 if x > y, 1/2 if x == y, 0 if x < y. Every function takes `scores` (higher = more positive)
