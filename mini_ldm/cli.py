@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .io import first_line
-from .settings import check_utf8_args
+from .settings import parse_given
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = REPO / "weights"
@@ -59,11 +59,9 @@ def check_writable(path: Path, flag: str, is_file: bool) -> None:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """`parser.parse_args(argv)`, a value whose text is not UTF-8 refused before any work (`check_utf8_args`).
-    Every CLI parses through here or `settings.parse_given`, so none has to remember the check."""
-    args = parser.parse_args(argv)
-    check_utf8_args(parser, args)
-    return args
+    """`parser.parse_args(argv)` as every CLI parses (`settings.parse_given`: --threads, one-line flag errors,
+    text that is not UTF-8 refused before any work), so none has to remember them."""
+    return parse_given(parser, argv)[0]
 
 
 OUT_OF_MEMORY = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")

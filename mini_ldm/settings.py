@@ -84,14 +84,64 @@ _NOT_GIVEN = object()
 
 
 def parse_given(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespace, frozenset]:
-    """Parse argv; also the names (dests) of the flags the user typed, their value the default or not, so a
-    mode such as --demo can fill in only what was left out. argparse sets a default only where the namespace
-    has no value yet, so a second parse into a namespace pre-filled with a marker leaves the marker exactly on
-    the flags not typed."""
+    """Parse argv the way every CLI does (`prepare_parser`: --threads, one-line flag errors; text that is not
+    UTF-8 refused; the thread count applied); also the names (dests) of the flags the user typed, their value
+    the default or not, so a mode such as --demo can fill in only what was left out. argparse sets a default
+    only where the namespace has no value yet, so a second parse into a namespace pre-filled with a marker
+    leaves the marker exactly on the flags not typed."""
+    prepare_parser(parser)
     args = parser.parse_args(argv)
     check_utf8_args(parser, args)
+    use_threads(args.threads)
     probe = parser.parse_args(argv, namespace=argparse.Namespace(**{name: _NOT_GIVEN for name in vars(args)}))
     return args, frozenset(name for name, value in vars(probe).items() if value is not _NOT_GIVEN)
+
+
+THREADS_HELP = ("CPU threads for torch (default: torch's own choice, usually one per core; on a machine busy with "
+                "other work, fewer threads are often faster)")
+
+
+def prepare_parser(parser: argparse.ArgumentParser) -> None:
+    """What every CLI's parser has: `--threads N`, and flag errors as one line (the error, the closest flag for
+    a mistyped one, 'see --help') instead of argparse's usage block."""
+    if "--threads" not in parser._option_string_actions:
+        parser.add_argument("--threads", type=_positive_int, default=None, metavar="N", help=THREADS_HELP)
+    parser.error = lambda message: _flag_error(parser, message)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive_int.__name__ = "positive integer"  # argparse words a refusal as "invalid <name> value: '0'"
+
+
+def _flag_error(parser: argparse.ArgumentParser, message: str):
+    import difflib
+    import sys
+
+    if message.startswith("unrecognized arguments:"):
+        unknown = message.split(":", 1)[1].split()
+        flags = [s for s in parser._option_string_actions if s.startswith("--")]
+        hints = []
+        for word in unknown:
+            close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.6) if word.startswith("-") else []
+            hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
+        flags_typed = [hint for word, hint in zip(unknown, hints) if word.startswith("-")]
+        message = f"unknown flag {', '.join(flags_typed)}" if flags_typed else f"unexpected arguments {' '.join(unknown)}"
+    print(f"error: {message}; see {parser.prog} --help", file=sys.stderr)
+    sys.exit(2)
+
+
+def use_threads(threads: int | None) -> None:
+    """--threads: torch's intra-op thread count for this process (torch imported only when it is given)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def markdown_table(cls, skip: tuple = ()) -> str:
