@@ -1,9 +1,11 @@
 """The loss plot of a training run, drawn with Pillow from its loss CSV (no plotting dependency).
 
-Per concept, one colour: the training loss smoothed by a trailing moving average (thin line) and the
+Per concept, one colour: the training loss smoothed by an exponential moving average (thin line) and the
 validation loss (thick line with dots), a ring on its best point and a dashed line where early stopping
 stopped the concept. The legend sits in its own column right of the plot, never over a curve. Steps on x,
-loss on y, both labelled with round-number ticks.
+loss on y, both labelled with round-number ticks. The x axis always starts at step 0 (where validation, when
+there is any, is first measured), so plots of runs with and without validation line up, and ends a little past
+the last step, so a stop at the last step stays visible.
 The CSV is the one source: the plot is redrawn from it, so a resumed run draws its whole history.
 """
 import csv
@@ -30,13 +32,20 @@ def read_curves(csv_path: Path) -> dict:
     return curves
 
 
+def smoothing_span(count: int) -> int:
+    """The EMA's span in points: a tenth of the run, at least 5 (fewer points than that are left as they are)."""
+    return max(5, count // 10)
+
+
 def smooth(points: list) -> list:
-    """Trailing moving average over about 1/30 of the run (at least 1 step)."""
-    window = max(1, len(points) // 30)
-    total, out = 0.0, []
-    for i, (step, value) in enumerate(points):
-        total += value - (points[i - window][1] if i >= window else 0.0)
-        out.append((step, total / min(i + 1, window)))
+    """Exponential moving average with span N = smoothing_span (weight 2 / (N + 1) on the newest point),
+    bias-corrected as in Adam, so the first points are not pulled towards zero."""
+    alpha = 2.0 / (smoothing_span(len(points)) + 1)
+    average, weight, out = 0.0, 0.0, []
+    for step, value in points:
+        average = (1 - alpha) * average + alpha * value
+        weight = (1 - alpha) * weight + alpha
+        out.append((step, average / weight))
     return out
 
 
@@ -54,7 +63,9 @@ def draw_loss_plot(csv_path: Path, png_path: Path, title: str = "", marks: dict 
     marks: {concept: {"best": step, "stop": step}} from the run's validation records (a ring on the best
     validation, a dashed line where early stopping froze the concept); without it the lowest validation
     loss in the log is ringed."""
-    curves = {name: {"train": smooth(c["train"]), "val": c["val"]} for name, c in read_curves(csv_path).items()}
+    raw = read_curves(csv_path)
+    curves = {name: {"train": smooth(c["train"]), "val": c["val"]} for name, c in raw.items()}
+    span = smoothing_span(max((len(c["train"]) for c in raw.values()), default=0))
     points = [p for c in curves.values() for p in c["train"] + c["val"]]
     if not points:
         return None
@@ -78,16 +89,16 @@ def draw_loss_plot(csv_path: Path, png_path: Path, title: str = "", marks: dict 
         if mark.get("stop") is not None:
             stopped = True
             _dashed_vline(draw, to_pixel(mark["stop"], 0)[0], colour)
-    _legend(draw, list(curves), any(c["val"] for c in curves.values()), stopped)
+    _legend(draw, list(curves), any(c["val"] for c in curves.values()), stopped, span)
     write_image_atomic(png_path, image, optimize=True)
     return png_path
 
 
-def legend_lines(names: list, validation: bool, stopped: bool) -> list[tuple[str, str | None]]:
+def legend_lines(names: list, validation: bool, stopped: bool, span: int = 5) -> list[tuple[str, str | None]]:
     """(text, colour or None for a key line) of the legend, which sits right of the plot, off the curves.
     A run without validation says nothing about validation."""
     lines = [(name, COLOURS[i % len(COLOURS)]) for i, name in enumerate(names)]
-    lines += [("", None), ("thin: training loss", None), ("  (smoothed)", None)]
+    lines += [("", None), ("thin: training loss", None), (f"  (EMA, span {span} steps)", None)]
     if validation:
         lines += [("thick, dots: validation", None), ("ring: best validation", None)]
     if stopped:
@@ -95,9 +106,9 @@ def legend_lines(names: list, validation: bool, stopped: bool) -> list[tuple[str
     return lines
 
 
-def _legend(draw: ImageDraw.ImageDraw, names: list, validation: bool, stopped: bool):
+def _legend(draw: ImageDraw.ImageDraw, names: list, validation: bool, stopped: bool, span: int):
     x, y, small = SIZE[0] - RIGHT + 12, TOP, font(12)
-    for text, colour in legend_lines(names, validation, stopped):
+    for text, colour in legend_lines(names, validation, stopped, span):
         if colour is not None:  # a short stroke in the concept's colour, then its name
             draw.line((x, y + 7, x + 18, y + 7), fill=colour, width=3)
             draw.text((x + 24, y), _fit(text, 20), fill=colour, font=small)
@@ -126,18 +137,18 @@ def _dashed_vline(draw: ImageDraw.ImageDraw, x: float, colour: str):
 def _axes(draw: ImageDraw.ImageDraw, points: list, title: str):
     """Frame, ticks and labels; returns the (step, loss) -> pixel mapping."""
     (w, h), small = SIZE, font(12)
-    x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
+    x_lo, last = 0, max(p[0] for p in points)  # from step 0 with or without validation
+    x_hi = last + max(1, 0.03 * last)  # room right of the last step, where an early stop's line may stand
     y_lo, y_hi = min(p[1] for p in points), max(p[1] for p in points)
     pad = (y_hi - y_lo) * 0.05 or abs(y_hi) * 0.05 or 1.0
     y_lo, y_hi = y_lo - pad, y_hi + pad
-    x_hi = x_hi if x_hi > x_lo else x_lo + 1
 
     def to_pixel(step, loss):
         return (LEFT + (step - x_lo) / (x_hi - x_lo) * (w - LEFT - RIGHT),
                 h - BOTTOM - (loss - y_lo) / (y_hi - y_lo) * (h - TOP - BOTTOM))
 
     draw.rectangle((LEFT, TOP, w - RIGHT, h - BOTTOM), outline="black")
-    for x in nice_ticks(x_lo, x_hi):
+    for x in nice_ticks(x_lo, last):
         px = to_pixel(x, y_lo)[0]
         draw.line((px, h - BOTTOM, px, h - BOTTOM + 4), fill="black")
         draw.text((px, h - BOTTOM + 6), f"{x:g}", fill="black", font=small, anchor="ma")
