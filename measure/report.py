@@ -67,15 +67,17 @@ def _short(name: str, width: int, typeface, draw) -> str:
 
 def memorization_sheet(audit, real_root, real_names, synth_root, synth_names, top: int) -> Image.Image:
     """The `top` closest (synthetic | nearest real) pairs side by side, each image's file name under it and the
-    similarity under the pair (red and marked FLAGGED when either rule flags it), in rows of up to four pairs."""
+    cosine similarity under the pair (red and marked FLAGGED when either rule flags it), in rows of up to four
+    pairs, and a key under them saying which side is which and what the number is."""
     order = audit.similarity.argsort(descending=True)[:top].tolist()
     cols = min(4, max(1, len(order)))
     rows = math.ceil(len(order) / cols)
     band = 22
     cell_w, cell_h = 2 * THUMB + 8, THUMB + 2 * band + 8
-    sheet = Image.new("RGB", (cols * cell_w, max(1, rows) * cell_h), "white")
-    draw = ImageDraw.Draw(sheet)
     big, small = font(13), font(10)  # pixels: the similarity line, the file names
+    key = _key_lines(cols * cell_w, small)
+    sheet = Image.new("RGB", (cols * cell_w, max(1, rows) * cell_h + 14 * len(key) + 8), "white")
+    draw = ImageDraw.Draw(sheet)
     for k, i in enumerate(order):
         x, y = (k % cols) * cell_w, (k // cols) * cell_h
         real_name = real_names[int(audit.nearest_real[i])]
@@ -84,9 +86,32 @@ def memorization_sheet(audit, real_root, real_names, synth_root, synth_names, to
         for dx, name in ((0, synth_names[i]), (THUMB, real_name)):
             draw.text((x + dx + 2, y + THUMB + 2), _short(name, THUMB - 4, small, draw), fill="black", font=small)
         flagged = bool(audit.flagged[i])
-        text = f"{float(audit.similarity[i]):.4f}" + ("  FLAGGED" if flagged else "")
+        text = f"cosine {float(audit.similarity[i]):.4f}" + ("  FLAGGED" if flagged else "")
         draw.text((x + 4, y + THUMB + band + 2), text, fill=(200, 0, 0) if flagged else "black", font=big)
+    for n, line in enumerate(key):
+        draw.text((4, max(1, rows) * cell_h + 4 + 14 * n), line, fill="black", font=small)
     return sheet
+
+
+MEMORIZATION_KEY = ("In each pair: LEFT = a synthetic image, RIGHT = the real image nearest to it.",
+                    "cosine = cosine similarity of their Inception pool features (1.0 = the same features).",
+                    "FLAGGED (red) = a memorisation rule of evaluate.py fired for that synthetic image.")
+
+
+def _key_lines(width: int, typeface) -> list[str]:
+    """MEMORIZATION_KEY, each sentence wrapped at word boundaries to fit `width` pixels."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = []
+    for sentence in MEMORIZATION_KEY:
+        line = ""
+        for word in sentence.split():
+            candidate = f"{line} {word}".strip()
+            if line and measure.textlength(candidate, font=typeface) > width - 8:
+                lines.append(line)
+                candidate = word
+            line = candidate
+        lines.append(line)
+    return lines
 
 
 def write_memorization_png(path, *args) -> None:

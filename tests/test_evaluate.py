@@ -438,3 +438,21 @@ def test_bad_input_is_one_line_and_exit_2(case, bad_runs):
     assert code == 2, stderr
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert BAD[case][1] in lines[0], lines[0]
+
+
+def test_memorization_png_says_which_side_is_synthetic_and_what_the_number_is(tmp_path):
+    """The sheet carries its own key (issue 24, item A.9): which side is synthetic, which real, and that the
+    number is a cosine similarity; the key's band is written below the pairs."""
+    from types import SimpleNamespace
+
+    from measure.report import MEMORIZATION_KEY, THUMB, memorization_sheet
+
+    grey = Image.new("RGB", (32, 32), (200, 200, 200))
+    grey.save(tmp_path / "s.png")
+    grey.save(tmp_path / "r.png")
+    audit = SimpleNamespace(similarity=torch.tensor([0.5]), nearest_real=torch.tensor([0]), flagged=torch.tensor([False]))
+    sheet = np.asarray(memorization_sheet(audit, tmp_path, ["r.png"], tmp_path, ["s.png"], 4))
+    key_band = sheet[THUMB + 2 * 22 + 8:]
+    assert key_band.shape[0] >= 14 * len(MEMORIZATION_KEY) and (key_band < 128).any()
+    text = " ".join(MEMORIZATION_KEY)
+    assert "LEFT = a synthetic image" in text and "RIGHT = the real image" in text and "cosine similarity" in text
