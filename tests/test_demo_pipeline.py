@@ -16,9 +16,9 @@ from PIL import Image
 from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parents[1]
-SECTION = "### Checking the install: --demo"
-CLIS = ("prepare.py", "train.py", "sample.py", "evaluate.py", "classify.py")
-PACKAGES = ("mini_ldm", "ti", "readers", "measure")
+SECTION = "## Checking the install: --demo"
+CLIS = tuple(sorted(p.name for p in REPO.glob("*.py")))
+PACKAGES = tuple(sorted(p.parent.name for p in REPO.glob("*/__init__.py") if p.parent.name not in ("tests", "devkit")))
 
 
 def demo_section() -> str:
@@ -39,9 +39,10 @@ def promised_paths(section: str) -> list[str]:
 
 
 def fresh_clone(root: Path) -> Path:
-    """A folder as a fresh clone gives it: the CLIs and the packages (linked, not copied), no demo-output/,
-    no embeddings/ or weights/; and a `python` on PATH that is this interpreter."""
-    for name in CLIS + PACKAGES:
+    """A folder as a fresh clone gives it: the CLIs, the packages and weights/ (what git tracks there: the
+    phantom model; linked, not copied), no demo-output/ or embeddings/; and a `python` on PATH that is this
+    interpreter."""
+    for name in CLIS + PACKAGES + ("weights",):
         (root / name).symlink_to(REPO / name)
     bin_dir = root.parent / "bin"
     bin_dir.mkdir()
