@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mini_ldm.cli import parse_args, run
 from mini_ldm.errors import UserError
-from mini_ldm.settings import check_seed
+from mini_ldm.settings import check_seed, check_utf8_args
 from reader_study import database
 from reader_study.create import StudySpec, create_study
 from reader_study.tasks import PREFERENCE, TASKS
@@ -131,7 +131,10 @@ def serve(args) -> None:
 
 
 def main(argv=None) -> None:
-    args = parse_args(build_parser(), argv)
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    check_utf8_args(commands.choices[args.command], args)  # parse_args checks the top parser's own flags only
     {"create": create, "serve": serve, "status": status, "report": report}[args.command](args)
 
 

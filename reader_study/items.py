@@ -42,8 +42,9 @@ def _draw(images: list, n: int, rng: random.Random, flag: str, folder, count_fla
 
 def preference_items(a, b, pairs: int, rng: random.Random) -> list:
     """`pairs` pairs, each one image of A and one of B, drawn without replacement."""
-    a_images = _draw(images_of(a, "--a"), pairs, rng, "--a", a, "--pairs")
-    b_images = _draw(images_of(b, "--b"), pairs, rng, "--b", b, "--pairs")
+    a_images, b_images = images_of(a, "--a"), images_of(b, "--b")  # both folders checked before the counts
+    a_images = _draw(a_images, pairs, rng, "--a", a, "--pairs")
+    b_images = _draw(b_images, pairs, rng, "--b", b, "--pairs")
     return [Item(first, second) for first, second in zip(a_images, b_images)]
 
 

@@ -128,6 +128,7 @@ def make_app(folder) -> "Starlette":
 
     app = Starlette(routes=routes, exception_handlers={Refused: refused, 404: not_found, 405: not_found},
                     lifespan=lifespan)
+    app.router.redirect_slashes = False  # an unknown path is a 404, never a redirect to a guess
     return Guard(app)
 
 
