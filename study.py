@@ -21,7 +21,7 @@ from reader_study import database
 from reader_study.create import StudySpec, create_study
 from reader_study.tasks import PREFERENCE, TASKS
 
-DEMO_STUDY = "demo-study"
+DEMO_STUDY = "demo-output/study"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--mode", choices=("L", "RGB"), help="grey or colour for every image (default: L when "
                         "the first set is all grey)")
     create.add_argument("--overwrite", action="store_true", help="replace an existing STUDY that holds no answers")
-    create.add_argument("--demo", action="store_true", help="a small study of generated phantom images")
+    create.add_argument("--demo", action="store_true", help="a small study of generated phantom images (8 "
+                        f"per set; STUDY default {DEMO_STUDY}, made again on each run unless it holds answers)")
     serve = commands.add_parser("serve", help="serve the study to its readers in a browser")
     serve.add_argument("study", metavar="STUDY")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
@@ -79,8 +80,8 @@ def create(args) -> None:
     readers = tuple(name.strip() for name in args.readers.split(","))
     if args.demo:
         from reader_study.demo import create_demo
-        study = create_demo(Path(args.study or DEMO_STUDY), args.task or PREFERENCE, readers, args.seed,
-                            args.overwrite)
+        # a demo study is made again on each run, unless it holds answers (those are never deleted)
+        study = create_demo(Path(args.study or DEMO_STUDY), args.task or PREFERENCE, readers, args.seed, True)
     else:
         if args.study is None or args.task is None:
             raise UserError("create needs STUDY and --task (or --demo); see python study.py create --help")

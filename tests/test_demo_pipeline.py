@@ -17,8 +17,8 @@ from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "### Checking the install: --demo"
-CLIS = ("prepare.py", "train.py", "sample.py", "evaluate.py", "classify.py")
-PACKAGES = ("mini_ldm", "ti", "readers", "measure")
+CLIS = ("prepare.py", "train.py", "sample.py", "evaluate.py", "classify.py", "study.py")
+PACKAGES = ("mini_ldm", "ti", "readers", "measure", "stats", "reader_study")
 
 
 def demo_section() -> str:
@@ -134,3 +134,8 @@ def test_readme_demo_block_runs_the_whole_pipeline(tmp_path):
     for arm in results["arms"].values():
         assert all(0 <= auc <= 1 for auc in arm["auc"]) and len(arm["auc"]) == 2
     assert csv_rows(out / "classify" / "results" / "predictions.csv")
+
+    # study: a blinded preference study of 8 pairs of phantoms, one reader's link, its images all alike
+    assert [r["reader"] for r in csv_rows(out / "study" / "readers.csv")] == ["reader1"]
+    blinded = sorted((out / "study" / "images").iterdir())
+    assert len(blinded) == 16 and {read_png(p).size for p in blinded} == {(128, 128)}
