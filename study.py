@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from mini_ldm.cli import parse_args, run
+from mini_ldm.cli import check_writable, parse_args, run
 from mini_ldm.errors import UserError
 from mini_ldm.settings import check_seed, check_utf8_args
 from reader_study import database
@@ -77,6 +77,7 @@ def parse_size(text: str | None) -> tuple | None:
 
 def create(args) -> None:
     check_seed(args.seed)
+    check_writable(Path(args.study or DEMO_STUDY), "STUDY", is_file=False)
     readers = tuple(name.strip() for name in args.readers.split(","))
     if args.demo:
         from reader_study.demo import create_demo

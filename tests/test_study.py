@@ -194,6 +194,7 @@ def test_report_of_known_answers(tmp_path, sets):
     (["create", "{s}", "--task", "preference", "--a", "{a}", "--b", "{b}", "--readers", "a,a"], "--readers"),
     (["create", "{s}", "--task", "preference", "--a", "{a}\udcff", "--b", "{b}"], "UTF-8"),
     (["create", "{s}"], "--task"),
+    (["create", "{a}/ALPHAIMG_0.png/study", "--task", "preference", "--a", "{a}", "--b", "{b}"], "is a file"),
     (["report", "{missing}"], "not a study"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, sets, args, words):
