@@ -53,7 +53,8 @@ def table(report: dict) -> str:
                      "two-sided exact binomial p against 0.5)")
         lines += [f"  {name:<12} {_proportion(f)}{_time(f)}" for name, f in rows.items()]
     elif report["task"] == LABEL:
-        lines.append("agreement with the truth: real | synthetic | synthetic - real, Fisher's exact p")
+        lines.append(f"agreement with the truth (k/n, rate, exact 95% CI, p against guessing 1/{len(report['classes'])}): "
+                     "real | synthetic | synthetic - real, Fisher's exact p")
         lines += [f"  {name:<12} {_proportion(f['real'])} | {_proportion(f['synthetic'])} | "
                   f"{_num(f['difference'])}, p={_p(f['fisher_p'])}{_time(f)}" for name, f in rows.items()]
     else:

@@ -117,11 +117,13 @@ def real_or_synthetic_figures(grouped, readings, meta, bootstrap, seed) -> tuple
 # --------------------------------------------------------------------------- label
 
 def label_source(rs, classes) -> dict:
-    """Agreement with the truth and the confusion table {truth: {answer: count}} of one source's readings."""
+    """Agreement with the truth (its p against guessing, 1 / number of classes) and the confusion table
+    {truth: {answer: count}} of one source's readings."""
     confusion = {truth: {answer: 0 for answer in classes} for truth in classes}
     for r in rs:
         confusion[r.truth][r.answer] += 1
-    return {**proportion(sum(r.answer == r.truth for r in rs), len(rs)), "confusion": confusion}
+    agreement = proportion(sum(r.answer == r.truth for r in rs), len(rs), p0=1 / len(classes))
+    return {**agreement, "confusion": confusion}
 
 
 def label_reader(rs, classes) -> dict:

@@ -118,7 +118,10 @@ def make_app(folder) -> "Starlette":
     async def not_found(request, exc):
         return PlainTextResponse("not found", getattr(exc, "status_code", 404))
 
-    routes = [Route("/static/{name}", static), Route("/r/{token}", index), Route("/r/{token}/state", state),
+    async def no_icon(request):  # browsers ask for one; answering 'nothing' keeps their consoles quiet
+        return Response(status_code=204)
+
+    routes = [Route("/favicon.ico", no_icon), Route("/static/{name}", static), Route("/r/{token}", index), Route("/r/{token}/state", state),
               Route("/r/{token}/answer", answer, methods=["POST"]),
               Route("/r/{token}/image/{key}/{slot:int}", image)]
     @contextlib.asynccontextmanager
