@@ -55,6 +55,9 @@ def check_target(study: Path, overwrite: bool) -> None:
         raise UserError(f"STUDY {study} exists; choose a new folder or pass --overwrite")
     if not study.is_dir():
         raise UserError(f"STUDY {study} is a file; choose a folder")
+    if any(study.iterdir()) and not (study / database.DATABASE).is_file():
+        raise UserError(f"STUDY {study} is a folder but not a study (no {database.DATABASE}); --overwrite replaces "
+                        "only a study: choose a new folder")
     answers = database.answer_count(study)
     if answers is None:
         raise UserError(f"STUDY {study}: its database cannot be read, so its answers may be lost; move it away first")

@@ -224,6 +224,9 @@ def test_overwrite_never_deletes_answers(tmp_path, sets):
     result = run_main(study_cli.main, *args, "--overwrite")
     assert result.returncode == 2 and "never deletes answers" in result.stderr
     assert database.answer_count(folder) == 1
+    not_a_study = ["create", sets[0], "--task", "preference", "--a", sets[0], "--b", sets[1], "--pairs", "3"]
+    assert "not a study" in run_main(study_cli.main, *not_a_study, "--overwrite").stderr  # the images are kept
+    assert len(list(sets[0].iterdir())) == 6
 
 
 def test_serve_refuses_a_port_in_use(served):
