@@ -250,3 +250,14 @@ def test_demo_study_and_label_task(tmp_path):
     assert (x["real"]["k"], x["real"]["n"], x["synthetic"]["k"], x["synthetic"]["n"]) == (4, 8, 4, 8)
     assert x["real"]["confusion"]["nodule"]["normal"] == 4 and x["fisher_p"] == pytest.approx(1.0)
     assert report["agreement"]["cohen_kappa"] is None  # both readers always said 'normal': kappa undefined
+
+
+def test_serve_prints_one_link_per_reader_and_warns_off_loopback(served):
+    from reader_study.web import is_loopback
+    folder, server = served
+    links = [server.process.stdout.readline().strip() for _ in range(2)]
+    tokens = [row["token"] for row in csv.DictReader(open(folder / "readers.csv"))]
+    assert links == [f"r{i + 1}: http://127.0.0.1:{server.port}/r/{token}" for i, token in enumerate(tokens)]
+    assert all(len(token) == 32 and int(token, 16) >= 0 for token in tokens)  # 128 bits, hex
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
