@@ -135,3 +135,8 @@ def test_readme_demo_block_runs_the_whole_pipeline(tmp_path):
     for arm in results["arms"].values():
         assert all(0 <= auc <= 1 for auc in arm["auc"]) and len(arm["auc"]) == 2
     assert csv_rows(out / "classify" / "results" / "predictions.csv")
+
+    # study: a blinded preference study of 8 pairs of phantoms, one reader's link, its images all alike
+    assert [r["reader"] for r in csv_rows(out / "study" / "readers.csv")] == ["reader1"]
+    blinded = sorted((out / "study" / "images").iterdir())
+    assert len(blinded) == 16 and {read_png(p).size for p in blinded} == {(128, 128)}

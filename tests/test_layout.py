@@ -2,6 +2,7 @@
 
     mini_ldm  <-  readers (only mini_ldm.errors / mini_ldm.io)
     mini_ldm, readers  <-  ti          mini_ldm, readers  <-  measure (never ti)
+    mini_ldm.errors/io, readers, stats  <-  reader_study (never ti, classifier, membership or measure)
     everything  <-  the CLIs (prepare.py, evaluate.py and classify.py never import ti)
     tests/ is imported by nothing; devkit/ (random test models) only by tests/ and benchmarks/
 """
@@ -11,12 +12,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mini_ldm", "ti", "readers", "measure", "stats", "devkit", "tests", "benchmarks")
-CLIS = ("prepare.py", "train.py", "sample.py", "evaluate.py", "classify.py")
+PACKAGES = ("mini_ldm", "ti", "readers", "measure", "stats", "reader_study", "devkit", "tests", "benchmarks")
+CLIS = ("prepare.py", "train.py", "sample.py", "evaluate.py", "classify.py", "study.py")
 MAY_NOT_IMPORT = {
-    "mini_ldm": {"ti", "readers", "measure", "stats", "devkit", "tests", "benchmarks"},
-    "stats": {"mini_ldm", "ti", "readers", "measure", "devkit", "tests", "benchmarks"},
-    "readers": {"ti", "measure", "stats", "devkit", "tests", "benchmarks"},
+    "mini_ldm": {"ti", "readers", "measure", "stats", "reader_study", "devkit", "tests", "benchmarks"},
+    "stats": {"mini_ldm", "ti", "readers", "measure", "reader_study", "devkit", "tests", "benchmarks"},
+    "readers": {"ti", "measure", "stats", "reader_study", "devkit", "tests", "benchmarks"},
+    "reader_study": {"ti", "classifier", "membership", "measure", "devkit", "tests", "benchmarks"},
     "ti": {"measure", "devkit", "tests", "benchmarks"},
     "measure": {"ti", "devkit", "tests", "benchmarks"},
     "devkit": {"tests", "benchmarks"},
@@ -26,6 +28,7 @@ MAY_NOT_IMPORT = {
     "classify.py": {"ti", "devkit", "tests"},
     "train.py": {"measure", "devkit", "tests"},
     "sample.py": {"ti", "measure", "readers", "devkit", "tests"},
+    "study.py": {"ti", "classifier", "membership", "measure", "devkit", "tests"},
 }
 READERS_MAY_USE = {"mini_ldm.errors", "mini_ldm.io"}
 
@@ -70,9 +73,24 @@ def test_mini_ldm_is_stable_diffusion_only():
 
 
 def test_no_function_over_60_lines_in_product_code():
-    homes = ["mini_ldm", "ti", "readers", "measure", *CLIS]
+    homes = ["mini_ldm", "ti", "readers", "measure", "stats", "reader_study", *CLIS]
     long = [f"{f.relative_to(ROOT)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
             for home in homes if (ROOT / home).exists() for f in python_files(home)
             for n in ast.walk(ast.parse(f.read_text(encoding="utf-8")))
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno >= 60]
     assert not long, "split these where a reader would want names:\n" + "\n".join(long)
+
+
+def test_reader_study_uses_only_errors_io_and_cli_of_mini_ldm():
+    """The study knows nothing of Stable Diffusion: of mini_ldm it uses the error type, the file writing and
+    (in study.py) the CLI helpers."""
+    used = {m for home in ("reader_study", "study.py") for f in python_files(home) for _, m in absolute_imports(f)
+            if m.startswith("mini_ldm")}
+    assert used <= {"mini_ldm.errors", "mini_ldm.io", "mini_ldm.cli", "mini_ldm.settings"}, sorted(used)
+
+
+def test_no_reader_study_file_over_400_lines():
+    files = [*python_files("reader_study"), *python_files("study.py"), *python_files("stats"),
+             *sorted((ROOT / "reader_study" / "static").glob("*"))]
+    long = [f"{f.relative_to(ROOT)} ({n} lines)" for f in files if (n := len(f.read_text(encoding="utf-8").splitlines())) > 400]
+    assert not long, long
