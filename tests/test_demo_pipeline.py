@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from safetensors import safe_open
 
@@ -79,6 +80,7 @@ def csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.timeout(900)  # the whole demo pipeline: about 4-6 minutes on an idle 2-core machine
 def test_readme_demo_block_runs_the_whole_pipeline(tmp_path):
     section = demo_section()
     commands = demo_commands(section)
