@@ -131,7 +131,7 @@ def test_micro_conditioning_is_the_image_size(tiny, monkeypatch):
     sd = tiny("sdxl", "single")
     seen = []
     real = added_conditioning
-    monkeypatch.setattr("mini_ldm.denoisers.added_conditioning", lambda p, s: seen.append(s) or real(p, s))
+    monkeypatch.setattr("mini_ldm.prompt.added_conditioning", lambda p, s: seen.append(s) or real(p, s))
     sd.sample(PROMPT, seed=1, steps=1, scheduler="euler", height=48, width=32, progress=False)
     assert seen and all(s.tolist() == [[48, 32, 0, 0, 48, 32]] for s in seen)
 

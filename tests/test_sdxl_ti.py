@@ -124,7 +124,7 @@ def test_convert_keeps_the_sdxl_layout(trained, tmp_path):
 def test_training_sees_the_pooled_vector_and_each_images_size_and_crop(tiny, monkeypatch, tmp_path):
     """An SDXL step is conditioned on each image's original size and crop (from the latent cache) and on the
     training size; the loss reaches the bigG part of the vectors (through the context and the pooled vector)."""
-    import ti.trainer as trainer_module
+    import mini_ldm.prompt as trainer_module  # where the added conditioning is built
     from ti.concepts import Concept
     from ti.data import LatentCache
     from ti.train_settings import TrainSettings
