@@ -255,9 +255,7 @@ def _folder_family(path: Path) -> Family:
     if (path / "text_encoder_2").is_dir() and not (path / "text_encoder").is_dir():
         raise CheckpointError(f"{path}: an SDXL refiner folder (text_encoder_2 without text_encoder); mini-ldm draws "
                               "with SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0)")
-    unet_json = _read_json(path / "unet" / "config.json")
-    text_json = _read_json(path / "text_encoder" / "config.json")
-    family = folder_family(lambda name: (path / name).is_dir(), unet_json, text_json)
+    family = folder_family({part: _read_json(path / part / "config.json") for part in ("unet", "text_encoder")})
     for spec in family.encoders:
         if not (path / spec.folder).is_dir():
             raise CheckpointError(f"{path}: an {family.label} diffusers folder without {spec.folder}/ (its "

@@ -51,6 +51,10 @@ class Family:
     scheduler: dict  # the scheduler config a single file implies ({}: SD's own defaults)
     zero_empty_negative: bool  # an empty negative prompt is the zero conditioning (diffusers' force_zeros_...)
     size_conditioning: bool  # the UNet also takes the pooled vector and six size numbers (SDXL's `y`)
+    # How a checkpoint shows it is of this family (none: the fallback, SD 1): a single file has a key that starts
+    # with one of `file_marks`; a diffusers folder has one of `folder_marks`, (part, config.json key, value).
+    file_marks: tuple = ()
+    folder_marks: tuple = ()
 
 
 # The single files' prefixes of the parts every family has.
@@ -62,8 +66,7 @@ SD1 = Family(
     encoders=(TextEncoderSpec("cond_stage_model.transformer.", False, "text_encoder", "tokenizer", 49407,
                               "quick_gelu"),),
     unet_heads=8, upcast_in_half=False, vae_scale=0.18215, native_size=512, native_size_v=512, v_file_name="",
-    scheduler={},
-    zero_empty_negative=False, size_conditioning=False)
+    scheduler={}, zero_empty_negative=False, size_conditioning=False)
 
 SD2 = Family(
     name="sd2", label="SD 2.x",
@@ -71,8 +74,8 @@ SD2 = Family(
     encoders=(TextEncoderSpec("cond_stage_model.model.", True, "text_encoder", "tokenizer", 0, "gelu",
                               dropped_file_layers=1),),
     unet_heads=0, upcast_in_half=True, vae_scale=0.18215, native_size=512, native_size_v=768, v_file_name="768",
-    scheduler={},
-    zero_empty_negative=False, size_conditioning=False)
+    scheduler={}, zero_empty_negative=False, size_conditioning=False,
+    file_marks=("cond_stage_model.model.",), folder_marks=(("text_encoder", "hidden_act", "gelu"),))
 
 # scheduler/scheduler_config.json of stabilityai/stable-diffusion-xl-base-1.0, for single files
 SDXL_SCHEDULER = {"_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
@@ -87,26 +90,24 @@ SDXL = Family(
               TextEncoderSpec("conditioner.embedders.1.model.", True, "text_encoder_2", "tokenizer_2", 0, "gelu",
                               context_skip=1, context_norm=False, pooled=True, what="OpenCLIP bigG text encoder")),
     unet_heads=0, upcast_in_half=False, vae_scale=0.13025, native_size=1024, native_size_v=1024, v_file_name="",
-    scheduler=SDXL_SCHEDULER, zero_empty_negative=True, size_conditioning=True)
+    scheduler=SDXL_SCHEDULER, zero_empty_negative=True, size_conditioning=True,
+    # its UNet's added-conditioning layer, or any SGM `conditioner.` (a partial file is then refused as SDXL's)
+    file_marks=(UNET_PREFIX + "label_emb.", "conditioner."),
+    folder_marks=(("unet", "addition_embed_type", "text_time"),))
 
-FAMILIES = (SD1, SD2, SDXL)
+FAMILIES = (SDXL, SD2, SD1)  # the first whose marks a checkpoint has is its family; SD 1 has none: the fallback
 REFINER_PREFIX = "conditioner.embedders.0.model."  # the SDXL refiner has only the bigG embedder
 
 
 def single_file_family(keys) -> Family:
-    """The family of a single file, from its keys: the one whose first text encoder's embedding is there,
-    or SDXL when the UNet has SDXL's added-conditioning layer or the file has an SGM `conditioner.`."""
-    if UNET_PREFIX + "label_emb.0.0.weight" in keys or any(k.startswith("conditioner.") for k in keys):
-        return SDXL
-    return SD2 if SD2.encoders[0].file_prefix + "token_embedding.weight" in keys else SD1
+    """The family of a single file, from its tensor names."""
+    return next(f for f in FAMILIES if not f.file_marks or any(k.startswith(f.file_marks) for k in keys))
 
 
-def folder_family(has_folder, unet_json: dict, text_json: dict) -> Family:
-    """The family of a diffusers folder: SDXL when it has a second text encoder or its UNet takes SDXL's
-    added conditioning, SD 2 when its text encoder is OpenCLIP's (exact GELU), else SD 1."""
-    if has_folder(SDXL.encoders[1].folder) or unet_json.get("addition_embed_type") == "text_time":
-        return SDXL
-    return SD2 if text_json.get("hidden_act") == "gelu" else SD1
+def folder_family(configs: dict) -> Family:
+    """The family of a diffusers folder, from its parts' config.json files ({part: config})."""
+    return next(f for f in FAMILIES if not f.folder_marks or
+                any(configs.get(part, {}).get(key) == value for part, key, value in f.folder_marks))
 
 
 def native_size(family: Family, prediction: str, latent_size: int | None = None, downscale: int = 8) -> int:

@@ -57,23 +57,12 @@ class StableDiffusion:
         """The family's name ("sd1", "sd2", "sdxl"), as messages and embedding files say it."""
         return self.model_family.name
 
-    @property
-    def tokenizer(self):
-        """The first (SD 1/2: the only) tokenizer; CLIP ViT-L's on SDXL."""
-        return self.tokenizers[0]
-
-    @property
-    def text_encoder(self):
-        return self.text_encoders[0]
-
-    @property
-    def tokenizer_2(self):
-        """SDXL's second tokenizer (OpenCLIP bigG's, pads with id 0); None with one text encoder."""
-        return self.tokenizers[1] if len(self.tokenizers) > 1 else None
-
-    @property
-    def text_encoder_2(self):
-        return self.text_encoders[1] if len(self.text_encoders) > 1 else None
+    # The first pair (SD 1/2: the only one; SDXL: CLIP ViT-L) and the second (SDXL's OpenCLIP bigG, else None),
+    # by name, for callers that name them; the pipeline itself goes through `encoders`.
+    tokenizer = property(lambda self: self.tokenizers[0])
+    text_encoder = property(lambda self: self.text_encoders[0])
+    tokenizer_2 = property(lambda self: (self.tokenizers[1:] or [None])[0])
+    text_encoder_2 = property(lambda self: (self.text_encoders[1:] or [None])[0])
 
     @property
     def widths(self) -> tuple:
@@ -139,6 +128,14 @@ class StableDiffusion:
         and validation all come here."""
         return prompting.with_sizes(cond, sizes) if self.model_family.size_conditioning else cond
 
+    def _guidance_rows(self, parts: list, settings: SampleSettings, learned: dict):
+        """The negative prompt's and each weighted sub-prompt's Conditioning with all the UNet takes, for images
+        drawn at the settings' size (SDXL: uncropped, at their own size, as diffusers conditions them)."""
+        negative, terms = self._conditioning(parts, settings.negative_prompt, learned)
+        size = (settings.height, settings.width)
+        sizes = prompting.size_numbers(prompting.uncropped(*size), size)  # (1, 6)
+        return self.unet_conditioning(negative, sizes), [(self.unet_conditioning(c, sizes), w) for c, w in terms]
+
     # --- images and the model's inputs ---------------------------------------------------------
 
     @property
@@ -197,11 +194,7 @@ class StableDiffusion:
         """`generator`: None for one CPU generator seeded with settings.seed, or a list of one per image."""
         settings, image = self._resolve(settings)
         parts = parts or prompting.parse_and(settings.prompt)
-        negative, terms = self._conditioning(parts, settings.negative_prompt, learned)
-        sizes = prompting.size_numbers(prompting.uncropped(settings.height, settings.width),
-                                       (settings.height, settings.width))  # (1, 6)
-        negative = self.unet_conditioning(negative, sizes)
-        terms = [(self.unet_conditioning(c, sizes), w) for c, w in terms]
+        negative, terms = self._guidance_rows(parts, settings, learned)
         generator = generator if generator is not None else torch.Generator("cpu").manual_seed(settings.seed)
         start = self._start(settings, image, generator)
         unet = ScaledUNet(self.unet if start.unet_extra is None else InpaintingChannels(self.unet, start.unet_extra),
