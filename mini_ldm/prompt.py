@@ -1,4 +1,4 @@
-"""Prompt text -> token ids and learned vectors -> the text encoder's context.
+"""Prompt text -> token ids and learned vectors -> the text encoders' Conditioning of the UNet.
 
 A learned token (Textual Inversion) is not in CLIP's vocabulary. Instead of adding it there, we
 find it in the prompt as a whole word and let its vectors take that many positions of the
@@ -10,6 +10,10 @@ Two prompt forms on top of that, both as in AUTOMATIC1111:
   long prompts        more than 75 tokens become several 77-token windows, encoded one by one and
                       concatenated along the sequence (tokenize / encode_prompt). A prompt that
                       fits in 75 tokens is exactly one window, so it matches diffusers.
+
+SDXL's UNet also takes the pooled text vector and six size numbers (original size, crop, target size);
+`with_sizes` is the one place that turns them into its added conditioning, for sampling, training and
+validation alike (`StableDiffusion.unet_conditioning` applies it where the model's family uses it).
 """
 import re
 from dataclasses import dataclass, field, replace
