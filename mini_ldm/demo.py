@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CONFIG_METADATA, OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+from .checkpoint import CONFIG_METADATA
+from .families import SD2, UNET_PREFIX, VAE_PREFIX
 from .clip import TextConfig, TextEncoder
 from .io import safetensors_bytes, write_bytes_atomic
 from .unet import UNet, UNetConfig
@@ -46,7 +47,7 @@ def _model_bytes() -> bytes:
                                                                                  num_res_blocks=1))
     tensors = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
     tensors |= {VAE_PREFIX + k: v for k, v in vae.state_dict().items()}
-    tensors |= {OPEN_CLIP_PREFIX + k: v for k, v in _open_clip_names(text.state_dict(), TEXT.layers).items()}
+    tensors |= {SD2.encoders[0].file_prefix + k: v for k, v in _open_clip_names(text.state_dict(), TEXT.layers).items()}
     stated = {"unet_heads": list(UNET.heads), "text_heads": TEXT.heads, "native_size": DEMO_SIZE}
     return safetensors_bytes({k: v.contiguous().clone() for k, v in tensors.items()},
                              {CONFIG_METADATA: json.dumps(stated), "format": "pt"})

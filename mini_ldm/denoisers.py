@@ -18,8 +18,8 @@ import torch
 
 from . import samplers
 from .errors import UserError
+from .prompt import Conditioning
 from .samplers import Schedule
-from .unet import added_conditioning
 
 
 class ScaledUNet:
@@ -29,11 +29,11 @@ class ScaledUNet:
         self.unet, self.dtype = unet, dtype
         self.finite = []  # per call: a 0-d bool tensor, kept on the device so that no step waits for the GPU
 
-    def __call__(self, x: torch.Tensor, sigma, t, context: torch.Tensor, y=None, groups: int = 1) -> torch.Tensor:
-        """`groups` copies of x go through the UNet in one batch, one per context group."""
+    def __call__(self, x: torch.Tensor, sigma, t, cond: Conditioning, groups: int = 1) -> torch.Tensor:
+        """`groups` copies of x go through the UNet in one batch, one per group of `cond`'s rows."""
         inp = (x * samplers.model_input_scale(sigma)).to(self.dtype)
         inp = torch.cat([inp] * groups) if groups > 1 else inp
-        out = self.unet(inp, t.to(x.device), context, y).float()
+        out = self.unet(inp, t.to(x.device), cond.context, cond.y).float()
         self.finite.append(torch.isfinite(out).all())
         return out
 
@@ -69,25 +69,23 @@ class InpaintingChannels:
 class ClassifierFreeGuidance:
     """uncond + sum_k scale_k * (cond_k - uncond) with scale_k = cfg * weight_k, from one UNet batch.
 
-    negative: the negative prompt's prompt.Conditioning; terms: [(Conditioning, weight)], contexts
-    (1, L, width) each, repeated for the n images of the batch. sizes: SDXL's six size numbers (1, 6), turned
-    with each prompt's pooled vector into the UNet's added conditioning `y`; None for SD 1/2.
+    negative: the negative prompt's prompt.Conditioning; terms: [(Conditioning, weight)], one row each, holding
+    all the UNet takes (SDXL's added conditioning too), repeated for the n images of the batch.
     As diffusers, guidance of 1 or less with a plain prompt runs the prompt alone (no negative pass); a
     composed or weighted prompt is defined by its guidance formula, so it always needs the negative one.
     """
 
-    def __init__(self, unet: ScaledUNet, negative, terms: list, cfg: float, n: int, sizes=None):
+    def __init__(self, unet: ScaledUNet, negative: Conditioning, terms: list, cfg: float, n: int):
         self.unet = unet
         self.guided = cfg > 1.0 or len(terms) != 1 or terms[0][1] != 1.0
         # (n * (1 + len(terms)), L, width): n negatives, then n of each sub-prompt
         rows = [negative] * n + [c for c, _ in terms for _ in range(n)] if self.guided else [terms[0][0]] * n
-        self.context = torch.cat([c.context for c in rows])
-        self.y = None if sizes is None else torch.cat([added_conditioning(c.pooled, sizes) for c in rows])
+        self.cond = Conditioning.cat(rows)
         self.scales = [w * cfg for _, w in terms]  # a Python float, so weight 1 leaves cfg bit-identical
         self.groups = 1 + len(terms) if self.guided else 1
 
     def __call__(self, x, sigma, t) -> torch.Tensor:
-        out = self.unet(x, sigma, t, self.context, self.y, self.groups)
+        out = self.unet(x, sigma, t, self.cond, self.groups)
         if not self.guided:
             return out
         uncond, *conds = out.chunk(self.groups)

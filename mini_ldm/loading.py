@@ -78,14 +78,13 @@ def load(path, device=None, dtype=None, prediction="auto", vae=None) -> StableDi
     if prediction not in PREDICTIONS:
         raise UserError(f"--prediction {prediction}: choose auto, epsilon or v")
     ckpt = load_checkpoint(path, device=device, dtype=resolve_dtype(dtype, device), prediction=prediction, vae=vae)
-    # SD1 (and SDXL's first encoder) pad the 77-token window with EOS, OpenCLIP (SD2, SDXL's bigG) with id 0
-    tokenizer = _tokenizer(ckpt.tokenizer_dir, pad_id=0 if ckpt.family == "sd2" else 49407)
-    tokenizer_2 = _tokenizer(ckpt.tokenizer_2_dir, pad_id=0) if ckpt.text_encoder_2 is not None else None
-    return StableDiffusion(ckpt, tokenizer, device, resolve_dtype(dtype, device), tokenizer_2)
+    tokenizers = [_tokenizer(folder, spec.pad_id) for folder, spec in zip(ckpt.tokenizer_dirs, ckpt.family.encoders)]
+    return StableDiffusion(ckpt, tokenizers, device, resolve_dtype(dtype, device))
 
 
 def _tokenizer(folder, pad_id: int) -> CLIPTokenizer:
-    """A diffusers folder's own tokenizer/ files, or the shipped CLIP vocabulary padded with `pad_id`."""
+    """A diffusers folder's own tokenizer/ files, or the shipped CLIP vocabulary padded with `pad_id` (the
+    family's: OpenAI CLIP pads the 77-token window with end-of-text, OpenCLIP with id 0)."""
     if folder is None:
         return CLIPTokenizer.default(pad_id=pad_id)
     try:

@@ -39,17 +39,30 @@ INTERPOLATE_MODES = ("prompt", "vectors")
 
 
 class StableDiffusion:
-    def __init__(self, checkpoint, tokenizer, device, dtype, tokenizer_2=None):
+    def __init__(self, checkpoint, tokenizers: list, device, dtype):
+        """`tokenizers`: one per text encoder of the checkpoint, in its family's order."""
         self.checkpoint = checkpoint
-        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2  # tokenizer_2: SDXL's second (pads with id 0)
-        self.text_encoder, self.unet, self.vae = checkpoint.text_encoder, checkpoint.unet, checkpoint.vae
-        self.text_encoder_2 = checkpoint.text_encoder_2  # SDXL's OpenCLIP bigG, else None
-        self.family, self.prediction = checkpoint.family, checkpoint.prediction
+        self.model_family = checkpoint.family  # families.Family: what this model's family does differently
+        self.tokenizers, self.text_encoders = list(tokenizers), list(checkpoint.text_encoders)
+        self.unet, self.vae = checkpoint.unet, checkpoint.vae
+        self.prediction = checkpoint.prediction
         self.native_size = checkpoint.native_size
         self.model_name = checkpoint.path.stem
         self.device, self.dtype = torch.device(device), dtype
         self.learned = {}  # token -> float32 [n, width]: Textual Inversion vectors usable in prompts
         self.alphas_cumprod = samplers.alphas_cumprod_from_config(checkpoint.scheduler_config)
+
+    @property
+    def family(self) -> str:
+        """The family's name ("sd1", "sd2", "sdxl"), as messages and embedding files say it."""
+        return self.model_family.name
+
+    # The first pair (SD 1/2: the only one; SDXL: CLIP ViT-L) and the second (SDXL's OpenCLIP bigG, else None),
+    # by name, for callers that name them; the pipeline itself goes through `encoders`.
+    tokenizer = property(lambda self: self.tokenizers[0])
+    text_encoder = property(lambda self: self.text_encoders[0])
+    tokenizer_2 = property(lambda self: (self.tokenizers[1:] or [None])[0])
+    text_encoder_2 = property(lambda self: (self.text_encoders[1:] or [None])[0])
 
     @property
     def widths(self) -> tuple:
@@ -73,8 +86,7 @@ class StableDiffusion:
     @property
     def encoders(self) -> list:
         """[(tokenizer, text encoder)]: one pair on SD 1/2, two on SDXL (CLIP ViT-L, then OpenCLIP bigG)."""
-        pairs = [(self.tokenizer, self.text_encoder)]
-        return pairs + [(self.tokenizer_2, self.text_encoder_2)] if self.text_encoder_2 is not None else pairs
+        return list(zip(self.tokenizers, self.text_encoders))
 
     @torch.no_grad()
     def encode_prompt(self, text: str, learned: dict | None = None) -> torch.Tensor:
@@ -105,10 +117,24 @@ class StableDiffusion:
                 return replace(c, context=torch.cat([c.context] + windows, dim=1))
 
             negative, terms = pad(negative), [(pad(c), w) for c, w in terms]
-        if self.family == "sdxl" and negative_prompt == "":
+        if self.model_family.zero_empty_negative and negative_prompt == "":
             # SDXL base's force_zeros_for_empty_prompt: no negative prompt is the zero conditioning, not ""'s
-            negative = prompting.Conditioning(torch.zeros_like(negative.context), torch.zeros_like(negative.pooled))
+            negative = negative.zeros()
         return negative, terms
+
+    def unet_conditioning(self, cond: prompting.Conditioning, sizes: torch.Tensor) -> prompting.Conditioning:
+        """`cond` with all the UNet takes besides the context: on a family with size conditioning (SDXL), the
+        added conditioning from the pooled vectors and `sizes` (B, 6, prompt.size_numbers); sampling, training
+        and validation all come here."""
+        return prompting.with_sizes(cond, sizes) if self.model_family.size_conditioning else cond
+
+    def _guidance_rows(self, parts: list, settings: SampleSettings, learned: dict):
+        """The negative prompt's and each weighted sub-prompt's Conditioning with all the UNet takes, for images
+        drawn at the settings' size (SDXL: uncropped, at their own size, as diffusers conditions them)."""
+        negative, terms = self._conditioning(parts, settings.negative_prompt, learned)
+        size = (settings.height, settings.width)
+        sizes = prompting.size_numbers(prompting.uncropped(*size), size)  # (1, 6)
+        return self.unet_conditioning(negative, sizes), [(self.unet_conditioning(c, sizes), w) for c, w in terms]
 
     # --- images and the model's inputs ---------------------------------------------------------
 
@@ -168,12 +194,12 @@ class StableDiffusion:
         """`generator`: None for one CPU generator seeded with settings.seed, or a list of one per image."""
         settings, image = self._resolve(settings)
         parts = parts or prompting.parse_and(settings.prompt)
-        negative, terms = self._conditioning(parts, settings.negative_prompt, learned)
+        negative, terms = self._guidance_rows(parts, settings, learned)
         generator = generator if generator is not None else torch.Generator("cpu").manual_seed(settings.seed)
         start = self._start(settings, image, generator)
         unet = ScaledUNet(self.unet if start.unet_extra is None else InpaintingChannels(self.unet, start.unet_extra),
                           self.dtype)
-        guidance = ClassifierFreeGuidance(unet, negative, terms, settings.cfg, settings.n, self._sizes(settings))
+        guidance = ClassifierFreeGuidance(unet, negative, terms, settings.cfg, settings.n)
         denoise = Denoiser(guidance, start.schedule, self.prediction, start.keep_known)
         if len(start.schedule.timesteps) == 0:
             latents = start.x  # img2img at strength 0: nothing to re-run (not even DDIM's final rescale)
@@ -245,14 +271,6 @@ class StableDiffusion:
         mask = imaging.open_image(settings.mask, "--mask", "L")
         return starts.inpaint(self, image, mask, settings.feather_px, settings.denoising_strength, schedule,
                               generator, shape)
-
-    def _sizes(self, settings: SampleSettings) -> torch.Tensor | None:
-        """SDXL's micro-conditioning (1, 6): original size, crop top-left, target size = (H, W, 0, 0, H, W),
-        diffusers' defaults; None on SD 1/2."""
-        if self.text_encoder_2 is None:
-            return None
-        h, w = settings.height, settings.width
-        return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=self.device)
 
     # --- interpolation -------------------------------------------------------------------------
 

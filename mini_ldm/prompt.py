@@ -1,4 +1,4 @@
-"""Prompt text -> token ids and learned vectors -> the text encoder's context.
+"""Prompt text -> token ids and learned vectors -> the text encoders' Conditioning of the UNet.
 
 A learned token (Textual Inversion) is not in CLIP's vocabulary. Instead of adding it there, we
 find it in the prompt as a whole word and let its vectors take that many positions of the
@@ -8,15 +8,20 @@ The vocabulary and the embedding matrix are never modified.
 Two prompt forms on top of that, both as in AUTOMATIC1111:
   composable prompts  "A:0.7 AND B:0.3" -> [("A", 0.7), ("B", 0.3)], one guidance term each (parse_and);
   long prompts        more than 75 tokens become several 77-token windows, encoded one by one and
-                      concatenated along the sequence (tokenize / encode_windows). A prompt that
+                      concatenated along the sequence (tokenize / encode_prompt). A prompt that
                       fits in 75 tokens is exactly one window, so it matches diffusers.
+
+SDXL's UNet also takes the pooled text vector and six size numbers (original size, crop, target size);
+`with_sizes` is the one place that turns them into its added conditioning, for sampling, training and
+validation alike (`StableDiffusion.unet_conditioning` applies it where the model's family uses it).
 """
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from .errors import UserError
+from .unet import added_conditioning
 
 
 @dataclass
@@ -61,15 +66,50 @@ def first_window(tokenizer, text: str, learned: dict) -> Tokens:
 
 @dataclass
 class Conditioning:
-    """What one prompt gives the UNet: the cross-attention context and, on SDXL, the pooled text vector."""
+    """What prompts give the UNet besides the latents, one row per image: the cross-attention context and, on
+    SDXL, the pooled text vector and the added conditioning `y` built from it and the six size numbers
+    (`with_sizes`). Guidance and batching only select and concatenate rows (`rows`, `cat`)."""
 
-    context: torch.Tensor  # (1, 77 * windows, width); SDXL: both encoders' contexts side by side (2048)
-    pooled: torch.Tensor | None = None  # (1, 1280) SDXL: bigG's pooled vector of the first window
+    context: torch.Tensor  # (B, 77 * windows, width); SDXL: both encoders' contexts side by side (2048)
+    pooled: torch.Tensor | None = None  # (B, 1280) SDXL: bigG's pooled vector of the first window
+    y: torch.Tensor | None = None  # (B, 2816) SDXL: the UNet's added conditioning (with_sizes)
+
+    def rows(self, index) -> "Conditioning":
+        """These rows (an index tensor or a slice) of every tensor it holds."""
+        return Conditioning(*(_rows(t, index) for t in (self.context, self.pooled, self.y)))
+
+    def zeros(self) -> "Conditioning":
+        """The zero conditioning of the same shapes (SDXL's empty negative prompt, force_zeros_for_empty_prompt)."""
+        return Conditioning(*(None if t is None else torch.zeros_like(t) for t in (self.context, self.pooled, self.y)))
+
+    @staticmethod
+    def cat(items: list) -> "Conditioning":
+        """Rows of several conditionings, in order, as one."""
+        first = items[0]
+        return Conditioning(*(None if getattr(first, name) is None else torch.cat([getattr(c, name) for c in items])
+                              for name in ("context", "pooled", "y")))
 
 
-def encode(text_encoder, batch: list, device) -> torch.Tensor:
-    """Several Tokens (prompts, or the windows of one prompt) -> contexts (B, 77, width), in one call."""
-    return encode_pooled(text_encoder, batch, device)[0]
+def _rows(t, index):
+    """t[index], for a tensor the encoders may not give (the pooled vector: only a projecting encoder has one)."""
+    return None if t is None else t[index]
+
+
+def size_numbers(geometry: torch.Tensor, target: tuple) -> torch.Tensor:
+    """SDXL's six size numbers per row (B, 6): from `geometry` (B, 4), each image's original (height, width) and
+    crop (top, left), and the target (height, width) every row is drawn or trained at."""
+    return torch.cat([geometry.float(), torch.tensor([list(target)] * len(geometry), dtype=torch.float32)], dim=1)
+
+
+def uncropped(height: int, width: int) -> torch.Tensor:
+    """The geometry (1, 4) of an image drawn at its own size: original = target, no crop (diffusers' default)."""
+    return torch.tensor([[height, width, 0, 0]], dtype=torch.float32)
+
+
+def with_sizes(cond: Conditioning, sizes: torch.Tensor) -> Conditioning:
+    """`cond` with SDXL's added conditioning y: its pooled vectors (B, P) and the six size numbers (B, 6)
+    embedded (unet.added_conditioning). The one place that builds y, for sampling, training and validation."""
+    return replace(cond, y=added_conditioning(cond.pooled, sizes.to(cond.pooled.device)))
 
 
 def encode_pooled(text_encoder, batch: list, device):
@@ -154,11 +194,6 @@ def tokenize(tokenizer, text: str, learned: dict) -> list:
     return windows
 
 
-def encode_windows(text_encoder, windows: list, device) -> torch.Tensor:
-    """Windows -> context (1, 77 * len(windows), width): each window encoded on its own, then concatenated."""
-    return encode(text_encoder, windows, device).flatten(0, 1)[None]
-
-
 def encode_prompt(encoders: list, text: str, learned: dict, device) -> Conditioning:
     """A prompt of any length -> its Conditioning. `encoders`: [(tokenizer, text encoder)], one pair on
     SD 1/2, two on SDXL, whose contexts are concatenated along the width. A learned token's vectors are
@@ -168,7 +203,7 @@ def encode_prompt(encoders: list, text: str, learned: dict, device) -> Condition
     for (tokenizer, text_encoder), own in zip(encoders, _per_encoder(encoders, learned)):
         context, pooled = encode_pooled(text_encoder, tokenize(tokenizer, text, own), device)
         contexts.append(context.flatten(0, 1)[None])  # (1, 77 * windows, width_k)
-    return Conditioning(torch.cat(contexts, dim=-1), None if pooled is None else pooled[:1])
+    return Conditioning(torch.cat(contexts, dim=-1), _rows(pooled, slice(0, 1)))
 
 
 def encode_first_windows(encoders: list, texts: list, learned: dict, device) -> Conditioning:
@@ -183,11 +218,13 @@ def encode_first_windows(encoders: list, texts: list, learned: dict, device) -> 
 
 def _per_encoder(encoders: list, learned: dict) -> list:
     """{token: [n, sum of widths]} -> one {token: [n, width_k]} per encoder (SDXL: columns 0:768, 768:2048)."""
-    if len(encoders) == 1:
-        return [learned]
+    widths = [text_encoder.cfg.width for _, text_encoder in encoders]
+    for name, vecs in learned.items():
+        if vecs.shape[-1] != sum(widths):
+            raise UserError(f"learned token {name}: its vectors are {vecs.shape[-1]} wide; this model's text "
+                            f"encoders take {' + '.join(map(str, widths))}")
     parts, start = [], 0
-    for _, text_encoder in encoders:
-        width = text_encoder.cfg.width
+    for width in widths:
         parts.append({name: vecs[:, start:start + width] for name, vecs in learned.items()})
         start += width
     return parts

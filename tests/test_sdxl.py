@@ -131,7 +131,7 @@ def test_micro_conditioning_is_the_image_size(tiny, monkeypatch):
     sd = tiny("sdxl", "single")
     seen = []
     real = added_conditioning
-    monkeypatch.setattr("mini_ldm.denoisers.added_conditioning", lambda p, s: seen.append(s) or real(p, s))
+    monkeypatch.setattr("mini_ldm.prompt.added_conditioning", lambda p, s: seen.append(s) or real(p, s))
     sd.sample(PROMPT, seed=1, steps=1, scheduler="euler", height=48, width=32, progress=False)
     assert seen and all(s.tolist() == [[48, 32, 0, 0, 48, 32]] for s in seen)
 
@@ -201,6 +201,40 @@ def test_vae_swapped_in(sdxl_folder, sdxl_single, tiny, tmp_path, vae_layout):
 def test_vae_that_is_not_a_vae_is_refused(sdxl_single, sd1_folder):
     with pytest.raises(CheckpointError, match="--vae"):
         mini_ldm.load(sdxl_single, device="cpu", dtype="fp32", vae=sd1_folder / "unet")
+
+
+def test_sdxl_folder_without_text_encoder_2_is_refused(sdxl_folder, tmp_path):
+    """Issue 24 B.19: its UNet takes SDXL's added conditioning, so it is an SDXL folder missing a part, not an
+    SD 1/2 folder (which would load and then die at the first step)."""
+    import shutil
+    partial = tmp_path / "sdxl-without-bigg"
+    shutil.copytree(sdxl_folder, partial)
+    shutil.rmtree(partial / "text_encoder_2")
+    _refuse(partial, "SDXL", "text_encoder_2/")
+
+
+def _sixteen_channel_vae(path, quant_convs: bool):
+    """A random VAE with 16 latent channels (the SD3/Flux kind), as a diffusers-layout file."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from devkit.tiny_models import randomize_
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        block_out_channels=(32, 64), layers_per_block=1, latent_channels=16, norm_num_groups=32,
+                        use_quant_conv=quant_convs, use_post_quant_conv=quant_convs)
+    save_file({k: v.contiguous() for k, v in randomize_(vae, 0).state_dict().items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("quant_convs", [True, False])
+def test_vae_with_16_latent_channels_is_refused_at_load(sdxl_single, tmp_path, quant_convs):
+    """Issue 24 B.18: named by its latent channels, at load, not with a traceback at the first step."""
+    vae = _sixteen_channel_vae(tmp_path / "ae.safetensors", quant_convs)
+    with pytest.raises(CheckpointError) as e:
+        mini_ldm.load(sdxl_single, device="cpu", dtype="fp32", vae=vae)
+    message = str(e.value)
+    assert "\n" not in message and "--vae" in message and str(vae) in message, message
+    assert "16 latent channels" in message and "4-channel" in message, message
 
 
 # --- workflows -------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_convert_keeps_the_sdxl_layout(trained, tmp_path):
 def test_training_sees_the_pooled_vector_and_each_images_size_and_crop(tiny, monkeypatch, tmp_path):
     """An SDXL step is conditioned on each image's original size and crop (from the latent cache) and on the
     training size; the loss reaches the bigG part of the vectors (through the context and the pooled vector)."""
-    import ti.trainer as trainer_module
+    import mini_ldm.prompt as trainer_module  # where the added conditioning is built
     from ti.concepts import Concept
     from ti.data import LatentCache
     from ti.train_settings import TrainSettings
@@ -159,3 +159,36 @@ def test_the_latent_cache_records_original_size_and_crop(tmp_path):
     cache.save(tmp_path / "cache.safetensors")
     again = LatentCache.load(tmp_path / "cache.safetensors")
     assert again.size_conditioning([0], 32).tolist() == [[40, 60, 0, 8, 32, 32]]
+
+
+def test_validation_loss_of_an_image_is_its_training_loss(tiny, tmp_path):
+    """Issue 22: an SDXL held-out image is validated on its own recorded size and crop, as training conditions
+    on them, so its validation loss equals the training loss of the same image, draw and timestep."""
+    from ti.concepts import Concept
+    from ti.data import LatentCache
+    from ti.train_settings import TrainSettings
+    from ti.trainer import Trainer
+    from ti.validation import held_out_rows, validation_loss
+
+    mean = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))  # one 32 px image
+    geometry = torch.tensor([[300.0, 400, 5, 7]])  # cropped from a larger, non-square original
+    cache = LatentCache(mean, torch.zeros_like(mean), [""], ["a.png"], geometry)  # std 0: the draw is the mean
+    settings = TrainSettings(token=TOKEN, output=tmp_path / "t.safetensors", vectors=2, steps=1, save_every=0,
+                             batch=1, val_images=1, val_timesteps=1)
+    concept = Concept.single(settings, cache=cache)
+    concept.val_cache = cache  # the same image held out
+    trainer = Trainer(tiny("sdxl", "folder"), ["[name]"], settings, [concept], log=lambda *a: None)
+    # the training step's draws, replayed from its generator: image, latent noise (times std 0), noise, timestep
+    g = torch.Generator().set_state(trainer.generator.get_state())
+    torch.randint(1, (1,), generator=g)
+    torch.randn(mean.shape, generator=g)
+    noise = torch.randn(mean.shape, generator=g)
+    t = int(torch.randint(len(trainer.alphas_cumprod), (1,), generator=g))
+    held = held_out_rows([cache], [t], settings.seed)[0]
+    held.noise = noise
+    validated = validation_loss(held, lambda *rows: trainer._row_errors(0, *rows))  # before the update
+    cache.geometry = None  # the same draw conditioned on the square, uncropped size gives another loss
+    square = validation_loss(held, lambda *rows: trainer._row_errors(0, *rows))
+    cache.geometry = geometry
+    trained = trainer.train_step()[0]
+    assert validated == pytest.approx(trained, rel=1e-6, abs=0) and square != pytest.approx(trained, rel=1e-4)

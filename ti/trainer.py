@@ -36,7 +36,6 @@ from mini_ldm.cli import StopSignals
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
 from mini_ldm.png import parameters_text, save_png
-from mini_ldm.unet import added_conditioning
 
 from mini_ldm.embeddings import Embedding, intermediate_path, read_embedding, write_embedding
 from mini_ldm.io import first_line
@@ -152,23 +151,20 @@ class Trainer:
         alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = samplers.noised_for_training(x0, noise, alpha_bar)  # sqrt(a) x0 + sqrt(1 - a) noise
         target = samplers.training_target(x0, noise, alpha_bar, sd.prediction)  # the noise, or v
-        context, y = self._conditioning(prompts, sizes)  # (B, 77, width): the frozen text encoder(s), the vectors
-        return self.unet(noisy.to(sd.dtype), t, context, y).float(), target  # frozen UNet
+        cond = self._conditioning(prompts, sizes)  # (B, 77, width): the frozen text encoder(s), the vectors
+        return self.unet(noisy.to(sd.dtype), t, cond.context, cond.y).float(), target  # frozen UNet
 
-    def _conditioning(self, prompts: list, sizes: torch.Tensor):
-        """The text encoder's context (B, 77, width) for one prompt per row, the learned tokens' trainable vectors
-        spliced into their positions; each distinct prompt goes through the encoder(s) once, in one batched call.
-        SDXL also gives the UNet's added conditioning y (B, 2816) from the pooled vector and `sizes` (B, 6);
-        None on SD 1/2."""
+    def _conditioning(self, prompts: list, sizes: torch.Tensor) -> prompting.Conditioning:
+        """What the UNet takes for one prompt per row: the text encoder's context (B, 77, width), the learned
+        tokens' trainable vectors spliced into their positions, and (SDXL) the added conditioning from the pooled
+        vector and `sizes` (B, 6); each distinct prompt goes through the encoder(s) once, in one batched call."""
         sd = self.sd
         learned = {c.token: p for c, p in zip(self.concepts, self.params)}
         distinct = list(dict.fromkeys(prompts))
         cond = prompting.encode_first_windows(sd.encoders, distinct, learned, sd.device)
-        context, pooled = cond.context, cond.pooled
         if len(distinct) < len(prompts):
-            rows = torch.tensor([distinct.index(p) for p in prompts], device=sd.device)
-            context, pooled = context[rows], None if pooled is None else pooled[rows]
-        return context, None if pooled is None else added_conditioning(pooled, sizes)
+            cond = cond.rows(torch.tensor([distinct.index(p) for p in prompts], device=sd.device))
+        return sd.unet_conditioning(cond, sizes)
 
     def train_step(self, after_update=None) -> dict:
         """One step; returns {concept index: its loss}. `after_update(losses)` runs with the update, before a
@@ -224,8 +220,9 @@ class Trainer:
         token = self.concepts[i].token
         prompts = [render(self.templates[r % len(self.templates)], token, caption)
                    for r, caption in zip(range(rows.start, rows.start + len(captions)), captions)]
-        side = x0.shape[-1] * self.sd.vae.downscale  # held-out rows: SDXL sizes of an uncropped training image
-        sizes = torch.tensor([[side, side, 0, 0, side, side]] * len(prompts), dtype=torch.float32)
+        # SDXL: each held-out image's recorded size and crop, as a training step conditions on them
+        images = self.held_out[i].images[rows]
+        sizes = self.concepts[i].val_cache.size_conditioning(images, x0.shape[-1] * self.sd.vae.downscale)
         out, target = self._predict(x0, noise, t, prompts, sizes)
         return (out - target).pow(2).mean(dim=(1, 2, 3))
 

@@ -32,6 +32,7 @@ class HeldOut:
     t: torch.Tensor  # (N*T,)
     noise: torch.Tensor  # (N*T, 4, h, w)
     captions: list  # (N*T,)
+    images: torch.Tensor  # (N*T,) which held-out image each row is (its recorded size and crop, on SDXL)
 
 
 def held_out_rows(caches: list, timesteps: list[int], seed: int) -> list:
@@ -46,7 +47,8 @@ def held_out_rows(caches: list, timesteps: list[int], seed: int) -> list:
         x0 = cache.mean.float().repeat_interleave(k, 0)
         noise = torch.randn(x0.shape, generator=g)
         captions = [cache.caption(i) for i in range(n) for _ in range(k)]
-        rows.append(HeldOut(x0, torch.tensor(timesteps * n), noise, captions))
+        images = torch.arange(n).repeat_interleave(k)
+        rows.append(HeldOut(x0, torch.tensor(timesteps * n), noise, captions, images))
     return rows
 
 
