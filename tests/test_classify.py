@@ -1,4 +1,4 @@
-"""classify.py and measure/: the statistics against independent computations, ResNet-18 against a functional
+"""classify.py and classifier/: the statistics against independent computations, ResNet-18 against a functional
 reference forward in torchvision's key layout (torchvision itself stays out), the augmentations' geometry,
 a small two-class task where informative training images raise the AUC, resume, and bad input."""
 import csv
@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from stats import auc as stats
-from measure.augment import RECIPES, affine, augment, optical_distortion
-from measure.classifier import epoch_batches, run_experiment, steps_per_epoch
-from measure.classify_report import write_outputs
-from measure.classify_settings import ClassifySettings
-from measure.resnet import ResNet18, build, read_backbone
-from measure.toy_classes import write_toy_classes
+from classifier.augment import RECIPES, affine, augment, optical_distortion
+from classifier.experiment import epoch_batches, run_experiment, steps_per_epoch
+from classifier.report import write_outputs
+from classifier.settings import ClassifySettings
+from classifier.resnet import ResNet18, build, read_backbone
+from classifier.toy_classes import write_toy_classes
 from mini_ldm.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +99,16 @@ def test_roc_curve_area_is_the_auc():
     fpr, tpr = stats.roc_curve(a, labels)
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
     assert np.trapezoid(tpr, fpr) == pytest.approx(stats.auc_mann_whitney(a, labels), abs=1e-12)
+
+
+def test_mean_roc_averages_tprs_at_each_fpr_and_starts_at_the_origin():
+    grid = np.linspace(0, 1, 5)
+    perfect = (np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0]))  # every positive above every negative
+    chance = (np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    assert stats.mean_roc([perfect, chance], grid).tolist() == [0.0, 0.5, 0.625, 0.75, 0.875, 1.0]
+    a, b, labels = random_case(3)
+    curve = stats.roc_curve(a, labels)
+    assert stats.mean_roc([curve, curve], curve[0])[1:] == pytest.approx(np.interp(curve[0], *curve, right=1.0))
 
 
 # --------------------------------------------------------------------------- ResNet-18
@@ -347,11 +357,11 @@ def test_resume_equals_an_uninterrupted_run_and_other_settings_are_refused(toy):
 def test_outputs_are_written_after_each_new_training_and_once_at_the_end(toy, monkeypatch):
     """results.json, predictions.csv and roc.png: rewritten after every training that finished now (so a
     killed experiment keeps them), never once per run read back."""
-    import measure.classifier as classifier
+    import classifier.experiment as experiment
     settings = toy_settings(toy, arms="real,synthetic", repeats=2, steps=1, output=toy / "writes")
     quiet = lambda *a: None  # noqa: E731
     writes = []
-    monkeypatch.setattr(classifier, "write_outputs", lambda *a: writes.append(len(a[4])) or write_outputs(*a))
+    monkeypatch.setattr(experiment, "write_outputs", lambda *a: writes.append(len(a[4])) or write_outputs(*a))
     run_experiment(settings, log=quiet)
     assert writes == [1, 2, 3, 4]  # how many finished runs each write holds
     writes.clear()

@@ -18,7 +18,7 @@ from safetensors import safe_open
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "### Checking the install: --demo"
 CLIS = ("prepare.py", "train.py", "sample.py", "evaluate.py", "classify.py")
-PACKAGES = ("mini_ldm", "ti", "readers", "measure")
+PACKAGES = ("mini_ldm", "ti", "readers", "measure", "classifier", "stats")
 
 
 def demo_section() -> str:

@@ -21,11 +21,11 @@ from mini_ldm.errors import UserError
 from mini_ldm.io import pid_lock, write_text_atomic
 from mini_ldm.loading import DTYPES, check_device, default_autocast_dtype, default_device
 
-from stats import auc as stats
+from stats import auc
 from .augment import augment
-from .class_data import ImageSet, check_classes, read_images, synthetic_subset
-from .classify_report import write_outputs
-from .classify_settings import Arm, ClassifySettings
+from .data import ImageSet, check_classes, read_images, synthetic_subset
+from .report import write_outputs
+from .settings import Arm, ClassifySettings
 from .resnet import build, default_weights, read_backbone
 
 SETTINGS_FILE = "settings.json"  # the settings of the experiment in an output folder: a rerun must match them
@@ -134,7 +134,7 @@ def train_and_test(train: ImageSet, data: Data, s: ClassifySettings, seed: int, 
         scaler.update()
         if step % val_every == 0 or step == s.steps:
             val_scores = predict(model, data.val, device, dtype, 2 * s.batch)
-            val_auc = stats.auc_mann_whitney(val_scores, val_labels) if _finite(val_scores) else math.nan
+            val_auc = auc.auc_mann_whitney(val_scores, val_labels) if _finite(val_scores) else math.nan
             history.append([step, val_auc if math.isfinite(val_auc) else None])  # JSON has no NaN
             if val_auc > best["val_auc"]:  # the first of equal AUCs is kept, as Lightning's checkpoint does
                 best = {"val_auc": val_auc, "step": step,
