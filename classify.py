@@ -22,7 +22,11 @@ def parse_args(argv=None) -> tuple:
     p = argparse.ArgumentParser(description="The paper's downstream experiment: a ResNet-18 (ImageNet weights, new "
                                 "2-class head) trained per arm (real, real+synthetic, synthetic) and repeat, "
                                 "validated on real images, tested once on real images; AUC with DeLong 95% CIs, "
-                                "paired DeLong tests between arms, mean +/- std over repeats.")
+                                "paired DeLong tests between arms, mean +/- std over repeats. Everything is "
+                                "checked before the first training: the settings, the folders (file and class "
+                                "names in UTF-8, images up to --max-pixels, --output outside them) and the weights "
+                                "file. A rerun continues the finished trainings only with the same settings and "
+                                "the same images; SIGTERM stops it as Ctrl-C does.")
     add_flags(p, ClassifySettings)
     return parse_given(p, argv)  # text that is not UTF-8 is refused there, as in cli.parse_args
 
