@@ -217,7 +217,10 @@ def finished_run(path: Path, data: Data, s: ClassifySettings, inputs: dict) -> d
     if run.get("test_files") != data.test.names:
         raise UserError(f"--test {s.test}: {path} was tested on other images than the folder holds now; add "
                         "--overwrite to start afresh")
-    changed = [flag for flag, fingerprint in inputs.items() if run.get("inputs", {}).get(flag) != fingerprint]
+    if "inputs" not in run:  # written before the fingerprints were recorded: the images it saw are unknown
+        raise UserError(f"--output {s.output}: {path} does not record which images it was trained on (an older "
+                        "classify.py wrote it); add --overwrite to start afresh")
+    changed = [flag for flag, fingerprint in inputs.items() if run["inputs"].get(flag) != fingerprint]
     if changed:
         folders = ", ".join(f"{flag} {getattr(s, flag[2:])}" for flag in changed)
         raise UserError(f"{folders}: {path} was trained on other images than the folder{'s' * (len(changed) > 1)} "

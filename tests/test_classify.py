@@ -575,6 +575,10 @@ def test_a_rerun_after_an_input_folder_changed_is_refused_and_overwrite_restarts
     runs = [json.loads((settings.output / "runs" / f"{arms}-r{r}.json").read_text()) for r in (0, 1)]
     assert runs[0]["inputs"] == runs[1]["inputs"] and f"--{flag}" in runs[0]["inputs"]
     assert run_experiment(settings, log=quiet) == results  # and it continues from there
+    older = settings.output / "runs" / f"{arms}-r0.json"  # as an older classify.py wrote it
+    older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "inputs"}))
+    with pytest.raises(UserError, match=r"does not record which images.*--overwrite"):
+        run_experiment(settings, log=quiet)
 
 
 def test_a_deeper_resnet_file_is_refused_naming_its_extra_keys(tmp_path):
