@@ -10,9 +10,9 @@ from dataclasses import fields, replace
 
 from mini_ldm import cli, demo
 from mini_ldm.settings import add_flags, from_flags, parse_given
-from measure.classifier import run_experiment
-from measure.classify_report import table
-from measure.classify_settings import ClassifySettings
+from classifier.experiment import run_experiment
+from classifier.report import table
+from classifier.settings import ClassifySettings
 
 DEMO = {"steps": 24, "batch": 16, "size": 32, "repeats": 2, "val_every": 6, "lr": 1e-3, "augment": "light"}
 
@@ -22,7 +22,11 @@ def parse_args(argv=None) -> tuple:
     p = argparse.ArgumentParser(description="The paper's downstream experiment: a ResNet-18 (ImageNet weights, new "
                                 "2-class head) trained per arm (real, real+synthetic, synthetic) and repeat, "
                                 "validated on real images, tested once on real images; AUC with DeLong 95% CIs, "
-                                "paired DeLong tests between arms, mean +/- std over repeats.")
+                                "paired DeLong tests between arms, mean +/- std over repeats. Everything is "
+                                "checked before the first training: the settings, the folders (file and class "
+                                "names in UTF-8, images up to --max-pixels, --output outside them) and the weights "
+                                "file. A rerun continues the finished trainings only with the same settings and "
+                                "the same images; SIGTERM stops it as Ctrl-C does.")
     add_flags(p, ClassifySettings)
     return parse_given(p, argv)  # text that is not UTF-8 is refused there, as in cli.parse_args
 
@@ -31,7 +35,7 @@ def demo_settings(settings: ClassifySettings, typed: frozenset = frozenset()) ->
     """--demo: generated images (a few faint real ones, many clear synthetic ones) for the folders not given,
     a tiny from-scratch run (DEMO's sizes) for the flags not given. A flag counts as given when it was typed
     (`typed`, from parse_args) or holds another value than the default (the Python API)."""
-    from measure.toy_classes import write_toy_classes
+    from classifier.toy_classes import write_toy_classes
     root = demo.DEMO_DIR / "classify"
     print("demo: generated two-class images and a ResNet-18, a few steps; this checks the install "
           "(real runs need torchvision's resnet18-f37072fd.pth in weights/, see README)")

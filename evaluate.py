@@ -19,6 +19,7 @@ from measure.inception import find_default_weights, load_inception
 from measure.metrics import PER_REAL_RATIO, default_kid_subset_size, fid, inception_score, kid, memorization_audit
 from measure.report import summary_table, write_memorization_csv, write_memorization_png, write_metrics_json
 from measure.evaluate_settings import EvaluateSettings
+from readers.images import find_images
 
 OUT_OF_MEMORY_HINT = "try a smaller --batch (e.g. 1), --device cpu, or fewer or smaller images"
 
@@ -43,6 +44,7 @@ def check_cheap_things(args, settings: EvaluateSettings) -> None:
         if not folder.is_dir():
             raise UserError(f"{role} folder {folder} does not exist or is not a folder; give the folder of "
                             f"{role.lower()} images")
+        find_images(folder, warn=lambda message: None, tool="evaluate.py")  # an empty folder: now, not after loading
     check_device(settings.device)
     cli.check_writable(settings.output, "--output", is_file=False)  # before both folders are encoded, not after
 

@@ -3,7 +3,7 @@
     python benchmarks/classify_speed.py --threads 1                  # writes benchmarks/results/classify_speed.json
     python benchmarks/classify_speed.py --device cuda --recipe-steps 200 --output benchmarks/results/classify_cuda.json
 
-Two runs on generated two-class images (measure.toy_classes), ResNet-18 from scratch, one arm, one repeat:
+Two runs on generated two-class images (classifier.toy_classes), ResNet-18 from scratch, one arm, one repeat:
   small:  --size 48 --batch 16 --steps 30, validation every 10 steps (20 val, 40 test images)
   recipe: --size 196 --batch 32 --augment heavy, a few steps, to give the CPU seconds per step of the default
 Reported: process CPU seconds (all threads) and wall seconds per run, and per step.
@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, write_json  # noqa: E402
-from measure.classifier import run_experiment  # noqa: E402
-from measure.classify_settings import ClassifySettings  # noqa: E402
-from measure.toy_classes import write_toy_classes  # noqa: E402
+from classifier.experiment import run_experiment  # noqa: E402
+from classifier.settings import ClassifySettings  # noqa: E402
+from classifier.toy_classes import write_toy_classes  # noqa: E402
 
 
 def timed_run(settings: ClassifySettings) -> dict:

@@ -7,17 +7,10 @@
     fid(real.features, synth.features); kid(real.features, synth.features)
     inception_score(synth.logits); memorization_audit(real.pool, synth.pool)
 
-and what classify.py does (the downstream classifier, AUC with DeLong CIs and paired tests):
-
-    from measure import ClassifySettings, run_experiment
-    results = run_experiment(ClassifySettings(train="real/train", val="real/val", test="real/test",
-                                              synthetic="synthetic", repeats=5))   # = results.json
+The downstream classifier experiment (classify.py) is the package classifier/; the AUC and DeLong statistics
+are stats/auc.py.
 """
 from .inception import find_default_weights, load_inception  # noqa: F401
 from .metrics import fid, inception_score, kid, memorization_audit  # noqa: F401
 
 from .features import FolderFeatures, folder_features, image_features  # noqa: F401
-
-from stats.auc import auc_ci95, auc_mann_whitney, delong_paired_test, delong_variance, mean_std  # noqa: F401
-from .classifier import run_experiment  # noqa: F401
-from .classify_settings import ClassifySettings  # noqa: F401

@@ -131,7 +131,7 @@ def folder_features(folder, model, resize: str = "antialias", zscore: bool = Fal
     turns the cache off, None uses ~/.cache/mini-ldm/inception-features. mirror=True also encodes every image
     flipped left-right (pool features only), for the memorisation audit's real set."""
     root = Path(folder)
-    paths = find_images(root, warn)
+    paths = find_images(root, warn, tool="evaluate.py")
     dtype = next(model.parameters()).dtype
     cache_file = None
     if cache_dir is not False:

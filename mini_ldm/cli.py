@@ -127,6 +127,17 @@ class StopSignals:
         self.restore()
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def sigterm_as_interrupt() -> StopSignals:
+    """SIGTERM (what `timeout`, `kill` and job schedulers send) ends the block as Ctrl-C does: `finally` blocks
+    run (locks released, temporary files removed) and `run` says "interrupted", where the default handler would
+    end the process on the spot."""
+    return StopSignals(_interrupt, (signal.SIGTERM,))
+
+
 def run(main, argv=None, memory_hint: str = "use a smaller input or another --device") -> None:
     """Run a CLI main(argv); a UserError or a file-system error (permission denied, disk full) becomes
     'error: ...' on stderr and exit status 2, running out of memory the same with `memory_hint` (what to

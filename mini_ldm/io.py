@@ -56,6 +56,11 @@ def atomic_write(path, mode: str = "wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk says only "No space left on device": name the file we were writing
+        tmp.unlink(missing_ok=True)
+        if e.errno is None or e.filename is not None and str(e.filename) != str(tmp):
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

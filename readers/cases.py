@@ -14,6 +14,7 @@ import numpy as np
 from mini_ldm.errors import UserError
 
 from .dicom import is_dicom, quiet_pydicom
+from .images import IMAGE_EXTENSIONS
 from .extras import require
 from .volumes import VOLUME_SUFFIXES, strip_volume_suffix, volume_suffix
 
@@ -59,14 +60,18 @@ def find_cases(src: Path, sequences: list[str] | None, skip: Skip, warn: Callabl
         raise UserError(f"SRC {src} does not exist; give the folder (or file) holding the scans")
     if sequences:
         return _cases_by_sequence(src, sequences, skip)
-    cases, dicoms = [], []
+    cases, dicoms, others = [], [], []
     for path in visible_files(src, exclude=out):
         if volume_suffix(path):
             cases.append(Case(strip_volume_suffix(path), [Source([path], relative(path, src), "volume")]))
         elif is_dicom(path):
             dicoms.append(path)
         elif not path.name.lower().endswith(DATA_FILE_SUFFIXES):
-            warn(f"skipping {relative(path, src)}: not a DICOM file or a volume")
+            others.append(path)
+    if not cases and not dicoms:  # nothing to prepare: one line for the folder, not one per file
+        raise UserError(nothing_to_prepare(src, others))
+    for path in others:
+        warn(f"skipping {relative(path, src)}: not a DICOM file or a volume")
     for source in group_dicom(dicoms, src, warn):
         name = source.label if source.kind == "series" else source.label.rsplit(".", 1)[0]
         cases.append(Case(Path(name).name, [source]))
@@ -74,6 +79,17 @@ def find_cases(src: Path, sequences: list[str] | None, skip: Skip, warn: Callabl
     if not cases:
         raise UserError(f"no DICOM files or volumes ({', '.join(VOLUME_SUFFIXES)}) found in {src}")
     return cases
+
+
+def nothing_to_prepare(src: Path, others: list) -> str:
+    """The one line for a SRC without DICOM files or volumes; a folder of plain images needs no prepare.py."""
+    looked_for = f"no DICOM files or volumes ({', '.join(VOLUME_SUFFIXES)}) found in {src}"
+    images = [p for p in others if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not images:
+        return looked_for + (f" ({len(others)} other file{'s' * (len(others) != 1)} skipped)" if others else "")
+    rest = f" and {len(others) - len(images)} other files" if len(others) > len(images) else ""
+    return (f"{looked_for}: it holds {len(images)} plain image{'s' * (len(images) != 1)}{rest}, which need no "
+            f"preparing; train on them with train.py --data {src} (prepare.py turns scans into PNGs)")
 
 
 def group_dicom(paths: list[Path], root: Path, warn: Callable[[str], None] = lambda m: None) -> list[Source]:

@@ -34,12 +34,13 @@ def warn_stderr(message: str) -> None:
 
 # --------------------------------------------------------------------------- finding and reading images
 
-def find_images(root, warn: Warn = warn_stderr) -> list[Path]:
+def find_images(root, warn: Warn = warn_stderr, tool: str = "train.py --data") -> list[Path]:
     """All images (and 2-D DICOM files) under `root` (recursively), sorted by relative path so every run
-    sees the same order. A 3-D volume is an error that points to prepare.py."""
+    sees the same order. A 3-D volume is an error that points to prepare.py; `tool` (what reads the folder,
+    say "evaluate.py") words the errors."""
     root = Path(root)
     if volume_suffix(root):
-        raise _volume_error(root, root)
+        raise _volume_error(root, root, tool)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a folder; pass the folder holding your images")
     files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
@@ -47,7 +48,7 @@ def find_images(root, warn: Warn = warn_stderr) -> list[Path]:
     files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)]
     for p in files:
         if volume_suffix(p):
-            raise _volume_error(p, root)
+            raise _volume_error(p, root, tool)
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS or is_dicom(p)]
     stems = {p.with_suffix("") for p in images}
     image_set = set(images)
@@ -61,13 +62,14 @@ def find_images(root, warn: Warn = warn_stderr) -> list[Path]:
         warn(f"skipping {p.relative_to(root)}: not an image")
     if not images:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS)) + ", DICOM"
-        raise DataError(f"no images found in {root} (looked for {exts}, subfolders included); put the concept's images there")
+        raise DataError(f"no images found in {root} (looked for {exts}, subfolders included); {tool} needs a "
+                        "folder of images: put them there or give another folder")
     return images
 
 
-def _volume_error(path: Path, root: Path) -> DataError:
-    return DataError(f"{path} is a 3-D volume and train.py reads 2-D images: turn the scans into PNGs with "
-                     f"python prepare.py {root} OUT (see prepare.py --help), then train with --data OUT")
+def _volume_error(path: Path, root: Path, tool: str) -> DataError:
+    return DataError(f"{path} is a 3-D volume and {tool} reads 2-D images: turn the scans into PNGs with "
+                     f"python prepare.py {root} OUT (see prepare.py --help), then give {tool} OUT")
 
 
 def load_frames(path) -> list[Image.Image]:

@@ -1,5 +1,5 @@
-"""AUC, its DeLong variance and 95% CI, the paired DeLong test of two scorers on the same cases, and mean/std over
-repeats: used by the classifier experiment, the reader study and the membership audit.
+"""AUC, its DeLong variance and 95% CI, the paired DeLong test of two scorers on the same cases, mean/std over
+repeats and the mean ROC curve: used by the classifier experiment, the reader study and the membership audit.
 
 Notation: m positive cases with scores X_1..X_m, n negative cases with scores Y_1..Y_n;
 psi(x, y) = 1 if x > y, 1/2 if x == y, 0 if x < y. Every function takes `scores` (higher = more positive)
@@ -114,3 +114,11 @@ def roc_curve(scores, labels) -> tuple:
     tp = np.cumsum(is_positive)[last_of_tie]
     fp = np.cumsum(1 - is_positive)[last_of_tie]
     return np.r_[0.0, fp / len(negatives)], np.r_[0.0, tp / len(positives)]
+
+
+def mean_roc(curves: list, grid: np.ndarray) -> np.ndarray:
+    """Vertical averaging of ROC curves (`roc_curve`'s, one per repeat): each curve's TPR interpolated at the
+    FPRs of `grid`, averaged over the curves; the result starts at (0, 0) like every ROC curve (at FPR 0
+    np.interp would give a point of the vertical first step). Returns len(grid) + 1 TPRs: 0, then one per FPR."""
+    mean = np.mean([np.interp(grid, fpr, tpr, right=1.0) for fpr, tpr in curves], axis=0)
+    return np.r_[0.0, mean]

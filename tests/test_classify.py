@@ -1,10 +1,11 @@
-"""classify.py and measure/: the statistics against independent computations, ResNet-18 against a functional
+"""classify.py and classifier/: the statistics against independent computations, ResNet-18 against a functional
 reference forward in torchvision's key layout (torchvision itself stays out), the augmentations' geometry,
 a small two-class task where informative training images raise the AUC, resume, and bad input."""
 import csv
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -18,12 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from stats import auc as stats
-from measure.augment import RECIPES, affine, augment, optical_distortion
-from measure.classifier import epoch_batches, run_experiment, steps_per_epoch
-from measure.classify_report import write_outputs
-from measure.classify_settings import ClassifySettings
-from measure.resnet import ResNet18, build, read_backbone
-from measure.toy_classes import write_toy_classes
+from classifier.augment import RECIPES, affine, augment, optical_distortion
+from classifier.experiment import epoch_batches, run_experiment, steps_per_epoch
+from classifier.report import write_outputs
+from classifier.settings import ClassifySettings
+from classifier.resnet import ResNet18, build, read_backbone
+from classifier.toy_classes import write_toy_classes
 from mini_ldm.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +100,16 @@ def test_roc_curve_area_is_the_auc():
     fpr, tpr = stats.roc_curve(a, labels)
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
     assert np.trapezoid(tpr, fpr) == pytest.approx(stats.auc_mann_whitney(a, labels), abs=1e-12)
+
+
+def test_mean_roc_averages_tprs_at_each_fpr_and_starts_at_the_origin():
+    grid = np.linspace(0, 1, 5)
+    perfect = (np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0]))  # every positive above every negative
+    chance = (np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    assert stats.mean_roc([perfect, chance], grid).tolist() == [0.0, 0.5, 0.625, 0.75, 0.875, 1.0]
+    a, b, labels = random_case(3)
+    curve = stats.roc_curve(a, labels)
+    assert stats.mean_roc([curve, curve], curve[0])[1:] == pytest.approx(np.interp(curve[0], *curve, right=1.0))
 
 
 # --------------------------------------------------------------------------- ResNet-18
@@ -347,11 +358,11 @@ def test_resume_equals_an_uninterrupted_run_and_other_settings_are_refused(toy):
 def test_outputs_are_written_after_each_new_training_and_once_at_the_end(toy, monkeypatch):
     """results.json, predictions.csv and roc.png: rewritten after every training that finished now (so a
     killed experiment keeps them), never once per run read back."""
-    import measure.classifier as classifier
+    import classifier.experiment as experiment
     settings = toy_settings(toy, arms="real,synthetic", repeats=2, steps=1, output=toy / "writes")
     quiet = lambda *a: None  # noqa: E731
     writes = []
-    monkeypatch.setattr(classifier, "write_outputs", lambda *a: writes.append(len(a[4])) or write_outputs(*a))
+    monkeypatch.setattr(experiment, "write_outputs", lambda *a: writes.append(len(a[4])) or write_outputs(*a))
     run_experiment(settings, log=quiet)
     assert writes == [1, 2, 3, 4]  # how many finished runs each write holds
     writes.clear()
@@ -499,3 +510,174 @@ def test_help_shows_no_doubled_percent_signs():
     proc = subprocess.run([sys.executable, str(REPO / "classify.py"), "--help"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "95% CIs" in proc.stdout and "%%" not in proc.stdout
+
+
+# --------------------------------------------------------------------------- faults of issue 24 (B.12-17, 21)
+
+def copy_of(toy: Path, tmp_path: Path) -> Path:
+    """A copy of the toy folders a test may change (the module's own stay untouched)."""
+    import shutil
+    for name in ("train", "val", "test", "synthetic"):
+        shutil.copytree(toy / name, tmp_path / name)
+    return tmp_path
+
+
+@pytest.mark.parametrize("where", ["file", "class"])
+def test_names_that_are_not_utf8_are_refused_before_any_training(toy, tmp_path, where):
+    """B.12: a name results.json and predictions.csv cannot hold used to fail after the first training, and on
+    every rerun; now one line before any (and the line itself prints)."""
+    root = copy_of(toy, tmp_path)
+    bad = os.fsdecode(b"caf\xe9")  # Latin-1 bytes: a lone surrogate in Python's str
+    if where == "file":
+        first = sorted((root / "test" / "pos").iterdir())[0]
+        first.rename(first.with_name(f"{bad}.png"))
+    else:
+        (root / "train" / "pos").rename(root / "train" / bad)
+    with pytest.raises(UserError, match="not UTF-8") as e:
+        run_experiment(toy_settings(root, arms="real", steps=1, output=tmp_path / "out"), log=lambda *a: None)
+    str(e.value).encode("utf-8")  # printable
+    assert "\n" not in str(e.value) and not (tmp_path / "out" / "runs").exists()
+
+
+@pytest.mark.parametrize("flag", ["train", "val", "test", "synthetic"])
+def test_an_output_inside_an_input_folder_is_refused(toy, tmp_path, flag):
+    """B.13: under test/pos/ its roc.png would be scored as a test case on the next run, under train/ its
+    folders would count as classes."""
+    root = copy_of(toy, tmp_path)
+    output = root / flag / "pos" / "results"
+    with pytest.raises(UserError, match=f"--output .*inside --{flag}") as e:
+        run_experiment(toy_settings(root, steps=1, output=output), log=lambda *a: None)
+    assert "\n" not in str(e.value) and not output.exists()
+
+
+@pytest.mark.parametrize("flag, arms", [("train", "real"), ("val", "real"), ("synthetic", "synthetic"),
+                                        ("test", "synthetic")])
+def test_a_rerun_after_an_input_folder_changed_is_refused_and_overwrite_restarts(toy, tmp_path, flag, arms):
+    """B.14: repeat 0 trained on the old images, repeat 1 would train on the new ones, both averaged; now the
+    rerun stops at once naming the folder, and --overwrite trains both repeats on the new images."""
+    root = copy_of(toy, tmp_path)
+    settings = toy_settings(root, arms=arms, repeats=2, steps=1, output=tmp_path / "out")
+    quiet = lambda *a: None  # noqa: E731
+    run_experiment(settings, log=quiet)
+    (settings.output / "runs" / f"{arms}-r1.json").unlink()  # as if killed during repeat 2
+    before = (settings.output / "results.json").read_bytes()
+    extra = sorted((root / flag / "neg").iterdir())[0]
+    if flag == "test":  # the same names, other pixels: caught too
+        extra.write_bytes((root / "val" / "neg" / sorted(os.listdir(root / "val" / "neg"))[0]).read_bytes())
+    else:
+        extra.with_name("added.png").write_bytes(extra.read_bytes())
+    with pytest.raises(UserError, match=f"--{flag} .*other images.*--overwrite"):
+        run_experiment(settings, log=quiet)
+    assert (settings.output / "results.json").read_bytes() == before
+    assert not (settings.output / "runs" / f"{arms}-r1.json").exists()
+    results = run_experiment(replace(settings, overwrite=True), log=quiet)
+    assert results["arms"][arms]["repeats"] == [0, 1]
+    runs = [json.loads((settings.output / "runs" / f"{arms}-r{r}.json").read_text()) for r in (0, 1)]
+    assert runs[0]["inputs"] == runs[1]["inputs"] and f"--{flag}" in runs[0]["inputs"]
+    assert run_experiment(settings, log=quiet) == results  # and it continues from there
+    older = settings.output / "runs" / f"{arms}-r0.json"  # as an older classify.py wrote it
+    older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "inputs"}))
+    with pytest.raises(UserError, match=r"does not record which images.*--overwrite"):
+        run_experiment(settings, log=quiet)
+
+
+def test_a_deeper_resnet_file_is_refused_naming_its_extra_keys(tmp_path):
+    """B.15: a ResNet-34's first blocks have ResNet-18's shapes; its third block of layer1 (and the rest) used
+    to be dropped silently."""
+    state = random_torchvision_state()
+    g = torch.Generator().manual_seed(3)
+    for name, shape in (("conv1.weight", (64, 64, 3, 3)), ("conv2.weight", (64, 64, 3, 3))):
+        state[f"layer1.2.{name}"] = torch.randn(shape, generator=g)
+    for bn in ("bn1", "bn2"):
+        for part in ("weight", "bias", "running_mean", "running_var"):
+            state[f"layer1.2.{bn}.{part}"] = torch.rand(64, generator=g) + 0.5
+    path = tmp_path / "resnet34-b627a593.pth"
+    torch.save(state, path)
+    with pytest.raises(UserError, match=r"not a ResNet-18 file.*layer1\.2\.bn1\.bias.*and 7 more") as e:
+        read_backbone(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"synthetic_count": "3,3"}, "--synthetic-count 3,3"),  # B.16: as --arms real,real is
+    ({"seed": 2**64 - 1, "repeats": 2}, "--seed 18446744073709551615"),  # B.17: seed + 1 overflows
+    ({"batch": 1, "size": 32}, "--batch 1 --size 32"),  # B.17: BatchNorm with one value per channel
+    ({"seed": -5}, "--seed -5"),  # B.21: without suggesting -1, which classify.py refuses
+])
+def test_settings_that_would_fail_mid_run_are_refused_before_any_image_is_read(toy, tmp_path, changes, words):
+    settings = toy_settings(toy, output=tmp_path / "out", **changes)
+    with pytest.raises(UserError) as e:
+        settings.check()
+    assert words in str(e.value) and "random" not in str(e.value) and "or -1" not in str(e.value), str(e.value)
+    with pytest.raises(UserError):
+        run_experiment(settings, log=lambda *a: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_batch_check_matches_resnet18s_batchnorm():
+    """--batch 1 is refused exactly where training fails: at --size 32 the last maps are 1x1, at 33 they are 2x2."""
+    model = ResNet18().train()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model(torch.rand(1, 3, 32, 32))
+    model(torch.rand(1, 3, 33, 33))
+    toy = ClassifySettings(val=Path("v"), test=Path("t"), train=Path("r"), batch=1)
+    replace(toy, size=33).check()
+    replace(toy, size=32, batch=2).check()
+    replace(toy, seed=2**64 - 5, repeats=5).check()  # the last seed that still fits
+
+
+def test_an_image_over_max_pixels_is_refused_before_it_is_decoded(toy, tmp_path, monkeypatch):
+    """B.21: one 12000 x 12000 image cost 4.5 GB; the header is read first, as prepare.py's --max-voxels does."""
+    import classifier.data
+    from PIL import Image
+    root = copy_of(toy, tmp_path)
+    Image.new("L", (300, 200)).save(root / "val" / "pos" / "huge.png")
+    decoded = []
+    monkeypatch.setattr(classifier.data, "load_image", lambda path: decoded.append(path))
+    with pytest.raises(UserError, match=r"huge\.png is 300 x 200 pixels, more than --max-pixels 50000") as e:
+        run_experiment(toy_settings(root, steps=1, max_pixels=50_000, output=tmp_path / "out"), log=lambda *a: None)
+    assert "\n" not in str(e.value) and not decoded and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_removes_the_lock_and_keeps_the_finished_trainings(toy, tmp_path):
+    """B.21: SIGTERM (timeout, kill, SLURM) used to end the process on the spot, leaving classify.lock and a
+    temporary file; now it stops as Ctrl-C does."""
+    import time
+    out = tmp_path / "out"
+    args = [sys.executable, str(REPO / "classify.py"), "--train", str(toy / "train"), "--val", str(toy / "val"),
+            "--test", str(toy / "test"), "--arms", "real", "--from-scratch", "--steps", "100000", "--batch", "4",
+            "--size", "32", "--repeats", "1", "--device", "cpu", "--output", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "settings.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # settings.json is written under the lock: the handler is in place
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, (proc.returncode, stderr)
+    assert not (out / "classify.lock").exists()
+    assert not [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_names_the_file(toy, tmp_path, monkeypatch):
+    """B.21: the file system says only "No space left on device"; the line names the file being written and no
+    temporary file is left."""
+    import classify
+    from in_process import run_main
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "out"
+    r = run_main(classify.main, "--train", toy / "train", "--val", toy / "val", "--test", toy / "test", "--arms",
+                 "real", "--from-scratch", "--steps", "1", "--size", "32", "--repeats", "1", "--device", "cpu",
+                 "--output", out)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "No space left on device" in r.stderr and str(out / "settings.json") in r.stderr, r.stderr
+    assert not [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]

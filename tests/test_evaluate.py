@@ -456,3 +456,19 @@ def test_memorization_png_says_which_side_is_synthetic_and_what_the_number_is(tm
     assert key_band.shape[0] >= 14 * len(MEMORIZATION_KEY) and (key_band < 128).any()
     text = " ".join(MEMORIZATION_KEY)
     assert "LEFT = a synthetic image" in text and "RIGHT = the real image" in text and "cosine similarity" in text
+
+
+def test_an_empty_folder_is_refused_in_evaluates_words_before_the_weights(folders, tmp_path):
+    """Issue 24 A.10: the message names evaluate.py, not train.py's concept, and comes before the weights are
+    looked for (none exist here)."""
+    import evaluate
+    from in_process import run_main
+
+    (tmp_path / "volume").mkdir()
+    (tmp_path / "volume" / "scan.nii.gz").write_bytes(b"")
+    for folder in (folders / "empty", tmp_path / "volume"):
+        r = run_main(evaluate.main, folder, folders / "real", "--weights", tmp_path / "none.pth", "--no-cache",
+                     "--output", tmp_path / "out")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "evaluate.py" in r.stderr and "concept" not in r.stderr and "train" not in r.stderr, r.stderr
+        assert str(folder) in r.stderr and "none.pth" not in r.stderr, r.stderr

@@ -425,3 +425,17 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_case(tmp_path):
         r = run_main(prepare.main, tmp_path / "src", out)
         assert len(one_error_line(r, "OUT", "plain-file", "is a file")) == 1, r.stderr
     assert (tmp_path / "plain-file").read_text() == "keep me"
+
+
+def test_a_folder_of_plain_images_is_one_line_not_one_per_file(tmp_path):
+    """Issue 24 A.10: prepare.py on PNGs (which need no preparing) says so once, pointing to train.py --data,
+    instead of a "skipping" line per file and a bare "no DICOM files" error."""
+    import prepare
+    from in_process import run_main
+
+    for i in range(5):
+        Image.new("L", (8, 8), 40 * i).save(tmp_path / f"xray-{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    r = run_main(prepare.main, tmp_path, tmp_path.parent / "out")
+    lines = one_error_line(r, "5 plain images", "1 other file", f"train.py --data {tmp_path}")
+    assert len(lines) == 1 and "skipping" not in r.stderr, r.stderr

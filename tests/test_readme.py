@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from measure.classify_settings import ClassifySettings
+from classifier.settings import ClassifySettings
 from measure.evaluate_settings import EvaluateSettings
 from mini_ldm.dataset.job import DatasetOptions
 from mini_ldm.loading import ModelSettings

@@ -1,11 +1,14 @@
 """Class folders -> images in memory: every split folder holds one subfolder per class (exactly two), read
 once, resized to SIZE x SIZE and kept as uint8, then shared by every arm and repeat."""
+import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from mini_ldm.errors import UserError
@@ -19,6 +22,14 @@ class ImageSet:
     names: list
     labels: torch.Tensor
     pixels: torch.Tensor
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the names, labels and pixels: what a training on this set saw (at this --size), so a
+        rerun can tell that a folder changed (files added, removed, renamed or edited) since."""
+        h = hashlib.sha256("\0".join(self.names).encode())
+        h.update(self.labels.numpy().tobytes())
+        h.update(self.pixels.contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def per_class(self, classes: list, positive: str) -> dict:
         return {c: int((self.labels == int(c == positive)).sum()) for c in classes}
@@ -38,6 +49,8 @@ def class_names(folder: Path, flag: str) -> list:
     if not folder.is_dir():
         raise UserError(f"{flag} {folder}: no such folder; give a folder with one subfolder per class")
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in names:
+        check_utf8_name(name, flag, folder)
     if len(names) != 2:
         found = ", ".join(names) or "none"
         raise UserError(f"{flag} {folder}: needs exactly two class subfolders for an AUC, found {len(names)} "
@@ -60,14 +73,46 @@ def check_classes(folders: dict, positive: str | None) -> tuple:
     return classes, positive
 
 
-def read_images(folder: Path, flag: str, classes: list, positive: str, size: int, least: int = 1) -> ImageSet:
-    """Every image under folder/<class>/, resized; refuses a class with fewer than `least` images."""
+def check_utf8_name(name: str, flag: str, folder: Path) -> None:
+    """A file or folder name that is not UTF-8 cannot be printed or written into results.json and
+    predictions.csv: refuse it before any training (it used to fail after the first one, on every rerun)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{flag} {folder}: {ascii(name)} is a name that is not UTF-8 text; rename it in UTF-8"
+                        ) from None
+
+
+def check_pixels(path: Path, flag: str, max_pixels: int) -> None:
+    """Refuse an image whose header promises more than `max_pixels` pixels, before it is decoded whole."""
+    try:
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: the message below says it in our words
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                pixels, size = im.width * im.height, f"{im.width} x {im.height} pixels"
+    except Image.DecompressionBombError:  # over twice PIL's own limit: refused while opening
+        pixels, size = max_pixels + 1, f"over {2 * Image.MAX_IMAGE_PIXELS} pixels"
+    except Exception:  # not an image PIL reads (DICOM, damaged): load_image reads it or says why
+        return
+    if pixels > max_pixels:
+        raise UserError(f"{flag}: {path} is {size}, more than --max-pixels {max_pixels}; shrink it (it is "
+                        "resized to --size anyway) or raise --max-pixels")
+
+
+def read_images(folder: Path, flag: str, classes: list, positive: str, size: int, least: int = 1,
+                max_pixels: int | None = None) -> ImageSet:
+    """Every image under folder/<class>/, resized; refuses a class with fewer than `least` images, a name that
+    is not UTF-8 and (with `max_pixels`) an image larger than that, all before the first image is decoded."""
     names, labels, paths = [], [], []
     for c in classes:
         found = _find(Path(folder) / c, flag, folder)
         if len(found) < least:
             raise UserError(f"{flag} {folder}: class {c} has {len(found)} image{'s' * (len(found) != 1)}; "
                             f"it needs at least {least}")
+        for path in found:
+            check_utf8_name(path.relative_to(folder).as_posix(), flag, folder)
+            if max_pixels is not None:
+                check_pixels(path, flag, max_pixels)
         paths += found
         names += [p.relative_to(folder).as_posix() for p in found]
         labels += [int(c == positive)] * len(found)
@@ -81,7 +126,7 @@ def _find(class_folder: Path, flag: str, folder: Path) -> list:
     if not any(p.is_file() and not p.name.startswith(".") for p in class_folder.rglob("*")):
         return []  # an empty class: the caller counts it
     try:
-        return find_images(class_folder, warn=lambda message: None)
+        return find_images(class_folder, warn=lambda message: None, tool="classify.py")
     except DataError as e:  # files but no images, or a 3-D volume: the reader's message says what to do
         raise UserError(f"{flag} {folder}: {e}") from None
 

@@ -21,11 +21,11 @@ from mini_ldm.errors import UserError
 from mini_ldm.io import pid_lock, write_text_atomic
 from mini_ldm.loading import DTYPES, check_device, default_autocast_dtype, default_device
 
-from stats import auc as stats
+from stats import auc
 from .augment import augment
-from .class_data import ImageSet, check_classes, read_images, synthetic_subset
-from .classify_report import write_outputs
-from .classify_settings import Arm, ClassifySettings
+from .data import ImageSet, check_classes, read_images, synthetic_subset
+from .report import write_outputs
+from .settings import Arm, ClassifySettings
 from .resnet import build, default_weights, read_backbone
 
 SETTINGS_FILE = "settings.json"  # the settings of the experiment in an output folder: a rerun must match them
@@ -48,7 +48,8 @@ def load_data(s: ClassifySettings, arms: list) -> Data:
     folders = {"--train": s.train if need_train else None, "--val": s.val, "--test": s.test,
                "--synthetic": s.synthetic if need_synth else None}
     classes, positive = check_classes(folders, s.positive)
-    read = lambda flag, least=1: read_images(folders[flag], flag, classes, positive, s.size, least)  # noqa: E731
+    read = lambda flag, least=1: read_images(folders[flag], flag, classes, positive, s.size, least,  # noqa: E731
+                                             s.max_pixels)
     val, test = read("--val", 2), read("--test", 2)  # an AUC per class pair, and a DeLong variance, need two
     train = read("--train") if need_train else None
     synthetic = read("--synthetic") if need_synth else None
@@ -58,6 +59,18 @@ def load_data(s: ClassifySettings, arms: list) -> Data:
             raise UserError(f"--synthetic-count {arm.count}: {s.synthetic} has {fewest} images of its smaller class; "
                             "choose counts up to that")
     return Data(classes, positive, val, test, train, synthetic)
+
+
+def fingerprints(data: Data) -> dict:
+    """{flag: fingerprint} of every image set read (see ImageSet.fingerprint)."""
+    sets = {"--train": data.train, "--val": data.val, "--test": data.test, "--synthetic": data.synthetic}
+    return {flag: images.fingerprint() for flag, images in sets.items() if images is not None}
+
+
+def arm_inputs(arm: Arm, prints: dict) -> dict:
+    """The fingerprints of the image sets a training of `arm` depends on (recorded in its run file)."""
+    used = {"--train": arm.real, "--val": True, "--test": True, "--synthetic": arm.synthetic}
+    return {flag: fingerprint for flag, fingerprint in prints.items() if used[flag]}
 
 
 def training_set(arm: Arm, data: Data, seed: int) -> tuple:
@@ -134,7 +147,7 @@ def train_and_test(train: ImageSet, data: Data, s: ClassifySettings, seed: int, 
         scaler.update()
         if step % val_every == 0 or step == s.steps:
             val_scores = predict(model, data.val, device, dtype, 2 * s.batch)
-            val_auc = stats.auc_mann_whitney(val_scores, val_labels) if _finite(val_scores) else math.nan
+            val_auc = auc.auc_mann_whitney(val_scores, val_labels) if _finite(val_scores) else math.nan
             history.append([step, val_auc if math.isfinite(val_auc) else None])  # JSON has no NaN
             if val_auc > best["val_auc"]:  # the first of equal AUCs is kept, as Lightning's checkpoint does
                 best = {"val_auc": val_auc, "step": step,
@@ -192,8 +205,9 @@ def _changes(earlier: dict, stamp: dict) -> str:
     return ", ".join(changed) or "another weights file"
 
 
-def finished_run(path: Path, data: Data, s: ClassifySettings) -> dict | None:
-    """A training saved by an earlier run of this experiment, or None."""
+def finished_run(path: Path, data: Data, s: ClassifySettings, inputs: dict) -> dict | None:
+    """A training saved by an earlier run of this experiment, or None. One that saw other images than the
+    folders hold now (`inputs`: {flag: fingerprint}) is refused: its numbers would be mixed with new ones."""
     if not path.is_file():
         return None
     try:
@@ -203,6 +217,15 @@ def finished_run(path: Path, data: Data, s: ClassifySettings) -> dict | None:
     if run.get("test_files") != data.test.names:
         raise UserError(f"--test {s.test}: {path} was tested on other images than the folder holds now; add "
                         "--overwrite to start afresh")
+    if "inputs" not in run:  # written before the fingerprints were recorded: the images it saw are unknown
+        raise UserError(f"--output {s.output}: {path} does not record which images it was trained on (an older "
+                        "classify.py wrote it); add --overwrite to start afresh")
+    changed = [flag for flag, fingerprint in inputs.items() if run["inputs"].get(flag) != fingerprint]
+    if changed:
+        folders = ", ".join(f"{flag} {getattr(s, flag[2:])}" for flag in changed)
+        raise UserError(f"{folders}: {path} was trained on other images than the folder{'s' * (len(changed) > 1)} "
+                        "hold now (files added, removed or changed); add --overwrite to start afresh, or restore "
+                        "the images")
     return run
 
 
@@ -222,7 +245,8 @@ def resolve_runtime(s: ClassifySettings) -> tuple:
 
 def run_experiment(s: ClassifySettings, log=print) -> dict:
     """Every arm x repeat (finished ones read back), then results.json, predictions.csv, roc.png; returns the
-    results. All bad input is refused before the first training step."""
+    results. All bad input is refused before the first training step; SIGTERM stops it as Ctrl-C does (the
+    lock and any half-written file removed, the finished trainings kept for a rerun)."""
     arms = s.check().arm_list()
     device, dtype = resolve_runtime(s)
     cli.check_writable(s.output, "--output", is_file=False)
@@ -231,16 +255,19 @@ def run_experiment(s: ClassifySettings, log=print) -> dict:
     log(f"classes: {', '.join(data.classes)}; positive class (label 1): {data.positive}")
     log(f"arms: {', '.join(a.name for a in arms)}; {s.repeats} repeats each; {device}, {dtype}, "
         f"{'from scratch' if backbone is None else 'ImageNet weights'}")
+    prints = fingerprints(data)  # hashed on the CPU, before the move
+    inputs = {arm.name: arm_inputs(arm, prints) for arm in arms}
     data = replace(data, val=on_device(data.val, device), test=on_device(data.test, device))
-    with experiment_lock(s.output):
+    with cli.sigterm_as_interrupt(), experiment_lock(s.output):
         prepare_output(s, sha)
+        earlier = {(arm.name, r): finished_run(run_path(s.output, arm, r), data, s, inputs[arm.name])
+                   for arm in arms for r in range(s.repeats)}  # every one checked before any training
         runs, results = {}, None  # results: None while a run read back is missing from the outputs written
         for arm in arms:
             train, sizes = training_set(arm, data, s.seed)
             train_on_device = None  # moved when the arm's first repeat trains, once for all of them
             for r in range(s.repeats):
-                path = run_path(s.output, arm, r)
-                run = finished_run(path, data, s)
+                path, run = run_path(s.output, arm, r), earlier[arm.name, r]
                 desc = f"{arm.name} repeat {r + 1}/{s.repeats}"
                 if run is not None:
                     runs[arm.name, r], results = run, None
@@ -249,7 +276,8 @@ def run_experiment(s: ClassifySettings, log=print) -> dict:
                 if train_on_device is None:
                     train_on_device = on_device(train, device)
                 run = train_and_test(train_on_device, data, s, s.seed + r, backbone, device, dtype, desc)
-                run.update(arm=arm.name, repeat=r, n_train=train.per_class(data.classes, data.positive), **sizes)
+                run.update(arm=arm.name, repeat=r, n_train=train.per_class(data.classes, data.positive),
+                           inputs=inputs[arm.name], **sizes)
                 write_text_atomic(path, json.dumps(run) + "\n")
                 runs[arm.name, r] = run
                 results = write_outputs(s.output, s, data, arms, runs, sha)

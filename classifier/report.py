@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from mini_ldm.images import font
 from mini_ldm.io import write_image_atomic, write_text_atomic
 
-from stats import auc as stats
+from stats import auc
 
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
            (140, 86, 75), (227, 119, 194)]
@@ -25,13 +25,13 @@ def build_results(s, data, arms: list, runs: dict, weights_sha256) -> dict:
     labels = data.test.labels.tolist()
     results = {"positive": data.positive, "classes": data.classes,
                "n_test": data.test.per_class(data.classes, data.positive), "arms": {}, "comparisons": []}
-    test_auc = {key: stats.auc_mann_whitney(run["scores"], labels) for key, run in runs.items()}  # (arm, repeat)
+    test_auc = {key: auc.auc_mann_whitney(run["scores"], labels) for key, run in runs.items()}  # (arm, repeat)
     for arm in arms:
         finished = arm_scores(runs, arm.name)
         aucs = [test_auc[arm.name, r] for r, _ in finished]
-        mean, std = stats.mean_std(aucs) if aucs else (None, None)
+        mean, std = auc.mean_std(aucs) if aucs else (None, None)
         sizes = next((run for (name, _), run in runs.items() if name == arm.name), {})
-        results["arms"][arm.name] = {"auc": aucs, "ci95": [list(stats.auc_ci95(sc, labels)) for _, sc in finished],
+        results["arms"][arm.name] = {"auc": aucs, "ci95": [list(auc.auc_ci95(sc, labels)) for _, sc in finished],
                                      "auc_mean": mean, "auc_std": std, "n_train": sizes.get("n_train"),
                                      "n_real": sizes.get("n_real"), "n_synthetic": sizes.get("n_synthetic"),
                                      "repeats": [r for r, _ in finished]}
@@ -48,7 +48,7 @@ def compare(runs: dict, test_auc: dict, a: str, b: str, labels: list) -> dict:
     `test_auc`: {(arm, repeat): AUC}."""
     scores_a, scores_b = dict(arm_scores(runs, a)), dict(arm_scores(runs, b))
     paired = sorted(set(scores_a) & set(scores_b))
-    p = [stats.delong_paired_test(scores_a[r], scores_b[r], labels) for r in paired]
+    p = [auc.delong_paired_test(scores_a[r], scores_b[r], labels) for r in paired]
     deltas = [test_auc[b, r] - test_auc[a, r] for r in paired]
     return {"a": a, "b": b, "p": p, "delta_mean": float(np.mean(deltas)) if deltas else None, "repeats": paired}
 
@@ -65,13 +65,6 @@ def write_predictions(path, arms: list, runs: dict, data) -> None:
             out.writerows([arm.name, r, name, label, repr(float(score))]
                           for name, label, score in zip(data.test.names, labels, scores))
     write_text_atomic(path, buf.getvalue())
-
-
-def mean_roc(curves: list, grid: np.ndarray) -> np.ndarray:
-    """Vertical averaging: each curve's TPR interpolated at the FPRs of `grid`, averaged over the curves; it
-    starts at (0, 0) like every ROC curve (at FPR 0 np.interp would give a point of the vertical first step)."""
-    mean = np.mean([np.interp(grid, fpr, tpr, right=1.0) for fpr, tpr in curves], axis=0)
-    return np.r_[0.0, mean]
 
 
 def draw_roc(arms: list, runs: dict, data, results: dict, size: int = 640) -> Image.Image:
@@ -98,12 +91,12 @@ def draw_roc(arms: list, runs: dict, data, results: dict, size: int = 640) -> Im
     grid = np.linspace(0, 1, 201)
     for i, arm in enumerate(arms):
         colour = COLOURS[i % len(COLOURS)]
-        curves = [stats.roc_curve(scores, labels) for _, scores in arm_scores(runs, arm.name)]
+        curves = [auc.roc_curve(scores, labels) for _, scores in arm_scores(runs, arm.name)]
         if not curves:
             continue
         for fpr, tpr in curves:
             draw.line(to_px(fpr, tpr), fill=(*colour, 70), width=1)
-        draw.line(to_px(np.r_[0.0, grid], mean_roc(curves, grid)), fill=colour, width=3)
+        draw.line(to_px(np.r_[0.0, grid], auc.mean_roc(curves, grid)), fill=colour, width=3)
         entry = results["arms"][arm.name]
         std = "" if entry["auc_std"] is None else f" ± {entry['auc_std']:.3f}"
         y = top + side - 20 - 20 * (len(arms) - 1 - i)

@@ -97,6 +97,12 @@ def read_backbone(path) -> tuple:
             what = "missing" if found is None else f"of shape {tuple(getattr(found, 'shape', ()))}"
             raise UserError(f"--weights {path}: not a torchvision ResNet-18 file ({key} {what}, expected "
                             f"{tuple(shape)}); use {WEIGHTS_FILE}")
+    # a deeper ResNet (34: three blocks in layer1) shares ResNet-18's first blocks' shapes: refuse what is left over
+    unexpected = sorted(k for k in state if k not in expected and not k.startswith("fc."))
+    if unexpected:
+        shown = ", ".join(unexpected[:3]) + (f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else "")
+        raise UserError(f"--weights {path}: not a ResNet-18 file, it holds keys ResNet-18 has not ({shown}); a "
+                        f"deeper ResNet perhaps; use {WEIGHTS_FILE}")
     backbone = {k: state[k] for k in expected if k in state}
     return backbone, file_sha256(path)
 
