@@ -113,7 +113,8 @@ def register_embeddings(sd, paths, use_default_folder: bool = True):
                  f"'{token}' uses these vectors; rename the file (e.g. <{token}>{emb.source.suffix}) to avoid it")
         sd.add_learned_token(token, emb.vectors)
     if found:
-        print("learned tokens: " + ", ".join(f"{t} ({e.num_vectors} vectors)" for t, e in found.items()))
+        where = "" if explicit else f" from the default folder {DEFAULT_EMBEDDINGS}/ (--no-embeddings skips it)"
+        print(f"learned tokens{where}: " + ", ".join(f"{t} ({e.num_vectors} vectors, {e.source})" for t, e in found.items()))
     return found
 
 
@@ -218,6 +219,8 @@ def main(argv=None):
         print(f"seed {used[0].seed}")
         write_strip(images, used, alphas, args.output)
     else:
+        for flag, text in (("--prompt", settings.prompt), ("--negative-prompt", settings.negative_prompt)):
+            sd.check_learned_words(text, flag)
         images, used = sd.sample(settings=settings)
         print(f"seed {used.seed}")
         write_images(images, used, args.output, args.no_grid)

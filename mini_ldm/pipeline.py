@@ -18,6 +18,7 @@ On top of that, the paper's workflows (it ran them in AUTOMATIC1111):
   interpolate         one image per alpha between two prompts (weights) or two learned tokens (vectors)
 """
 import copy
+import re
 import secrets
 import sys
 from dataclasses import replace
@@ -334,6 +335,13 @@ class StableDiffusion:
         """The registered name of learned token `text` (matched as in prompts: by prompt.match_key)."""
         by_key = {prompting.match_key(name): name for name in self.learned}
         return by_key.get(prompting.match_key(text.strip()))
+
+    def check_learned_words(self, text: str, where: str) -> None:
+        """A word in angle brackets ("<effusion>") is meant as a learned token: refuse one that is not loaded,
+        naming `where` it was written and the tokens that are (drawing it as plain text is never what was meant)."""
+        for word in re.findall(r"<[^<>\s]+>", text):
+            if self._find_learned(word) is None:
+                raise UserError(f"{where}: {word} is not a learned token; {self._known_tokens()}")
 
     def _known_tokens(self) -> str:
         if not self.learned:

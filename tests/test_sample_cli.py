@@ -268,3 +268,22 @@ def test_sample_and_dataset_out_of_memory_say_lower_height_width_batch(dataset, 
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1, r.stderr
     assert "68719476736 bytes" in errors[0] and "--height/--width" in errors[0] and "--batch" in errors[0]
+
+
+def test_an_unknown_learned_token_in_prompt_is_refused_naming_the_loaded_ones(sd1_single, tmp_path):
+    """Issue 24 A.3: `<phantom-a>` when only `<docs>` is loaded was drawn as plain text with exit 0, while a
+    prompts file refused it; now --prompt and --negative-prompt refuse it the same way, before drawing."""
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    save_file({"emb_params": torch.randn(2, 128)}, str(folder / "<docs>.safetensors"))  # diffusers' layout, the tiny SD1 width
+    base = ["--model", sd1_single, "--device", "cpu", "--embeddings", folder, "--steps", 1, "--height", 32,
+            "--width", 32, "--output", tmp_path / "out"]
+    for extra, flag in ((["--prompt", "a <phantom-a> x-ray"], "--prompt"),
+                        (["--prompt", "a <docs> x-ray", "--negative-prompt", "<blurry>"], "--negative-prompt")):
+        r = run_main(sample.main, *base, *extra)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert flag in r.stderr and "is not a learned token" in r.stderr and "<docs>" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists() or not pngs(tmp_path / "out")
+    r = run_main(sample.main, *base, "--prompt", "a <DOCS> x-ray")  # matched as prompts match: case ignored
+    assert r.returncode == 0, r.stderr
+    assert "<docs>.safetensors" in r.stdout  # which file each learned token came from

@@ -9,7 +9,6 @@ and must be loaded (`check_learned_tokens`).
 import csv
 import io
 import math
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -141,10 +140,6 @@ def _number(cells: dict, column: str, kind, where: str):
 
 def check_learned_tokens(sd, rows: list) -> None:
     """A word in angle brackets ("<cancer>") is meant as a learned token: refuse one that is not loaded."""
-    known = {name.lower() for name in sd.learned}
     for row in rows:
         for text in (row.settings.prompt, row.settings.negative_prompt):
-            for word in re.findall(r"<[^<>\s]+>", text):
-                if word.lower() not in known:
-                    loaded = ", ".join(sorted(sd.learned)) or "none (use --embeddings)"
-                    raise UserError(f"{row.where}: {word} is not a learned token; loaded: {loaded}")
+            sd.check_learned_words(text, row.where)
