@@ -42,3 +42,42 @@ def test_side_convention_patient_left_is_image_right():
     lower = slice(int(0.66 * 128), int(0.76 * 128))  # the lung bases' rows
     assert pixels[lower, 64:].mean() > pixels[lower, :64].mean() + 20  # fluid is brighter than air: image right
     assert truth.caption == "chest radiograph, left pleural effusion"
+
+
+# --- the training script, a few steps --------------------------------------------------------------
+
+def test_training_script_runs_resumes_and_writes_a_loadable_sd2_file(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mini_ldm
+    out = tmp_path / "phantom.safetensors"
+    base = [sys.executable, "-m", "devkit.phantom_model", "--output", str(out), "--images", "8", "--vae-steps", "2"]
+    root = Path(__file__).resolve().parents[1]
+    for steps in ("2", "3"):  # the second run continues the first from its saved state
+        done = subprocess.run(base + ["--unet-steps", steps], cwd=root, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    log = out.with_suffix(".log").read_text()
+    assert "UNet: resumed at step 2" in log and "UNet step 3/3" in log and "latent std" in log
+    sd = mini_ldm.load(out, device="cpu")
+    assert (sd.family, sd.native_size, sd.prediction) == ("sd2", 128, "epsilon")
+    assert sd.text_encoder.embeddings.token_embedding.weight.shape == (49408, 64)
+
+
+def test_folding_the_latent_scale_keeps_the_decoder_and_gives_unit_std(tmp_path):
+    import torch
+
+    from devkit import phantom_model as pm
+    from mini_ldm.vae import AutoencoderKL
+    torch.manual_seed(0)
+    vae = AutoencoderKL(pm.VAE).eval()
+    images = torch.from_numpy(np.stack([np.asarray(im) for im, _ in chest_cases(seed=1, count=8)]))
+    x = pm.to_pixels(images)
+    with torch.no_grad():
+        before = vae.decode(vae.encode(x)[0])
+        pm.fold_latent_scale(vae, images, tmp_path, pm.Log(tmp_path / "log"))
+        mean, _ = vae.encode(x)
+        after = vae.decode(mean)
+    assert torch.allclose(before, after, atol=1e-4)
+    assert abs((mean * pm.SD_LATENT_SCALE).std().item() - 1) < 1e-3
