@@ -65,6 +65,30 @@ def test_training_script_runs_resumes_and_writes_a_loadable_sd2_file(tmp_path):
     assert sd.text_encoder.embeddings.token_embedding.weight.shape == (49408, 64)
 
 
+def test_an_interrupted_training_run_resumes_to_the_same_model(tmp_path, monkeypatch):
+    """Killed after its UNet's second step (states saved every step here), then rerun: the same file, byte for
+    byte, as a run never interrupted (every step's randomness comes from the seed, stage and step)."""
+    from devkit import phantom_model as pm
+    monkeypatch.setattr(pm, "CHECKPOINT_EVERY", 1)
+    args = ["--images", "4", "--vae-steps", "2", "--unet-steps", "3"]
+    pm.main(["--output", str(tmp_path / "whole" / "m.safetensors")] + args)
+    real_loss, calls = pm.unet_loss, []
+
+    def dies_at_the_third_step(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(pm, "unet_loss", dies_at_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        pm.main(["--output", str(tmp_path / "cut" / "m.safetensors")] + args)
+    monkeypatch.setattr(pm, "unet_loss", real_loss)
+    pm.main(["--output", str(tmp_path / "cut" / "m.safetensors")] + args)
+    assert "UNet: resumed at step 2" in (tmp_path / "cut" / "m.log").read_text()
+    assert (tmp_path / "cut" / "m.safetensors").read_bytes() == (tmp_path / "whole" / "m.safetensors").read_bytes()
+
+
 def test_the_bundled_phantom_model_yields_to_a_users_checkpoint(tmp_path):
     from mini_ldm.cli import BUNDLED_MODEL, find_default_model
     (tmp_path / BUNDLED_MODEL).write_bytes(b"x")
