@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -165,7 +166,6 @@ def load_state(path: Path, modules: dict, optimizer) -> int:
     """Restores `modules` and `optimizer` from `path`; the step to continue from (0 without a state)."""
     if not path.is_file():
         return 0
-    from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     tensors = load_file(str(path))
@@ -226,7 +226,8 @@ def train_vae(images: torch.Tensor, recipe: Recipe, work: Path, log: Log) -> Aut
 
 
 def vae_batch(images: torch.Tensor, recipe: Recipe, g: torch.Generator, whole: bool) -> torch.Tensor:
-    """Random crops (or, `whole`, a quarter as many whole images) as (B, 3, h, w) in [-1, 1]."""
+    """Random crops (or, `whole`, 1/16 as many whole images: the same pixels per step) as (B, 3, h, w) in
+    [-1, 1]."""
     if whole:
         index = torch.randint(len(images), (max(1, recipe.vae_batch // 16),), generator=g)
         return to_pixels(images[index])

@@ -71,7 +71,8 @@ class ChestFindings:
 
 @dataclass(frozen=True)
 class Anatomy:
-    """What varies in every image: sizes as fractions of the image, the rotation in degrees."""
+    """What varies in every image: size factors (1 = the average), the rotation in degrees, the exposure
+    (pixel = gain * value + offset) and the noise's standard deviation (grey levels in 0..1)."""
     thorax_scale: float
     lung_width: tuple  # (image-left lung, image-right lung) scale factors
     lung_height: tuple
