@@ -13,6 +13,7 @@ from .settings import parse_given
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = REPO / "weights"
+BUNDLED_MODEL = "phantom-sd2.safetensors"  # the small phantom model this repository commits (devkit/phantom_model.py)
 DOWNLOAD_HINT = ("download a checkpoint, e.g. 512-base-ema.safetensors from "
                  "https://huggingface.co/stabilityai/stable-diffusion-2-base (the paper's model), put it in "
                  f"{WEIGHTS}/ and run again, or pass --model PATH (see weights/README.md)")
@@ -24,7 +25,8 @@ def weights_folder() -> Path:
 
 
 def find_default_model(folder: Path | None = None) -> Path:
-    """The one checkpoint in weights/: a .safetensors/.ckpt file or a diffusers folder."""
+    """The one checkpoint in weights/: a .safetensors/.ckpt file or a diffusers folder; the bundled phantom model
+    counts only when it is alone."""
     folder = weights_folder() if folder is None else Path(folder)
     found = []
     if folder.is_dir():
@@ -33,6 +35,8 @@ def find_default_model(folder: Path | None = None) -> Path:
                 found.append(p)
             elif p.is_dir() and (p / "unet").is_dir():
                 found.append(p)
+    if len(found) > 1:  # the phantom model shipped in weights/ yields to any checkpoint the user puts there
+        found = [p for p in found if p.name != BUNDLED_MODEL] or found
     if not found:
         hint = DOWNLOAD_HINT if folder == WEIGHTS else DOWNLOAD_HINT.replace(str(WEIGHTS), str(folder))
         raise UserError(f"--model not given and no checkpoint in {folder}/: {hint}")

@@ -8,6 +8,8 @@
   cases.py      which files make a case (one volume, or one file per sequence) and which mask is its
   slices.py     one case -> its 8-bit slices, as prepare.py writes them
   phantom.py    a synthetic phantom volume and lesion mask for prepare.py --demo
+  chest_findings.py  labelled chest-radiograph phantoms (effusion, cardiomegaly, nodule) with captions
+  findings.py   analytic detectors that measure those findings back from pixels
 
 Imports only mini_ldm.errors and mini_ldm.io from the rest of the project.
 """
