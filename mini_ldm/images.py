@@ -18,14 +18,28 @@ def open_image(source, flag: str, mode: str) -> Image.Image:
     """A PIL image, or a path to one, converted to `mode` ("RGB" or "L"); `flag` names it in errors."""
     if isinstance(source, Image.Image):
         return source.convert(mode)
-    path = Path(source)
-    if not path.is_file():
-        raise UserError(f"{flag} {path}: no such file")
+    path = check_image_file(source, flag)
     try:
         with Image.open(path) as im:
             return im.convert(mode)
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"{flag} {path}: not a readable image ({e})") from None
+
+
+def check_image_file(source, flag: str) -> Path:
+    """Refuse, in the flag's words, a path that is not an image file: missing, a folder, or not an image
+    Pillow can identify (only the header is read, so this is cheap enough to run before a model loads)."""
+    path = Path(source)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give one image file (PNG, JPEG, ...)")
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: no such file")
+    try:
+        with Image.open(path):
+            pass
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{flag} {path}: not a readable image ({e})") from None
+    return path
 
 
 def fit_size(image: Image.Image, multiple: int) -> tuple:

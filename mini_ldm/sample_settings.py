@@ -5,6 +5,7 @@ from pathlib import Path
 
 from . import samplers
 from .errors import UserError
+from .images import check_image_file
 from .settings import check_finite, check_positive, check_seed, check_utf8, option
 
 # A documented cap, checked before the model loads: SD's attention over (side/8)^2 latent cells grows with the
@@ -63,6 +64,9 @@ class SampleSettings:
             if side is not None and not 8 <= side <= MAX_SIDE:
                 raise UserError(f"{flag} {side}: must be between 8 and {MAX_SIDE} pixels (leave it out for the "
                                 "model's native size)")
+        for flag, value in (("--init-image", self.init_image), ("--mask", self.mask)):
+            if isinstance(value, (str, Path)):  # the API may pass a PIL image instead
+                check_image_file(value, flag)
         if self.init_image is None:
             for flag, value in (("--strength", self.strength), ("--mask", self.mask)):
                 if value is not None:

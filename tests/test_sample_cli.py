@@ -287,3 +287,20 @@ def test_an_unknown_learned_token_in_prompt_is_refused_naming_the_loaded_ones(sd
     r = run_main(sample.main, *base, "--prompt", "a <DOCS> x-ray")  # matched as prompts match: case ignored
     assert r.returncode == 0, r.stderr
     assert "<docs>.safetensors" in r.stdout  # which file each learned token came from
+
+
+def test_init_image_and_mask_are_checked_before_the_model_loads(tmp_path):
+    """Issue 24 A.4: a folder, a missing file or a non-image as --init-image/--mask is refused with the right
+    words before any model is looked for (the model path here does not exist, so loading first would say so)."""
+    (tmp_path / "notes.txt").write_text("not an image")
+    Image.new("RGB", (32, 32), (90, 120, 150)).save(tmp_path / "xray.png")
+    missing_model = tmp_path / "no-such-model.safetensors"
+    cases = [(["--init-image", tmp_path], "--init-image", "is a folder"),
+             (["--init-image", tmp_path / "gone.png"], "--init-image", "no such file"),
+             (["--init-image", tmp_path / "notes.txt"], "--init-image", "not a readable image"),
+             (["--init-image", tmp_path / "xray.png", "--mask", tmp_path], "--mask", "is a folder")]
+    for extra, flag, words in cases:
+        r = run_main(sample.main, "--model", missing_model, "--device", "cpu", "--no-embeddings", "--prompt", PROMPT,
+                     *extra, "--output", tmp_path / "out")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"error: {flag} ") and words in r.stderr and "no-such-model" not in r.stderr, r.stderr
