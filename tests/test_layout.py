@@ -2,6 +2,7 @@
 
     mini_ldm  <-  readers (only mini_ldm.errors / mini_ldm.io)
     mini_ldm, readers  <-  ti          mini_ldm, readers  <-  measure (never ti)
+    mini_ldm, readers, ti, stats  <-  membership (never measure)
     everything  <-  the CLIs (prepare.py, evaluate.py and classify.py never import ti)
     tests/ is imported by nothing; devkit/ (random test models) only by tests/ and benchmarks/
 """
@@ -11,14 +12,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mini_ldm", "ti", "readers", "measure", "stats", "devkit", "tests", "benchmarks")
-CLIS = ("prepare.py", "train.py", "sample.py", "evaluate.py", "classify.py")
+PACKAGES = ("mini_ldm", "ti", "readers", "measure", "stats", "membership", "devkit", "tests", "benchmarks")
+CLIS = ("prepare.py", "train.py", "sample.py", "evaluate.py", "classify.py", "privacy.py")
 MAY_NOT_IMPORT = {
-    "mini_ldm": {"ti", "readers", "measure", "stats", "devkit", "tests", "benchmarks"},
-    "stats": {"mini_ldm", "ti", "readers", "measure", "devkit", "tests", "benchmarks"},
-    "readers": {"ti", "measure", "stats", "devkit", "tests", "benchmarks"},
+    "mini_ldm": {"ti", "readers", "measure", "stats", "membership", "devkit", "tests", "benchmarks"},
+    "stats": {"mini_ldm", "ti", "readers", "measure", "membership", "devkit", "tests", "benchmarks"},
+    "readers": {"ti", "measure", "stats", "membership", "devkit", "tests", "benchmarks"},
     "ti": {"measure", "devkit", "tests", "benchmarks"},
-    "measure": {"ti", "devkit", "tests", "benchmarks"},
+    "measure": {"ti", "membership", "devkit", "tests", "benchmarks"},
+    "membership": {"measure", "classifier", "reader_study", "devkit", "tests", "benchmarks"},
     "devkit": {"tests", "benchmarks"},
     "benchmarks": {"tests"},
     "prepare.py": {"ti", "measure", "devkit", "tests"},
@@ -26,6 +28,7 @@ MAY_NOT_IMPORT = {
     "classify.py": {"ti", "devkit", "tests"},
     "train.py": {"measure", "devkit", "tests"},
     "sample.py": {"ti", "measure", "readers", "devkit", "tests"},
+    "privacy.py": {"measure", "classifier", "reader_study", "devkit", "tests"},
 }
 READERS_MAY_USE = {"mini_ldm.errors", "mini_ldm.io"}
 
@@ -70,7 +73,7 @@ def test_mini_ldm_is_stable_diffusion_only():
 
 
 def test_no_function_over_60_lines_in_product_code():
-    homes = ["mini_ldm", "ti", "readers", "measure", *CLIS]
+    homes = ["mini_ldm", "ti", "readers", "measure", "stats", "membership", *CLIS]
     long = [f"{f.relative_to(ROOT)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
             for home in homes if (ROOT / home).exists() for f in python_files(home)
             for n in ast.walk(ast.parse(f.read_text(encoding="utf-8")))
