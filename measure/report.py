@@ -154,7 +154,8 @@ def distance_histograms(copying, size: tuple = (720, 400)) -> Image.Image:
     draw.text(((left + right) / 2, bottom + 26), "Euclidean distance to the nearest real (training) image, "
               "Inception pool features", fill="black", font=text, anchor="mt")
     ct = "undetermined" if copying.ct is None else f"{copying.ct:.2f}"
-    draw.text((left, 12), f"data copying: C_T = {ct} ({copying.verdict}; below -3 = copying), {copying.k} cells",
+    cells = f"{copying.k} cell" + ("s" if copying.k != 1 else "")
+    draw.text((left, 12), f"data copying: C_T = {ct} ({copying.verdict}; below -3 = copying), {cells}",
               fill="black", font=font(14))
     return image
 

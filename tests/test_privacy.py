@@ -271,3 +271,29 @@ def test_an_embedding_trained_on_other_images_is_not_flagged(phantom_sets, tmp_p
     emb = train(phantom_sets / "other", tmp_path / "other.safetensors", steps=1500, vectors=16)
     calibrated = audit(emb, phantom_sets / "members", phantom_sets / "held-out", tmp_path / "audit")
     assert calibrated["ci95"][0] <= 0.5 <= calibrated["ci95"][1], calibrated
+
+
+# --------------------------------------------------------------------------- the documentation
+
+def test_docs_tables_are_generated_and_every_flag_is_documented():
+    """docs/privacy.md holds the tables made from the settings (regenerate with markdown_table when a setting
+    changes) and names every flag of privacy.py and of evaluate.py's data-copying test."""
+    import re
+
+    from measure.evaluate_settings import EvaluateSettings
+    from membership.settings import PrivacySettings
+    from mini_ldm.loading import ModelSettings
+    from mini_ldm.settings import markdown_table
+
+    docs = (REPO / "docs" / "privacy.md").read_text()
+    assert markdown_table(PrivacySettings) in docs
+    model_rows = markdown_table(ModelSettings, skip=("device", "dtype")).splitlines()[2:]
+    assert all(row in docs for row in model_rows)
+    copying_rows = [row for row in markdown_table(EvaluateSettings).splitlines()
+                    if row.startswith(("| `--held-out`", "| `--cells`", "| `--min-cell`"))]
+    assert len(copying_rows) == 3 and all(row in docs for row in copying_rows)
+    proc = subprocess.run([sys.executable, str(REPO / "privacy.py"), "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    flags = set(re.findall(r"\[(--[a-z][a-z0-9-]+)", proc.stdout))  # the usage line's options
+    assert flags and not sorted(f for f in flags if f"`{f}`" not in docs)
+    assert "privacy.md" in (REPO / "README.md").read_text()
