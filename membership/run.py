@@ -5,6 +5,7 @@ import numpy as np
 
 from mini_ldm.embeddings import check_width
 from mini_ldm.errors import UserError
+from readers.images import warn_stderr
 from ti.templates import load_templates
 
 from .inputs import Audit
@@ -28,9 +29,14 @@ def reference_text(audit: Audit, choice: str | None) -> tuple[str, str]:
     return choice, init if choice == "init" else ""
 
 
-def add_token(sd, audit: Audit) -> None:
-    """The token's vectors into the model's prompts; an embedding of another model family is refused here."""
+def add_token(sd, audit: Audit, warn=warn_stderr) -> None:
+    """The token's vectors into the model's prompts; an embedding of another model family is refused here, one
+    trained on another checkpoint of the family is audited with a warning (its losses say little)."""
     check_width(audit.embedding, sd.widths, sd.family)
+    trained_on = audit.embedding.metadata.get("base_model", "")
+    if trained_on and trained_on != Path(sd.checkpoint.path).name:
+        warn(f"warning: {audit.embedding.source} was trained on {trained_on}, not on {Path(sd.checkpoint.path).name}: "
+             "audit it on the model it was trained on, or the losses say little")
     sd.add_learned_token(audit.token, audit.embedding.vectors)
 
 

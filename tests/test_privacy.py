@@ -71,6 +71,28 @@ def test_detectable_auc_shrinks_with_more_images():
     assert 0.6 < detectable_auc(100, 100) < 0.7  # about 0.62 with 100 a side
 
 
+def scores_of(member_scores, held_scores):
+    from membership.attacks import attack_numbers
+    return attack_numbers(np.asarray(member_scores), np.asarray(held_scores), {})
+
+
+def test_verdict_words_follow_the_evidence():
+    from membership.attacks import verdict
+
+    rng = np.random.default_rng(0)
+    same = lambda: scores_of(rng.normal(0, 1, 100), rng.normal(0, 1, 100))  # noqa: E731
+    apart = lambda: scores_of(rng.normal(2, 1, 100), rng.normal(0, 1, 100))  # noqa: E731
+    leak = verdict(same(), apart(), 100, 100)
+    assert leak["level"] == "leak" and "memorised" in leak["text"] and "Do not share" in leak["text"]
+    none = verdict(same(), same(), 100, 100)
+    assert none["level"] == "no evidence" and "does not prove there is none" in none["text"]
+    assert f"{detectable_auc(100, 100):.2f}" in none["text"] and "1/100" in none["text"]  # what it could find
+    kind = verdict(apart(), same(), 100, 100)
+    assert kind["level"] == "no evidence" and "differ in kind" in kind["text"]
+    backwards = verdict(same(), scores_of(rng.normal(0, 1, 100), rng.normal(2, 1, 100)), 100, 100)
+    assert backwards["level"] == "reversed"
+
+
 @pytest.mark.parametrize("stem", ["sd2v", "sd1"])  # v and epsilon targets
 def test_loss_is_the_training_loss_computed_independently(request, images, stem):
     sd = mini_ldm.load(request.getfixturevalue(f"{stem}_folder"), device="cpu")  # our own: tokens get added
@@ -161,6 +183,21 @@ def test_several_concepts_each_on_its_own_members(sd1_folder, images, tmp_path):
     assert [(e["token"], e["n_members"], e["n_held_out"], e["reference"], e["templates"]) for e in entries] == [
         ("<alpha>", 2, 3, "empty", "object"), ("<beta>", 2, 3, "empty", "object")]
     assert {r["token"] for r in read_scores(tmp_path / "out" / "scores.csv")} == {"<alpha>", "<beta>"}
+
+
+def test_audits_what_train_py_wrote(sd2v_folder, images, tmp_path):
+    """train.py's own file: its init text is the reference, its family and base model match, v target."""
+    from train import main as train_main
+    trained = run_main(train_main, "--model", sd2v_folder, "--data", images / "members", "--output",
+                       tmp_path / "tok.safetensors", "--steps", "2", "--vectors", "2", "--init", "chest scan",
+                       "--save-every", "0", "--device", "cpu")
+    assert trained.returncode == 0, trained.stderr
+    run = privacy("--model", sd2v_folder, "--embeddings", tmp_path / "tok.safetensors", "--members",
+                  images / "members", "--held-out", images / "held-out", "--output", tmp_path / "out", *FAST)
+    assert run.returncode == 0, run.stderr
+    assert "trained on" not in run.stderr  # the same checkpoint: no warning
+    entry = json.loads((tmp_path / "out" / "membership.json").read_text())["concepts"][0]
+    assert (entry["token"], entry["reference"], entry["reference_text"]) == ("<members>", "init", "chest scan")
 
 
 def test_sdxl_embedding_runs(sdxl_folder, images, tmp_path):
