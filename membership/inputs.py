@@ -15,7 +15,7 @@ import numpy as np
 from mini_ldm.embeddings import load_embeddings
 from mini_ldm.errors import UserError
 from mini_ldm.prompt import match_key
-from readers.images import DataError, find_images, load_frames
+from readers.images import DataError, find_images, load_frames, warn_stderr
 
 
 @dataclass
@@ -72,7 +72,7 @@ def plan(embeddings: Path, members: Path, held_out: Path) -> list[Audit]:
     return audits
 
 
-def _several(found: dict, embeddings: Path, members: Path, held_out: Path) -> list[Audit]:
+def _several(found: dict, embeddings: Path, members: Path, held_out: Path, warn=warn_stderr) -> list[Audit]:
     tokens = list(found)
     subfolders = _subfolders(members)
     if not subfolders:
@@ -90,6 +90,8 @@ def _several(found: dict, embeddings: Path, members: Path, held_out: Path) -> li
             raise UserError(f"--held-out {held_out}: no subfolder {sub.name}/ for {token}; give one per token, or a "
                             "flat folder shared by all")
         audits.append(Audit(token, found[token], sub, _images(sub, "--members"), own, _images(own, "--held-out")))
+    for token in sorted(set(tokens) - {a.token for a in audits}):
+        warn(f"warning: {token} has no subfolder in --members {members}; it is not audited")
     return audits
 
 

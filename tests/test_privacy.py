@@ -47,8 +47,9 @@ def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("privacy-images")
     write_images(root / "members", [structured_image(s) for s in range(3)])
     write_images(root / "held-out", [structured_image(40 + s) for s in range(3)])
-    for k, name in enumerate(("alpha", "beta")):  # two concepts' members, held-out shared
+    for k, name in enumerate(("alpha", "beta")):  # two concepts' members, held-out shared or their own
         write_images(root / "concepts" / name, [structured_image(10 * k + 60 + s) for s in range(2)])
+        write_images(root / "concepts-held-out" / name, [structured_image(10 * k + 80 + s) for s in range(2)])
     return root
 
 
@@ -183,6 +184,14 @@ def test_several_concepts_each_on_its_own_members(sd1_folder, images, tmp_path):
     assert [(e["token"], e["n_members"], e["n_held_out"], e["reference"], e["templates"]) for e in entries] == [
         ("<alpha>", 2, 3, "empty", "object"), ("<beta>", 2, 3, "empty", "object")]
     assert {r["token"] for r in read_scores(tmp_path / "out" / "scores.csv")} == {"<alpha>", "<beta>"}
+    embedding(folder / "gamma.safetensors", "<gamma>", 128, init="", seed=3)  # a token without images: skipped
+    own = privacy("--model", sd1_folder, "--embeddings", folder, "--members", images / "concepts",
+                  "--held-out", images / "concepts-held-out", "--output", tmp_path / "own", *FAST)
+    assert own.returncode == 0, own.stderr
+    assert "<gamma> has no subfolder" in own.stderr
+    rows = read_scores(tmp_path / "own" / "scores.csv")
+    assert [(r["token"], r["member"]) for r in rows] == [(t, m) for t in ("<alpha>", "<beta>") for m in "1100"]
+    assert {r["file"] for r in rows if r["token"] == "<beta>"} == {"img-000.png", "img-001.png"}
 
 
 def test_audits_what_train_py_wrote(sd2v_folder, images, tmp_path):
