@@ -128,7 +128,7 @@ def distance_histograms(copying, size: tuple = (720, 400)) -> Image.Image:
     synth, held = copying.synth_distance, copying.held_out_distance
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    left, top, right, bottom = 60, 40, size[0] - 20, size[1] - 50
+    left, top, right, bottom = 60, 72, size[0] - 20, size[1] - 50  # the legend sits above the plot
     lo, hi = float(min(synth.min(), held.min())), float(max(synth.max(), held.max()))
     hi = hi if hi > lo else lo + 1.0
     bins = max(5, min(40, int(math.sqrt(len(synth) + len(held)))))
@@ -146,9 +146,9 @@ def distance_histograms(copying, size: tuple = (720, 400)) -> Image.Image:
         for i, s in enumerate(share):
             points += [(to_x(edges[i]), to_y(s)), (to_x(edges[i + 1]), to_y(s))]
         draw.line(points + [(to_x(hi), bottom)], fill=colour, width=2)
-        y = top + 8 + 18 * (colour[0] < 100)
-        draw.line([(right - 300, y), (right - 276, y)], fill=colour, width=2)
-        draw.text((right - 270, y), label, fill="black", font=text, anchor="lm")
+        y = 40 + 16 * (colour[0] < 100)
+        draw.line([(left, y), (left + 24, y)], fill=colour, width=2)
+        draw.text((left + 30, y), label, fill="black", font=text, anchor="lm")
     for v in (lo, (lo + hi) / 2, hi):
         draw.text((to_x(v), bottom + 6), f"{v:.3g}", fill="black", font=text, anchor="mt")
     draw.text(((left + right) / 2, bottom + 26), "Euclidean distance to the nearest real (training) image, "

@@ -75,7 +75,7 @@ def write_json(path, data: dict) -> None:
 def _frame(draw, box, title: str, x_label: str, y_label: str) -> None:
     left, top, right, bottom = box
     draw.rectangle(box, outline="black")
-    draw.text((left, top - 18), title, fill="black", font=font(13))
+    draw.text((left, top - 36), title, fill="black", font=font(13))
     draw.text(((left + right) / 2, bottom + 20), x_label, fill="black", font=font(11), anchor="mt")
     draw.text((left - 4, top), y_label, fill="black", font=font(11), anchor="ra")
 
@@ -98,19 +98,19 @@ def _histogram(draw, box, members, held, title: str) -> None:
         draw.line(points + [(right, bottom)], fill=colour, width=2)
     for x, v in ((left, lo), (right, hi)):
         draw.text((x, bottom + 4), f"{v:.3g}", fill="black", font=font(11), anchor="mt")
-    draw.text((right - 4, top + 4), f"members ({len(members)})", fill=MEMBER, font=font(11), anchor="ra")
-    draw.text((right - 4, top + 18), f"held-out ({len(held)})", fill=HELD_OUT, font=font(11), anchor="ra")
+    draw.text((left, top - 16), f"members ({len(members)})", fill=MEMBER, font=font(11))  # above the plot
+    draw.text((left + 110, top - 16), f"held-out ({len(held)})", fill=HELD_OUT, font=font(11))
 
 
 def _roc(draw, box, curves: dict) -> None:
     left, top, right, bottom = box
-    _frame(draw, box, "ROC: members positive", "false-positive rate", "TPR")
+    _frame(draw, box, "ROC, members positive: AUC [95% CI]", "false-positive rate", "TPR")
     draw.line([(left, bottom), (right, top)], fill=(170, 170, 170))
     for k, (label, (fpr, tpr)) in enumerate(curves.items()):
         colour = [(0, 0, 0), (44, 160, 44)][k]
         draw.line([(left + f * (right - left), bottom - t * (bottom - top)) for f, t in zip(fpr, tpr)],
                   fill=colour, width=2)
-        draw.text((right - 4, bottom - 34 + 16 * k), label, fill=colour, font=font(11), anchor="rb")
+        draw.text((left + 140 * k, top - 16), label, fill=colour, font=font(11))  # above the plot
 
 
 def membership_figure(all_scores: list, entries: list) -> Image.Image:
@@ -123,11 +123,11 @@ def membership_figure(all_scores: list, entries: list) -> Image.Image:
         curves = {}
         for col, (name, (overall, _)) in enumerate(s.attack_scores().items()):
             a = entry["attacks"][name]
-            box = (col * PANEL[0] + 50, y0 + 40, (col + 1) * PANEL[0] - 20, y0 + PANEL[1] - 50)
+            box = (col * PANEL[0] + 50, y0 + 56, (col + 1) * PANEL[0] - 20, y0 + PANEL[1] - 50)
             _histogram(draw, box, overall[s.member], overall[~s.member], f"{s.token}: {name} attack")
             labels = s.member.astype(int)
-            curves[f"{name}: AUC {a['auc']:.2f} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}]"] = roc_curve(overall, labels)
-        _roc(draw, (2 * PANEL[0] + 50, y0 + 40, 3 * PANEL[0] - 20, y0 + PANEL[1] - 50), curves)
+            curves[f"{name} {a['auc']:.2f} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}]"] = roc_curve(overall, labels)
+        _roc(draw, (2 * PANEL[0] + 50, y0 + 56, 3 * PANEL[0] - 20, y0 + PANEL[1] - 50), curves)
     return image
 
 
