@@ -314,9 +314,23 @@ def test_an_embedding_that_memorised_a_few_images_is_flagged(phantom_sets, tmp_p
 @needs_phantom
 @pytest.mark.timeout(3600)
 def test_an_embedding_trained_on_other_images_is_not_flagged(phantom_sets, tmp_path):
+    """Neither folder was seen: the interval holds 0.5, and over 20 random re-splits of the same scores into
+    "members" and "held-out" it misses 0.5 no more often than a 95% interval should (3 of 20 or fewer; a
+    binomial(20, 0.05) exceeds 3 with probability 0.016)."""
+    from stats.auc import auc_ci95
+
     emb = train(phantom_sets / "other", tmp_path / "other.safetensors", steps=1500, vectors=16)
     calibrated = audit(emb, phantom_sets / "members", phantom_sets / "held-out", tmp_path / "audit")
     assert calibrated["ci95"][0] <= 0.5 <= calibrated["ci95"][1], calibrated
+    scores = np.array([float(r["calibrated"]) for r in read_scores(tmp_path / "audit" / "scores.csv")])
+    rng = np.random.default_rng(0)
+    misses = 0
+    for _ in range(20):
+        labels = np.zeros(len(scores))
+        labels[rng.permutation(len(scores))[:6]] = 1
+        low, high = auc_ci95(scores, labels)
+        misses += not low <= 0.5 <= high
+    assert misses <= 3, misses
 
 
 # --------------------------------------------------------------------------- the documentation
