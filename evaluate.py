@@ -17,7 +17,9 @@ from measure.demo import DEMO_DIR, demo_folders, demo_weights
 from measure.features import folder_features
 from measure.inception import find_default_weights, load_inception
 from measure.metrics import PER_REAL_RATIO, default_kid_subset_size, fid, inception_score, kid, memorization_audit
-from measure.report import summary_table, write_memorization_csv, write_memorization_png, write_metrics_json
+from measure.copying import data_copying
+from measure.report import (summary_table, write_data_copying_png, write_memorization_csv, write_memorization_png,
+                            write_metrics_json)
 from measure.evaluate_settings import EvaluateSettings
 from readers.images import find_images
 
@@ -91,6 +93,14 @@ def compute(args, s: EvaluateSettings, real, synth) -> tuple:
     return metrics, audit
 
 
+def held_out_test(s: EvaluateSettings, model, real, synth):
+    """--held-out: the data-copying test C_T (measure/copying.py) in the pool features."""
+    held_out = encode(s, model, s.held_out, "held-out")
+    if s.cells is not None and s.cells > len(real):
+        raise UserError(f"--cells {s.cells}: REAL has only {len(real)} images; give at most that many cells")
+    return data_copying(real.pool.numpy(), synth.pool.numpy(), held_out.pool.numpy(), s.cells, s.min_cell, s.seed)
+
+
 def demo(args, settings: EvaluateSettings) -> None:
     """--demo: the demo folders where REAL or SYNTH is not given, output and splits sized for them."""
     print("demo: random Inception weights; this checks the install, its numbers mean nothing (real runs need "
@@ -118,13 +128,19 @@ def main(argv=None) -> None:
     synth = encode(settings, model, args.synth, "SYNTH")
     metrics, audit = compute(args, settings, real, synth)
     metrics.update(weights=str(weights), weights_sha256=model.weights_sha256)
+    copying = held_out_test(settings, model, real, synth) if settings.held_out is not None else None
+    if copying is not None:
+        metrics["data_copying"] = copying.as_json()
     out = settings.output
     write_metrics_json(out / "metrics.json", metrics)
     write_memorization_csv(out / "memorization.csv", audit, real.names, synth.names)
     write_memorization_png(out / "memorization.png", audit, real.root, real.names, synth.root, synth.names,
                            settings.memorization_top)
+    if copying is not None:
+        write_data_copying_png(out / "data_copying.png", copying)
     print(summary_table(metrics))
-    print(f"wrote {out / 'metrics.json'}, {out / 'memorization.csv'}, {out / 'memorization.png'}")
+    print(f"wrote {out / 'metrics.json'}, {out / 'memorization.csv'}, {out / 'memorization.png'}"
+          + (f", {out / 'data_copying.png'}" if copying is not None else ""))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from .preprocess import RESIZE_MODES
 
 @dataclass
 class EvaluateSettings:
-    output: Path = option(Path("evaluation"), "folder for metrics.json, memorization.csv and memorization.png",
+    output: Path = option(Path("evaluation"), "folder for metrics.json, memorization.csv, memorization.png "
+                                              "(and data_copying.png with --held-out)",
                           metavar="DIR", shown="evaluation/")
     weights: Path | None = option(None, f"Inception-v3 FID weights, {WEIGHTS_FILES[0]} (pytorch-fid) or "
                                         f"{WEIGHTS_FILES[1]} (torch-fidelity)", metavar="PATH",
@@ -31,7 +32,14 @@ class EvaluateSettings:
     memorization_top: int = option(16, "memorization.png shows the K closest synthetic/real pairs", metavar="K")
     no_mirror: bool = option(False, "memorisation audit: do not count a left-right mirrored copy of a real image "
                                     "as a copy (saves encoding the real set a second time, mirrored)")
-    seed: int = option(0, "seed of the KID subsets and the IS permutation", metavar="N")
+    held_out: Path | None = option(None, "real images of REAL's kind that the generator never saw: adds the "
+                                         "data-copying test C_T (Meehan et al. 2020) to metrics.json and "
+                                         "data_copying.png", metavar="DIR")
+    cells: int | None = option(None, "data-copying test: k-means cells on REAL (1 = no cells)", metavar="K",
+                               shown="about 20 REAL images per cell, at most 20")
+    min_cell: int = option(5, "data-copying test: a cell counts when it holds at least N synthetic and N "
+                              "held-out images", metavar="N")
+    seed: int = option(0, "seed of the KID subsets, the IS permutation and the k-means cells", metavar="N")
     device: str | None = device_option()
     batch: int = option(16, "images per Inception forward pass", metavar="N")
     cache_dir: Path | None = option(None, "where folder features are cached (key: files, sizes, mtimes, weights "
@@ -47,6 +55,12 @@ class EvaluateSettings:
                             ("--batch", self.batch)):
             check_positive(flag, value)
         check_positive("--memorization-top", self.memorization_top, allow_zero=True)
+        check_positive("--min-cell", self.min_cell)
+        if self.cells is not None:
+            check_positive("--cells", self.cells)
+        if self.held_out is not None and not Path(self.held_out).is_dir():
+            raise UserError(f"--held-out {self.held_out} does not exist or is not a folder; give the folder of real "
+                            "images the generator never saw")
         if self.kid_subset_size is not None and self.kid_subset_size < 2:
             raise UserError(f"--kid-subset-size {self.kid_subset_size}: must be at least 2")
         return self

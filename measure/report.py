@@ -138,6 +138,59 @@ def summary_table(m: dict) -> str:
          f"{m['real_nn_max']:.4f}; real-real p99 {m['real_nn_p99']:.4f}), {m['memorized_per_real']} within "
          f"{m['per_real_ratio']:g} of their real image's own nearest-neighbour distance"),
     ]
+    if "data_copying" in m:
+        c = m["data_copying"]
+        ct = "undetermined" if c["ct"] is None else f"{c['ct']:.2f}"
+        rows.append(("data copying C_T", ct, f"{c['verdict']} (below -3 = copying); {c['explanation']}"))
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
     return "\n".join(f"{a:<{width}}  {b:<{value_width}}  {c}".rstrip() for a, b, c in rows)
+
+
+def distance_histograms(copying, size: tuple = (720, 400)) -> Image.Image:
+    """The data-copying test's two distributions, as outlined histograms on one axis: each SYNTH image's and each
+    held-out image's distance to its nearest REAL image, each normalised to its own count; C_T in the title."""
+    synth, held = copying.synth_distance, copying.held_out_distance
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = 60, 72, size[0] - 20, size[1] - 50  # the legend sits above the plot
+    lo, hi = float(min(synth.min(), held.min())), float(max(synth.max(), held.max()))
+    hi = hi if hi > lo else lo + 1.0
+    bins = max(5, min(40, int(math.sqrt(len(synth) + len(held)))))
+    edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
+    shares = [_shares(values, lo, hi, bins) for values in (synth, held)]
+    top_share = max(max(s) for s in shares) or 1.0
+    to_x = lambda v: left + (v - lo) / (hi - lo) * (right - left)  # noqa: E731
+    to_y = lambda s: bottom - s / top_share * (bottom - top)  # noqa: E731
+    draw.rectangle([left, top, right, bottom], outline="black")
+    text = font(13)
+    for colour, share, label in zip(((214, 39, 40), (31, 119, 180)), shares,
+                                    (f"synthetic -> nearest real ({len(synth)})",
+                                     f"held-out real -> nearest real ({len(held)})")):
+        points = [(to_x(lo), bottom)]
+        for i, s in enumerate(share):
+            points += [(to_x(edges[i]), to_y(s)), (to_x(edges[i + 1]), to_y(s))]
+        draw.line(points + [(to_x(hi), bottom)], fill=colour, width=2)
+        y = 40 + 16 * (colour[0] < 100)
+        draw.line([(left, y), (left + 24, y)], fill=colour, width=2)
+        draw.text((left + 30, y), label, fill="black", font=text, anchor="lm")
+    for v in (lo, (lo + hi) / 2, hi):
+        draw.text((to_x(v), bottom + 6), f"{v:.3g}", fill="black", font=text, anchor="mt")
+    draw.text(((left + right) / 2, bottom + 26), "Euclidean distance to the nearest real (training) image, "
+              "Inception pool features", fill="black", font=text, anchor="mt")
+    ct = "undetermined" if copying.ct is None else f"{copying.ct:.2f}"
+    cells = f"{copying.k} cell" + ("s" if copying.k != 1 else "")
+    draw.text((left, 12), f"data copying: C_T = {ct} ({copying.verdict}; below -3 = copying), {cells}",
+              fill="black", font=font(14))
+    return image
+
+
+def _shares(values, lo: float, hi: float, bins: int) -> list:
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, int((float(v) - lo) / (hi - lo) * bins))] += 1
+    return [c / max(1, len(values)) for c in counts]
+
+
+def write_data_copying_png(path, copying) -> None:
+    write_image_atomic(path, distance_histograms(copying))
