@@ -19,6 +19,8 @@ from safetensors import safe_open
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Checking the install: --demo"
 CLIS = tuple(sorted(p.name for p in REPO.glob("*.py")))
+# every CLI has a --demo but privacy.py, whose audit needs an embedding and the very images it was trained on
+DEMO_CLIS = tuple(name for name in CLIS if name != "privacy.py")
 PACKAGES = tuple(sorted(p.parent.name for p in REPO.glob("*/__init__.py") if p.parent.name not in ("tests", "devkit")))
 
 
@@ -85,7 +87,7 @@ def test_readme_demo_block_runs_the_whole_pipeline(tmp_path):
     section = demo_section()
     commands = demo_commands(section)
     scripts = [m.group(1) for c in commands if (m := re.match(r"python (\w+\.py) ", c))]
-    assert sorted(scripts) == sorted(CLIS), "the demo block goes through every CLI once"
+    assert sorted(scripts) == sorted(DEMO_CLIS), "the demo block goes through every CLI with a --demo once"
     assert all("--demo" in c for c in commands if c.startswith("python "))
     work = tmp_path / "clone"
     work.mkdir()
