@@ -1,12 +1,19 @@
-"""A settings grid's sheet: cells in rows and columns, the axis values as column and row headers, an optional
-title (the third axis's value), and the settings every cell shares in one line under it.
+"""A settings grid's files (xyz_grid.py plans and draws the cells): the sheets, cells in rows and columns with
+the axis values as column and row headers, an optional title (the third axis's value) and the settings every
+cell shares in one line under it; and grid.csv, one row per cell with each axis's full value.
 
 The text is Pillow's own font scaled to the cells (12 px at 64 px cells, 32 px at 512 px), so it is legible at
 both; a header wraps to its column (a long value is shortened with "...", the full value is in grid.csv).
 """
+import csv
+import io
+from pathlib import Path
+
 from PIL import Image, ImageDraw
 
 from .images import font
+from .io import write_text_atomic
+from .png import A1111_SAMPLERS, save_png
 
 MIN_FONT_PX = 12  # below this Pillow's default font stops being readable
 MAX_HEADER_LINES = 3
@@ -114,3 +121,76 @@ def _shorten(draw, text: str, face, width: int, force: bool = False) -> str:
     while text and draw.textlength(text + "...", font=face) > width:
         text = text[:-1]
     return text.rstrip() + "..."
+
+
+# --- the files -----------------------------------------------------------------------------------
+
+def write_sheets(plan, drawn: dict, expected: list) -> dict:
+    """One sheet per value of the third axis (one in all with fewer axes). Returns {cell index: sheet path}."""
+    axes = plan.axes
+    cols, rows = axes[0], axes[1] if len(axes) > 1 else None
+    pages = range(len(axes[2].values)) if len(axes) > 2 else [None]
+    first_text = dict(zip((c.index for c in plan.cells), expected))
+    where = {}
+    for z in pages:
+        page = (z,) if z is not None else ()
+        grid = [[drawn[(x, *((y,) if rows else ()), *page)][0] for x in range(len(cols.values))]
+                for y in (range(len(rows.values)) if rows else [0])]
+        first = (0, *((0,) if rows else ()), *page)
+        path = plan.output / ("grid.png" if z is None else f"grid-z{z}.png")
+        sheet = draw_sheet(grid, [_label(cols, x) for x in range(len(cols.values))],
+                           [_label(rows, y) for y in range(len(rows.values))] if rows else None,
+                           _label(axes[2], z) if z is not None else None, fixed_line(drawn[first][1], axes))
+        save_png(sheet, path, first_text[first] + ", " + _axes_fields(axes))
+        print(f"wrote {path}")
+        where.update({index: path for index in drawn if index[2:] == page})
+    return where
+
+
+def _label(axis, i: int) -> str:
+    text = axis.texts[i]
+    if axis.name in ("embedding", "init_image", "mask"):
+        text = Path(text).name  # the full path is in grid.csv
+    return f"{axis.name}: {text}"
+
+
+def _axes_fields(axes: list) -> str:
+    """AUTOMATIC1111's keys for the axes in a grid's parameters: X Type: steps, X Values: "10,20", ..."""
+    parts = []
+    for letter, axis in zip("XYZ", axes):
+        parts += [f"{letter} Type: {axis.name}", f'{letter} Values: "{_csv_row(axis.texts)}"']
+    return ", ".join(parts)
+
+
+def _csv_row(values: list) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(values)
+    return out.getvalue().replace('"', "'")  # the parameters text quotes with double quotes itself
+
+
+def fixed_line(cell, axes: list) -> str:
+    """The settings every cell shares, in one line: what the sheet states under its cells."""
+    s, varied = cell.resolved, {a.name for a in axes}
+    items = [("prompt", s.prompt if not varied & {"prompt", "prompt_sr"} else None),
+             ("negative prompt", s.negative_prompt or None if "negative_prompt" not in varied else None),
+             ("steps", s.steps), ("cfg", s.cfg), ("sampler", A1111_SAMPLERS.get(s.scheduler, s.scheduler)),
+             ("seed", s.seed), ("height", s.height), ("width", s.width), ("init image", s.init_image),
+             ("strength", s.strength), ("mask", s.mask), ("mask blur", s.mask_blur),
+             ("model", s.extra.get("Model"))]
+    keys = {"sampler": "scheduler", "negative prompt": "negative_prompt", "init image": "init_image",
+            "mask blur": "mask_blur"}
+    return ", ".join(f"{k}: {v}" for k, v in items if v is not None and keys.get(k, k) not in varied)
+
+
+def write_csv(plan, sheets: dict) -> Path:
+    """grid.csv: one row per cell in sheet order: its name, each axis's full value, its file, its sheet."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["cell", *(a.name for a in plan.axes), "file", "grid"])
+    for cell in sorted(plan.cells, key=lambda c: c.index[::-1]):
+        values = [a.texts[i] for a, i in zip(plan.axes, cell.index)]
+        writer.writerow([cell.name, *values, f"{cell.name}.png", sheets[cell.index].name])
+    path = plan.output / "grid.csv"
+    write_text_atomic(path, out.getvalue())
+    print(f"wrote {path} ({len(plan.cells)} cells)")
+    return path

@@ -26,10 +26,9 @@ from . import hashes
 from . import prompt as prompting
 from .embeddings import Embedding, check_width, read_embedding
 from .errors import UserError
-from .grid_sheet import draw_sheet
+from .grid_sheet import write_csv, write_sheets
 from .images import open_image
-from .io import write_text_atomic
-from .png import A1111_SAMPLERS, parameters_text, read_parameters, save_png
+from .png import parameters_text, read_parameters, save_png
 from .sample_settings import SampleSettings
 from .settings import flag_name, options, value_type
 
@@ -300,8 +299,8 @@ def draw_grid(sd, plan: GridPlan, progress: bool = True) -> list:
         drawn[cell.index] = (image, cell)
     if kept:
         print(f"kept {kept} of {len(plan.cells)} cells already drawn with the same parameters")
-    sheets = _write_sheets(plan, drawn, expected)
-    _write_csv(plan, sheets)
+    sheets = write_sheets(plan, drawn, expected)
+    write_csv(plan, sheets)
     return list(dict.fromkeys(sheets.values()))
 
 
@@ -316,74 +315,3 @@ def _kept_image(path: Path, expected: str):
             return im.convert("RGB")
     except OSError:  # damaged or half-written: draw it again
         return None
-
-
-def _write_sheets(plan: GridPlan, drawn: dict, expected: list) -> dict:
-    """One sheet per value of the third axis (one in all with fewer axes). Returns {cell index: sheet path}."""
-    axes = plan.axes
-    cols, rows = axes[0], axes[1] if len(axes) > 1 else None
-    pages = range(len(axes[2].values)) if len(axes) > 2 else [None]
-    first_text = dict(zip((c.index for c in plan.cells), expected))
-    where = {}
-    for z in pages:
-        page = (z,) if z is not None else ()
-        grid = [[drawn[(x, *((y,) if rows else ()), *page)][0] for x in range(len(cols.values))]
-                for y in (range(len(rows.values)) if rows else [0])]
-        first = (0, *((0,) if rows else ()), *page)
-        path = plan.output / ("grid.png" if z is None else f"grid-z{z}.png")
-        sheet = draw_sheet(grid, [_label(cols, x) for x in range(len(cols.values))],
-                           [_label(rows, y) for y in range(len(rows.values))] if rows else None,
-                           _label(axes[2], z) if z is not None else None, fixed_line(drawn[first][1], axes))
-        save_png(sheet, path, first_text[first] + ", " + _axes_fields(axes))
-        print(f"wrote {path}")
-        where.update({index: path for index in drawn if index[2:] == page})
-    return where
-
-
-def _label(axis: Axis, i: int) -> str:
-    text = axis.texts[i]
-    if axis.name in ("embedding", "init_image", "mask"):
-        text = Path(text).name  # the full path is in grid.csv
-    return f"{axis.name}: {text}"
-
-
-def _axes_fields(axes: list) -> str:
-    """AUTOMATIC1111's keys for the axes in a grid's parameters: X Type: steps, X Values: "10,20", ..."""
-    parts = []
-    for letter, axis in zip("XYZ", axes):
-        parts += [f"{letter} Type: {axis.name}", f'{letter} Values: "{_csv_row(axis.texts)}"']
-    return ", ".join(parts)
-
-
-def _csv_row(values: list) -> str:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="").writerow(values)
-    return out.getvalue().replace('"', "'")  # the parameters text quotes with double quotes itself
-
-
-def fixed_line(cell: Cell, axes: list) -> str:
-    """The settings every cell shares, in one line: what the sheet states under its cells."""
-    s, varied = cell.resolved, {a.name for a in axes}
-    items = [("prompt", s.prompt if not varied & {"prompt", "prompt_sr"} else None),
-             ("negative prompt", s.negative_prompt or None if "negative_prompt" not in varied else None),
-             ("steps", s.steps), ("cfg", s.cfg), ("sampler", A1111_SAMPLERS.get(s.scheduler, s.scheduler)),
-             ("seed", s.seed), ("height", s.height), ("width", s.width), ("init image", s.init_image),
-             ("strength", s.strength), ("mask", s.mask), ("mask blur", s.mask_blur),
-             ("model", s.extra.get("Model"))]
-    keys = {"sampler": "scheduler", "negative prompt": "negative_prompt", "init image": "init_image",
-            "mask blur": "mask_blur"}
-    return ", ".join(f"{k}: {v}" for k, v in items if v is not None and keys.get(k, k) not in varied)
-
-
-def _write_csv(plan: GridPlan, sheets: dict) -> Path:
-    """grid.csv: one row per cell in sheet order: its name, each axis's full value, its file, its sheet."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["cell", *(a.name for a in plan.axes), "file", "grid"])
-    for cell in sorted(plan.cells, key=lambda c: c.index[::-1]):
-        values = [a.texts[i] for a, i in zip(plan.axes, cell.index)]
-        writer.writerow([cell.name, *values, f"{cell.name}.png", sheets[cell.index].name])
-    path = plan.output / "grid.csv"
-    write_text_atomic(path, out.getvalue())
-    print(f"wrote {path} ({len(plan.cells)} cells)")
-    return path
