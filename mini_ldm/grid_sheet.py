@@ -16,7 +16,7 @@ from .io import write_text_atomic
 from .png import A1111_SAMPLERS, save_png
 
 MIN_FONT_PX = 12  # below this Pillow's default font stops being readable
-MAX_HEADER_LINES = 3
+MAX_HEADER_LINES = 4
 BACKGROUND, INK = "white", "black"
 
 

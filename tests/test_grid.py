@@ -194,7 +194,7 @@ def test_a_long_value_is_shortened_in_the_header_and_whole_in_the_csv_row():
     grey = Image.new("RGB", (64, 64), (128, 128, 128))
     long = "prompt: " + " ".join(["effusion"] * 30)
     sheet = draw_sheet([[grey]], [long], None, None, "x")
-    assert sheet.height < 64 + 12 * 12  # three header lines at most, not thirty
+    assert sheet.height < 64 + 12 * 12  # four header lines at most, not thirty
 
 
 @pytest.fixture(scope="module")
