@@ -35,6 +35,8 @@ from .settings import flag_name, options, value_type
 SETTING_AXES = ("prompt", "negative_prompt", "seed", "steps", "cfg", "scheduler", "height", "width", "init_image",
                 "strength", "mask", "mask_blur")
 AXES = SETTING_AXES + ("prompt_sr", "embedding")
+ALIASES = {"cfg_scale": "cfg", "sampler": "scheduler", "prompt_s/r": "prompt_sr", "denoising": "strength",
+           "denoising_strength": "strength", "embeddings": "embedding"}  # AUTOMATIC1111's names for its axes
 MAX_AXES = 3
 DEFAULT_MAX_CELLS = 400
 NOT_WITH_GRID = (("--count", "count"), ("--prompts-file", "prompts_file"), ("--interpolate", "interpolate"),
@@ -89,7 +91,8 @@ class GridPlan:
 def parse_axis(text: str) -> tuple:
     """"steps=10,20" -> ("steps", ["10", "20"]); values read as one CSV row (quotes keep commas in a value)."""
     name, sep, values = text.partition("=")
-    key = name.strip().lower().replace("-", "_")
+    key = "_".join(name.strip().lower().replace("-", " ").split())
+    key = ALIASES.get(key, key)
     if not sep or key not in AXES:
         raise UserError(f"--grid {text}: unknown axis {name.strip()!r}; write AXIS=V1,V2,... with AXIS one of "
                         f"{', '.join(AXES)}")

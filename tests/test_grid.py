@@ -15,6 +15,7 @@ from in_process import run_main
 from mini_ldm.embeddings import Embedding, write_embedding
 from mini_ldm.grid_sheet import draw_sheet, font_px
 from mini_ldm.png import parse_parameters, read_parameters
+from mini_ldm.xyz_grid import parse_axis
 
 PROMPT = "a frontal chest x-ray, <lung>, PA view"
 SIZE = ["--height", 64, "--width", 64, "--steps", 2, "--cfg", 2.5]
@@ -195,6 +196,12 @@ def test_a_long_value_is_shortened_in_the_header_and_whole_in_the_csv_row():
     long = "prompt: " + " ".join(["effusion"] * 30)
     sheet = draw_sheet([[grey]], [long], None, None, "x")
     assert sheet.height < 64 + 12 * 12  # four header lines at most, not thirty
+
+
+def test_axis_values_are_a_csv_row_and_axis_names_take_automatic1111s_spelling():
+    assert parse_axis('prompt_sr=PA view, "lateral, standing",AP') == ("prompt_sr", ["PA view", "lateral, standing", "AP"])
+    assert parse_axis("CFG Scale=1,2")[0] == "cfg" and parse_axis("Sampler=euler")[0] == "scheduler"
+    assert parse_axis("negative-prompt=,blurry") == ("negative_prompt", ["", "blurry"])
 
 
 @pytest.fixture(scope="module")
