@@ -1,6 +1,6 @@
 """A settings grid's files (xyz_grid.py plans and draws the cells): the sheets, cells in rows and columns with
-the axis values as column and row headers, an optional title (the third axis's value) and the settings every
-cell shares in one line under it; and grid.csv, one row per cell with each axis's full value.
+the axis values as column and row headers, a title saying which axis runs where (and the third axis's value),
+and the settings every cell shares in one line under it; and grid.csv, one row per cell with each axis's full value.
 
 The text is Pillow's own font scaled to the cells (12 px at 64 px cells, 32 px at 512 px), so it is legible at
 both; a header wraps to its column (a long value is shortened with "...", the full value is in grid.csv).
@@ -39,14 +39,16 @@ def draw_sheet(images: list, col_labels: list, row_labels: list | None, title: s
         widest = max(measure.textlength(text, font=face) for text in row_labels)
         left_w = int(min(widest, max(min(col_w), 10 * size))) + 2 * pad
         row_lines = [_wrap(measure, text, face, left_w - 2 * pad) for text in row_labels]
-    title_h = line_h + 2 * pad if title else 0
     width = left_w + sum(col_w)
-    footer_lines = _wrap(measure, footer, face, width - 2 * pad, max_lines=None)  # a narrow grid: wrapped, all said
+    # title and footer wrap as far as needed: a narrow grid still says all of it
+    title_lines = _wrap(measure, title, face, width - 2 * pad, max_lines=None) if title else []
+    title_h = len(title_lines) * line_h + 2 * pad if title else 0
+    footer_lines = _wrap(measure, footer, face, width - 2 * pad, max_lines=None)
     height = title_h + header_h + sum(row_h) + len(footer_lines) * line_h + 2 * pad
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     if title:
-        _text_block(draw, [_shorten(draw, title, face, width - 2 * pad)], face, (0, 0, width, title_h), line_h)
+        _text_block(draw, title_lines, face, (0, 0, width, title_h), line_h)
     top = title_h + header_h
     x = left_w
     for c, w in enumerate(col_w):
@@ -95,6 +97,8 @@ def _wrap(draw, text: str, face, width: int, max_lines: int | None = MAX_HEADER_
             lines.append(line)
         while draw.textlength(word, font=face) > width and len(word) > 1:
             cut = _fit(draw, word, face, width)
+            at = max(word.rfind(mark, 0, cut) for mark in "-/_.")  # rather after a separator than mid-name
+            cut = at + 1 if at > 0 else cut
             lines.append(word[:cut])
             word = word[cut:]
         line = word
@@ -138,20 +142,39 @@ def write_sheets(plan, drawn: dict, expected: list) -> dict:
                 for y in (range(len(rows.values)) if rows else [0])]
         first = (0, *((0,) if rows else ()), *page)
         path = plan.output / ("grid.png" if z is None else f"grid-z{z}.png")
-        sheet = draw_sheet(grid, [_label(cols, x) for x in range(len(cols.values))],
-                           [_label(rows, y) for y in range(len(rows.values))] if rows else None,
-                           _label(axes[2], z) if z is not None else None, fixed_line(drawn[first][1], axes))
+        sheet = draw_sheet(grid, shown_values(cols), shown_values(rows) if rows else None, _title(axes, z),
+                           fixed_line(drawn[first][1], axes))
         save_png(sheet, path, first_text[first] + ", " + _axes_fields(axes))
         print(f"wrote {path}")
         where.update({index: path for index in drawn if index[2:] == page})
     return where
 
 
-def _label(axis, i: int) -> str:
-    text = axis.texts[i]
-    if axis.name in ("embedding", "init_image", "mask"):
-        text = Path(text).name  # the full path is in grid.csv
-    return f"{axis.name}: {text}"
+def _title(axes: list, z: int | None) -> str:
+    """Which axis runs where (the headers show values only, to fit small cells), and the sheet's third-axis value."""
+    parts = [f"columns: {axes[0].name}"] + ([f"rows: {axes[1].name}"] if len(axes) > 1 else [])
+    if z is not None:
+        parts.append(f"{axes[2].name}: {shown_values(axes[2])[z]}")
+    return ", ".join(parts)
+
+
+def shown_values(axis) -> list:
+    """The axis's values as headers show them: files by the shortest part of their path that tells them apart
+    (their folder's name when every file has one name, as embeddings trained with other settings do); the full
+    values are in grid.csv."""
+    if axis.name not in ("embedding", "init_image", "mask"):
+        return list(axis.texts)
+    paths = [Path(text) for text in axis.texts]
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    if len(set(stems)) == 1 and len({p.parent.name for p in paths}) == len(paths):
+        return [p.parent.name for p in paths]
+    for k in range(2, max(len(p.parts) for p in paths) + 1):
+        tails = [Path(*p.with_suffix("").parts[-k:]).as_posix() for p in paths]
+        if len(set(tails)) == len(tails):
+            return tails
+    return [p.as_posix() for p in paths]  # the same file twice
 
 
 def _axes_fields(axes: list) -> str:

@@ -30,7 +30,7 @@ from .grid_sheet import write_csv, write_sheets
 from .images import open_image
 from .png import parameters_text, read_parameters, save_png
 from .sample_settings import SampleSettings
-from .settings import flag_name, options, value_type
+from .settings import check_positive, flag_name, options, value_type
 
 SETTING_AXES = ("prompt", "negative_prompt", "seed", "steps", "cfg", "scheduler", "height", "width", "init_image",
                 "strength", "mask", "mask_blur")
@@ -155,13 +155,15 @@ def read_axes(texts: list, max_cells: int) -> list:
 def plan_grid(args, base: dict) -> GridPlan:
     """Every cell's settings, checked before a model is loaded. `base`: SampleSettings' fields from the flags."""
     check_flags(args)
-    axes = read_axes(args.grid, DEFAULT_MAX_CELLS if args.max_cells is None else args.max_cells)
+    max_cells = DEFAULT_MAX_CELLS if args.max_cells is None else args.max_cells
+    check_positive("--max-cells", max_cells)
+    axes = read_axes(args.grid, max_cells)
     names = [a.name for a in axes]
     if not base.get("prompt") and "prompt" not in names:
         raise UserError("--prompt is required with --grid (or make prompt an axis: --grid prompt=A,B)")
     base = dict(base, n=1)
     _fix_seeds(base, axes)
-    _check_files(axes)
+    _check_files(axes, base)
     cells = [_cell(base, axes, index) for index in itertools.product(*(range(len(a.values)) for a in axes))]
     if "embedding" in names:  # each file's vectors serve one run of cells
         cells.sort(key=lambda c: c.index[names.index("embedding")])
@@ -183,8 +185,12 @@ def _fix_seeds(base: dict, axes: list) -> None:
             seed_axis.texts[i] = str(seed_axis.values[i])
 
 
-def _check_files(axes: list) -> None:
-    """Images and embedding files on axes: read now (the same messages as their flags), embeddings kept."""
+def _check_files(axes: list, base: dict) -> None:
+    """Images (on axes or flags) and embedding files on axes: read now, with the same messages as their flags
+    give after the model loads; the embeddings are kept."""
+    for name, mode in _IMAGE_MODES.items():
+        if base.get(name) is not None and name not in [a.name for a in axes]:
+            open_image(base[name], flag_name(_FIELDS[name]), mode)
     for axis in axes:
         if axis.name in _IMAGE_MODES:
             for path in axis.values:

@@ -13,9 +13,9 @@ from PIL import Image
 import sample
 from in_process import run_main
 from mini_ldm.embeddings import Embedding, write_embedding
-from mini_ldm.grid_sheet import draw_sheet, font_px
+from mini_ldm.grid_sheet import draw_sheet, font_px, shown_values
 from mini_ldm.png import parse_parameters, read_parameters
-from mini_ldm.xyz_grid import parse_axis
+from mini_ldm.xyz_grid import Axis, parse_axis
 
 PROMPT = "a frontal chest x-ray, <lung>, PA view"
 SIZE = ["--height", 64, "--width", 64, "--steps", 2, "--cfg", 2.5]
@@ -204,6 +204,16 @@ def test_axis_values_are_a_csv_row_and_axis_names_take_automatic1111s_spelling()
     assert parse_axis("negative-prompt=,blurry") == ("negative_prompt", ["", "blurry"])
 
 
+def test_files_are_shown_by_what_tells_them_apart():
+    def shown(*texts):
+        return shown_values(Axis("embedding", list(texts), []))
+
+    assert shown("runs/vectors-1/e.safetensors", "runs/vectors-8/e.safetensors") == ["vectors-1", "vectors-8"]
+    assert shown("m/left.png", "m/right.png") == ["left", "right"]
+    assert shown("a/x/m.png", "b/x/m.png") == ["a/x/m", "b/x/m"]
+    assert shown_values(Axis("steps", ["10", "20"], [10, 20])) == ["10", "20"]
+
+
 @pytest.fixture(scope="module")
 def missing_model(tmp_path_factory):
     """A --model that does not exist: an error about the grid, not about the model, shows it came first."""
@@ -230,6 +240,9 @@ BAD = {  # name -> (grid flags and others, what the one error line must say)
     "phrase_not_in_prompt": (["--grid", "prompt_sr=lateral,PA"], ["'lateral' is not in the prompt"]),
     "missing_mask": (["--init-image", "INIT", "--grid", "mask=nowhere.png"], ["--mask nowhere.png: no such file"]),
     "missing_embedding": (["--grid", "embedding=nowhere.safetensors"], ["nowhere.safetensors: no such file"]),
+    "max_cells_zero": (["--grid", "steps=1,2", "--max-cells", "0"], ["--max-cells 0: must be at least 1"]),
+    "missing_init_flag": (["--init-image", "nowhere.png", "--grid", "strength=0.5,0.7"],
+                          ["--init-image nowhere.png: no such file"]),
     "max_cells_alone": (["--max-cells", "3"], ["--max-cells: only used with --grid"]),
     "output_png": (["--grid", "steps=1,2", "--output", "x.png"], ["--output x.png: with --grid give a folder"]),
     "n_images": (["--grid", "steps=1,2", "--n", "2"], ["--n: a grid draws one image per cell"]),
