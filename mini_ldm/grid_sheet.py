@@ -138,7 +138,7 @@ def write_sheets(plan, drawn: dict, expected: list) -> dict:
     where = {}
     for z in pages:
         page = (z,) if z is not None else ()
-        grid = [[drawn[(x, *((y,) if rows else ()), *page)][0] for x in range(len(cols.values))]
+        grid = [[_read(drawn[(x, *((y,) if rows else ()), *page)][0]) for x in range(len(cols.values))]
                 for y in (range(len(rows.values)) if rows else [0])]
         first = (0, *((0,) if rows else ()), *page)
         path = plan.output / ("grid.png" if z is None else f"grid-z{z}.png")
@@ -148,6 +148,11 @@ def write_sheets(plan, drawn: dict, expected: list) -> dict:
         print(f"wrote {path}")
         where.update({index: path for index in drawn if index[2:] == page})
     return where
+
+
+def _read(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
 
 
 def _title(axes: list, z: int | None) -> str:

@@ -28,7 +28,7 @@ from .embeddings import Embedding, check_width, read_embedding
 from .errors import UserError
 from .grid_sheet import write_csv, write_sheets
 from .images import open_image
-from .png import parameters_text, read_parameters, save_png
+from .png import parameters_text, save_png
 from .sample_settings import SampleSettings
 from .settings import check_positive, flag_name, options, value_type
 
@@ -295,17 +295,15 @@ def draw_grid(sd, plan: GridPlan, progress: bool = True) -> list:
     Returns the sheets' paths."""
     expected = bind(sd, plan)
     plan.output.mkdir(parents=True, exist_ok=True)
-    drawn, kept = {}, 0
+    drawn, kept = {}, 0  # cell index -> (its PNG, the cell); the sheets read the PNGs back, one sheet at a time
     for cell, text in zip(tqdm(plan.cells, desc="grid cells", disable=not progress), expected):
         path = plan.output / f"{cell.name}.png"
-        image = _kept_image(path, text)
-        if image is None:
-            images, used = sd.sample(settings=cell.settings, learned=cell.learned, progress=False)
-            image = images[0]
-            save_png(image, path, parameters_text(used))
-        else:
+        if _already_drawn(path, text):
             kept += 1
-        drawn[cell.index] = (image, cell)
+        else:
+            images, used = sd.sample(settings=cell.settings, learned=cell.learned, progress=False)
+            save_png(images[0], path, parameters_text(used))
+        drawn[cell.index] = (path, cell)
     if kept:
         print(f"kept {kept} of {len(plan.cells)} cells already drawn with the same parameters")
     sheets = write_sheets(plan, drawn, expected)
@@ -313,14 +311,13 @@ def draw_grid(sd, plan: GridPlan, progress: bool = True) -> list:
     return list(dict.fromkeys(sheets.values()))
 
 
-def _kept_image(path: Path, expected: str):
-    """The cell's image when its PNG exists, decodes and carries exactly the expected parameters."""
+def _already_drawn(path: Path, expected: str) -> bool:
+    """Whether the cell's PNG exists, decodes whole and carries exactly the expected parameters."""
     if not path.is_file():
-        return None
+        return False
     try:
-        if read_parameters(path) != expected:
-            return None
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError:  # damaged or half-written: draw it again
-        return None
+            im.load()  # a truncated file fails here
+            return im.info.get("parameters") == expected
+    except OSError:  # damaged: draw it again
+        return False
