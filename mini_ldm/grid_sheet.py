@@ -199,15 +199,17 @@ def _csv_row(values: list) -> str:
 def fixed_line(cell, axes: list) -> str:
     """The settings every cell shares, in one line: what the sheet states under its cells."""
     s, varied = cell.resolved, {a.name for a in axes}
-    items = [("prompt", s.prompt if not varied & {"prompt", "prompt_sr"} else None),
-             ("negative prompt", s.negative_prompt or None if "negative_prompt" not in varied else None),
-             ("steps", s.steps), ("cfg", s.cfg), ("sampler", A1111_SAMPLERS.get(s.scheduler, s.scheduler)),
-             ("seed", s.seed), ("height", s.height), ("width", s.width), ("init image", s.init_image),
-             ("strength", s.strength), ("mask", s.mask), ("mask blur", s.mask_blur),
-             ("model", s.extra.get("Model"))]
-    keys = {"sampler": "scheduler", "negative prompt": "negative_prompt", "init image": "init_image",
-            "mask blur": "mask_blur"}
-    return ", ".join(f"{k}: {v}" for k, v in items if v is not None and keys.get(k, k) not in varied)
+    varied |= {"prompt"} if "prompt_sr" in varied else set()
+    size = [("size", "", f"{s.width}x{s.height}")] if not varied & {"height", "width"} else [
+        ("height", "height", s.height), ("width", "width", s.width)]
+    items = [("prompt", "prompt", s.prompt), ("negative prompt", "negative_prompt", s.negative_prompt or None),
+             ("steps", "steps", s.steps), ("cfg", "cfg", s.cfg),
+             ("sampler", "scheduler", A1111_SAMPLERS.get(s.scheduler, s.scheduler)), ("seed", "seed", s.seed),
+             *size, ("init image", "init_image", s.init_image),
+             ("strength", "strength", s.denoising_strength if s.init_image is not None else None),
+             ("mask", "mask", s.mask), ("mask blur", "mask_blur", s.feather_px if s.mask is not None else None),
+             ("model", "", s.extra.get("Model"))]
+    return ", ".join(f"{label}: {value}" for label, axis, value in items if value is not None and axis not in varied)
 
 
 def write_csv(plan, sheets: dict) -> Path:

@@ -50,8 +50,9 @@ def add_flags(parser) -> None:
     parser.add_argument("--grid", action="append", metavar="AXIS=V1,V2,...", default=None,
                         help="a settings grid (AUTOMATIC1111's X/Y/Z plot), given 1-3 times: columns, rows, then one "
                              f"grid image per value of the third. Axes: {', '.join(AXES)}. Values are comma-separated "
-                             "with CSV quoting (prompt=\"a, b\",c); prompt_sr: the first value is a phrase of --prompt, "
-                             "each value replaces it; embedding: files drawn in turn for the prompt's learned token. "
+                             "with CSV quoting (prompt=\"a, b\",c); prompt_sr: the first value is a phrase of "
+                             "--prompt, each value replaces it; embedding: files drawn in turn for the prompt's "
+                             "learned token. "
                              "One seed for every cell unless seed is an axis. --output is then a folder: grid.png "
                              "(grid-z0.png ... with 3 axes), grid.csv and one PNG per cell; a rerun keeps cells "
                              "already drawn with the same parameters (see docs/figures.md)")

@@ -199,7 +199,8 @@ def test_a_long_value_is_shortened_in_the_header_and_whole_in_the_csv_row():
 
 
 def test_axis_values_are_a_csv_row_and_axis_names_take_automatic1111s_spelling():
-    assert parse_axis('prompt_sr=PA view, "lateral, standing",AP') == ("prompt_sr", ["PA view", "lateral, standing", "AP"])
+    values = ["PA view", "lateral, standing", "AP"]
+    assert parse_axis('prompt_sr=PA view, "lateral, standing",AP') == ("prompt_sr", values)
     assert parse_axis("CFG Scale=1,2")[0] == "cfg" and parse_axis("Sampler=euler")[0] == "scheduler"
     assert parse_axis("negative-prompt=,blurry") == ("negative_prompt", ["", "blurry"])
 
