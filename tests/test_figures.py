@@ -61,6 +61,7 @@ def test_cases_are_the_first_n_images(tmp_path):
 
 
 @pytest.mark.skipif(os.environ.get("MINI_LDM_FIGURES") != "1", reason="set MINI_LDM_FIGURES=1: runs the whole page")
+@pytest.mark.timeout(1800)  # 14 commands: 5-10 minutes on two busy cores, over the suite's 300 s per test
 def test_the_page_draws_every_figure(tmp_path):
     figures.main(["--folder", str(tmp_path), "--pictures", str(tmp_path / "pictures")])
     for name, cells in (("figure3", 9), ("figure4", 8), ("figure5-settings", 12), ("figure5-vectors", 6),
