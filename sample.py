@@ -7,6 +7,7 @@
     python sample.py --interpolate "a healthy chest x-ray" "<effusion>" --alphas 0,0.5,1 --seed 1
     python sample.py --prompt "<effusion>" --init-image xray.png --mask lung.png --strength 0.8
     python sample.py --prompt "<effusion>" --count 1000 --seed 1 --output effusion/              # a dataset
+    python sample.py --prompt "<effusion>" --grid steps=10,20,40 --grid cfg=1,2,3 --seed 1 --output grid/  # X/Y plot
     torchrun --nproc-per-node 2 sample.py --prompts-file prompts.csv --seed 1 --output prostate/  # 2 GPUs
 """
 import argparse
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 import mini_ldm
-from mini_ldm import cli, demo
+from mini_ldm import cli, demo, xyz_grid
 from mini_ldm.dataset import ranks
 from mini_ldm.dataset.job import DatasetOptions, dataset_request, run_dataset
 from mini_ldm.errors import UserError
@@ -25,7 +26,7 @@ from mini_ldm.loading import ModelSettings
 from mini_ldm.pipeline import INTERPOLATE_MODES
 from mini_ldm.png import parameters_text, save_png
 from mini_ldm.sample_settings import SampleSettings
-from mini_ldm.settings import add_flags, from_flags
+from mini_ldm.settings import add_flags, from_flags, options
 from mini_ldm.embeddings import check_width, load_embeddings
 
 DEFAULT_EMBEDDINGS = Path("embeddings")
@@ -50,6 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--interpolate-mode", default=None, choices=INTERPOLATE_MODES,
                    help="prompt: draw \"A:1-a AND B:a\" (the paper's way, default); vectors: blend two learned "
                         "tokens' vectors (same vector count needed) inside --prompt, or alone")
+    xyz_grid.add_flags(p)
     p.add_argument("--embeddings", type=Path, nargs="+", default=None,
                    help="Textual Inversion files or folders (ours, diffusers, AUTOMATIC1111 .pt, kohya); each token "
                         "is used where it stands as a word in the prompt (default: the embeddings/ folder if present; "
@@ -186,6 +188,15 @@ def make_dataset(args, settings):
         raise KeyboardInterrupt
 
 
+def make_grid(args):
+    """--grid: a settings grid (mini_ldm/xyz_grid.py); every cell is checked before the model loads."""
+    plan = xyz_grid.plan_grid(args, {f.name: getattr(args, f.name) for f in options(SampleSettings)})
+    cli.check_writable(args.output, "--output", is_file=False)
+    sd = load_model(args)
+    register_embeddings(sd, args.embeddings, use_default_folder=not args.no_embeddings)
+    xyz_grid.draw_grid(sd, plan)
+
+
 def refuse_unused_flags(args):
     """A flag that would be silently ignored is an error: the user meant something by it."""
     dataset = args.count is not None or args.prompts_file is not None
@@ -201,6 +212,8 @@ def main(argv=None):
     if args.demo:
         demo_defaults(args)
     refuse_unused_flags(args)
+    if args.grid is not None or args.max_cells is not None:
+        return make_grid(args)
     if args.count is not None or args.prompts_file is not None:
         return make_dataset(args, from_flags(SampleSettings, args))
     for flag, value in (("--batch", args.batch), ("--overwrite", args.overwrite or None)):

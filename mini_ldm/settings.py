@@ -46,7 +46,7 @@ def shown_default(f) -> str:
     return "none" if f.default in (None, "") else str(f.default)
 
 
-def _value_type(f):
+def value_type(f):
     """What argparse converts a flag's text to, read off the field's annotation (`int | None` -> int)."""
     kinds = [f.type] if isinstance(f.type, type) else list(typing.get_args(f.type))
     return next((kind for kind in kinds if kind in (bool, int, float, Path)), str)
@@ -57,7 +57,7 @@ def add_flags(parser: argparse.ArgumentParser, cls, skip: tuple = ()) -> None:
     for f in options(cls):
         if f.name in skip:
             continue
-        meta, kind = f.metadata["option"], _value_type(f)
+        meta, kind = f.metadata["option"], value_type(f)
         names = [flag_name(f), *meta["aliases"]]
         shown = shown_default(f)
         text = f"{meta['help']} {shown}" if shown.startswith("(") else f"{meta['help']} (default: {shown})"
