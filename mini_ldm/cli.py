@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .io import first_line
-from .settings import parse_given
+from .settings import parse
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = REPO / "weights"
@@ -63,9 +63,9 @@ def check_writable(path: Path, flag: str, is_file: bool) -> None:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """`parser.parse_args(argv)` as every CLI parses (`settings.parse_given`: --threads, one-line flag errors,
-    text that is not UTF-8 refused before any work), so none has to remember them."""
-    return parse_given(parser, argv)[0]
+    """`parser.parse_args(argv)` as every CLI parses (`settings.parse`: --threads, one-line flag errors, text
+    that is not UTF-8 refused before any work), so none has to remember them."""
+    return parse(parser, argv)
 
 
 OUT_OF_MEMORY = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")

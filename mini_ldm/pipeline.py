@@ -336,11 +336,13 @@ class StableDiffusion:
         by_key = {prompting.match_key(name): name for name in self.learned}
         return by_key.get(prompting.match_key(text.strip()))
 
-    def check_learned_words(self, text: str, where: str) -> None:
-        """A word in angle brackets ("<effusion>") is meant as a learned token: refuse one that is not loaded,
-        naming `where` it was written and the tokens that are (drawing it as plain text is never what was meant)."""
+    def check_learned_words(self, text: str, where: str, learned: dict | None = None) -> None:
+        """A word in angle brackets ("<effusion>") is meant as a learned token: refuse one that is not loaded
+        (in `learned`, default the registered ones), naming `where` it was written and the tokens that are
+        (drawing it as plain text is never what was meant)."""
+        known = {prompting.match_key(name) for name in (self.learned if learned is None else learned)}
         for word in re.findall(r"<[^<>\s]+>", text):
-            if self._find_learned(word) is None:
+            if prompting.match_key(word) not in known:
                 raise UserError(f"{where}: {word} is not a learned token; {self._known_tokens()}")
 
     def _known_tokens(self) -> str:

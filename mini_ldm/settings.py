@@ -83,16 +83,22 @@ def from_flags(cls, args: argparse.Namespace, **more):
 _NOT_GIVEN = object()
 
 
-def parse_given(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespace, frozenset]:
-    """Parse argv the way every CLI does (`prepare_parser`: --threads, one-line flag errors; text that is not
-    UTF-8 refused; the thread count applied); also the names (dests) of the flags the user typed, their value
-    the default or not, so a mode such as --demo can fill in only what was left out. argparse sets a default
-    only where the namespace has no value yet, so a second parse into a namespace pre-filled with a marker
-    leaves the marker exactly on the flags not typed."""
+def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse argv the way every CLI does (cli.parse_args and parse_given both come here): `prepare_parser`'s
+    --threads and one-line flag errors, text that is not UTF-8 refused before any work, the thread count applied."""
     prepare_parser(parser)
     args = parser.parse_args(argv)
     check_utf8_args(parser, args)
     use_threads(args.threads)
+    return args
+
+
+def parse_given(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespace, frozenset]:
+    """`parse`, and the names (dests) of the flags the user typed, their value the default or not, so a mode
+    such as --demo can fill in only what was left out. argparse sets a default only where the namespace has no
+    value yet, so a second parse into a namespace pre-filled with a marker leaves the marker exactly on the
+    flags not typed."""
+    args = parse(parser, argv)
     probe = parser.parse_args(argv, namespace=argparse.Namespace(**{name: _NOT_GIVEN for name in vars(args)}))
     return args, frozenset(name for name, value in vars(probe).items() if value is not _NOT_GIVEN)
 

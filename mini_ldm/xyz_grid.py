@@ -254,6 +254,8 @@ def bind(sd, plan: GridPlan) -> list:
             token = _token_for(cell.settings.prompt, emb, sd.learned, plan)
             cell.learned[token] = emb.vectors.float().cpu()
             extra["Embedding"] = str(path) if token == emb.token else f"{path} as {token}"
+        for flag, text in (("--prompt", cell.settings.prompt), ("--negative-prompt", cell.settings.negative_prompt)):
+            sd.check_learned_words(text, f"--grid cell {cell.name}: {flag}", cell.learned)
         extra["Model hash"] = model_hash
         extra.update(_input_hashes(cell))
         cell.settings = replace(cell.settings, extra={**cell.settings.extra, **extra})

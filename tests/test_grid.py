@@ -270,3 +270,14 @@ def test_help_documents_the_grid_flags():
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
     assert "--grid AXIS=V1,V2,..." in text and "--max-cells N" in text and "prompt_sr" in text
+
+
+def test_an_unknown_learned_token_in_a_cell_is_refused_before_any_cell_is_drawn(sd1_single, files, tmp_path):
+    """A cell's prompt holding a word in angle brackets that no loaded file or embedding axis defines is refused
+    in one line naming the cell, as a single --prompt is (issue 24 A.3), and nothing is drawn."""
+    out = tmp_path / "grid"
+    r = sample_main("--model", sd1_single, "--no-embeddings", "--prompt", "an x-ray", "--steps", "1", "--height", "32",
+                    "--width", "32", "--grid", "prompt=an x-ray,<nowhere> x-ray", "--output", out)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--grid cell x1" in r.stderr and "<nowhere> is not a learned token" in r.stderr, r.stderr
+    assert not list(out.glob("*.png")) if out.exists() else True
