@@ -161,7 +161,7 @@ def main(argv=None):
         tokens = ", ".join(c.token for c in concepts)
         print(f"token{'s' if len(concepts) > 1 else ''} {tokens}, {settings.vectors} vectors, {settings.steps} "
               f"steps -> {settings.output}")
-        trainer = Trainer(sd, templates, settings, concepts)
+        trainer = Trainer(sd, templates, settings, concepts, vae=args.vae)
         if resume_from is not None:
             trainer.resume(resume_from)
             print(f"resuming {resume_from} at step {trainer.step}")
