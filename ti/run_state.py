@@ -262,13 +262,11 @@ def _saved_vectors(t, path: Path, c, base: Path, saved: dict, step: int) -> torc
 
 def _restore_concept(t, i: int, vectors: torch.Tensor, saved: dict):
     c, p = t.concepts[i], t.params[i]
-
-    def key(what):
-        return _key(t.settings, c, what)
+    mine = {what: saved.get(_key(t.settings, c, what)) for what in ("exp_avg", "exp_avg_sq", "adam_step", "best")}
     with torch.no_grad():
         p.copy_(vectors.to(p.device))
-    if key("exp_avg") in saved:
-        t.optimizer.state[p] = {"step": saved[key("adam_step")].clone(), "exp_avg": saved[key("exp_avg")].to(p.device),
-                                "exp_avg_sq": saved[key("exp_avg_sq")].to(p.device)}
-    if key("best") in saved:
-        t.best[c.token] = saved[key("best")].clone()
+    if mine["exp_avg"] is not None:
+        t.optimizer.state[p] = {"step": mine["adam_step"].clone(), "exp_avg": mine["exp_avg"].to(p.device),
+                                "exp_avg_sq": mine["exp_avg_sq"].to(p.device)}
+    if mine["best"] is not None:
+        t.best[c.token] = mine["best"].clone()

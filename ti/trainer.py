@@ -11,8 +11,8 @@ All randomness comes from one CPU torch.Generator, drawn concept by concept in a
 exactly the order of the single-token trainer), and its state is saved with the vectors and the optimiser: an
 interrupted run, resumed, ends exactly where an uninterrupted one would. A validation loss on held-out images
 (validation.py) and early stopping (early_stop.py) are part of that state. The settings are a TrainSettings
-(train_settings.py); the files beside the embedding are named in run_files.py; the trainer saves and resumes
-itself, in the resume-state format of run_state.py.
+(train_settings.py); the files beside the embedding are named in run_files.py; saving and resuming (the state
+file, and the checks that a resume continues the same run on the same model) are run_state.py's.
 """
 import csv
 import math
@@ -70,7 +70,7 @@ class Trainer:
 
     `concepts` (concepts.py) lists the tokens with their latent caches (a plain run: one). settings.output is
     the embedding file (with settings.concepts: the run's folder); the run's other files are named in
-    run_files.py. The trainer saves and resumes itself (`save`, `resume`); run_state.py holds the file format.
+    run_files.py. `save` and `resume` are run_state.py's `save_run` and `resume_run`.
     """
 
     def __init__(self, sd, templates: list, settings: TrainSettings, concepts: list, log=print, vae=None):
