@@ -56,6 +56,8 @@ class DatasetReport:
                 f"{self.images_per_s:.2f} images/s")
 
 
+# --- the processes: rank 0 decides, the others follow ------------------------------------------------------
+
 def _on_rank0(group: Group, work):
     """work() on rank 0; its result, or its error as a UserError, on every rank (the others wait for it)."""
     result, error = None, None
@@ -87,15 +89,14 @@ def _checked_scan(group: Group, job: Job) -> tuple:
 
 def generate_dataset(sd, output, settings: SampleSettings | None = None, *, count: int | None = None,
                      prompts_file=None, batch: int | None = None, overwrite: bool = False,
-                     progress: bool = True, log=print,
-                     **options) -> DatasetReport:
+                     progress: bool = True, log=print, **options) -> DatasetReport:
     """Draw a dataset into the folder `output`: `count` images of one prompt (`output/00000.png`, ...), or the
     rows of a prompts CSV (`output/<folder>/00000.png`, ...), plus `output/metadata.csv`. Image i uses seed
     settings.seed + i (a random base, printed and recorded, when the seed is None; an earlier run's base when
     the folder holds one). Running it again resumes: complete images are kept, the rest drawn.
 
     settings: the SampleSettings (or their fields as keywords) for every image; rows of a prompts file override
-        the prompt, negative prompt, cfg, steps and scheduler. batch: images per UNet call (see `draw`).
+        the prompt, negative prompt, cfg, steps and scheduler. batch: images per UNet call (see drawing.draw).
     The manifest names each learned token by the hash of the file it was loaded from (sd.embeddings), else
     of its vectors.
     Under torchrun each process draws its share. Ctrl-C stops after the current batch: the report then says
