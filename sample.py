@@ -19,7 +19,8 @@ from pathlib import Path
 import mini_ldm
 from mini_ldm import cli, demo, xyz_grid
 from mini_ldm.dataset import ranks
-from mini_ldm.dataset.job import DatasetOptions, dataset_request, run_dataset
+from mini_ldm.dataset.job import run_dataset
+from mini_ldm.dataset.request import DatasetOptions, dataset_request
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
 from mini_ldm.loading import ModelSettings
@@ -113,7 +114,7 @@ def register_embeddings(sd, paths, use_default_folder: bool = True):
         if is_ordinary_word(sd.tokenizer, token):
             warn(f"warning: {emb.source}: its token {token!r} is an ordinary word, so every prompt with "
                  f"'{token}' uses these vectors; rename the file (e.g. <{token}>{emb.source.suffix}) to avoid it")
-        sd.add_learned_token(token, emb.vectors)
+        sd.add_embedding(emb)
     if found:
         where = "" if explicit else f" from the default folder {DEFAULT_EMBEDDINGS}/ (--no-embeddings skips it)"
         print(f"learned tokens{where}: " + ", ".join(f"{t} ({e.num_vectors} vectors, {e.source})" for t, e in found.items()))
@@ -182,8 +183,8 @@ def make_dataset(args, settings):
                               options.overwrite)  # bad input fails before the model loads
     args.device = ranks.local_device(args.device or mini_ldm.loading.default_device())
     sd = load_model(args)
-    found = register_embeddings(sd, args.embeddings, use_default_folder=not args.no_embeddings)
-    report = run_dataset(sd, request, embedding_files={token: emb.source for token, emb in found.items()})
+    register_embeddings(sd, args.embeddings, use_default_folder=not args.no_embeddings)
+    report = run_dataset(sd, request)
     if report.interrupted:
         raise KeyboardInterrupt
 

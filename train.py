@@ -109,6 +109,19 @@ def check_output(args, settings: TrainSettings, concepts: list) -> Path | None:
     return resume_from
 
 
+def check_compiler(device: str):
+    """--compile on a CPU: inductor writes C++ and builds it with the machine's C++ compiler; without one the
+    first step would end in a traceback, after the model loaded and the latents were encoded."""
+    if torch.device(device).type != "cpu":
+        return
+    from torch._inductor import cpp_builder, exc
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise UserError("--compile: on a CPU, torch.compile builds C++ code and finds no C++ compiler (g++); "
+                        "install one (e.g. apt install g++) or leave out --compile") from None
+
+
 def load_model(args, settings: TrainSettings, device: str):
     model_path = demo.demo_model_file() if args.demo else args.model or cli.find_default_model()
     sd = mini_ldm.load(model_path, device=device, dtype=settings.dtype, prediction=args.prediction, vae=args.vae)
@@ -151,6 +164,8 @@ def main(argv=None):
     mini_ldm.loading.check_device(device)
     settings = resolve_settings(args)
     settings.dtype = settings.dtype or mini_ldm.loading.default_autocast_dtype(device)
+    if settings.compile:
+        check_compiler(device)
     templates = load_templates(settings.template)
     concepts = concept_plan.plan(settings)
     resume_from = check_output(args, settings, concepts)
@@ -161,7 +176,7 @@ def main(argv=None):
         tokens = ", ".join(c.token for c in concepts)
         print(f"token{'s' if len(concepts) > 1 else ''} {tokens}, {settings.vectors} vectors, {settings.steps} "
               f"steps -> {settings.output}")
-        trainer = Trainer(sd, templates, settings, concepts)
+        trainer = Trainer(sd, templates, settings, concepts, vae=args.vae)
         if resume_from is not None:
             trainer.resume(resume_from)
             print(f"resuming {resume_from} at step {trainer.step}")

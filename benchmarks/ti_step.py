@@ -243,7 +243,7 @@ class OursTI:
 
         sd.unet.forward = unet
         try:
-            loss = tr._batch_loss()
+            loss = tr._batch_loss().sum()  # the per-concept losses, summed as train_step does
         finally:
             del sd.unet.forward
         tr.scaler.scale(loss).backward()

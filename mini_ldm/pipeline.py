@@ -51,6 +51,7 @@ class StableDiffusion:
         self.model_name = checkpoint.path.stem
         self.device, self.dtype = torch.device(device), dtype
         self.learned = {}  # token -> float32 [n, width]: Textual Inversion vectors usable in prompts
+        self.embeddings = {}  # token -> the loaded Embedding its vectors came from (.source: the file)
         self.alphas_cumprod = samplers.alphas_cumprod_from_config(checkpoint.scheduler_config)
 
     @property
@@ -81,6 +82,13 @@ class StableDiffusion:
             raise UserError(f"learned token {token}: vectors of shape {tuple(vectors.shape)} do not fit the "
                             f"{self.family} model, which expects [n, {' + '.join(map(str, self.widths))}]")
         self.learned[token] = vectors.float().cpu()
+        self.embeddings.pop(token, None)  # vectors given directly: no file names them
+
+    def add_embedding(self, embedding):
+        """A loaded embedding (embeddings.Embedding): its token usable in prompts, and the embedding kept, so
+        that what records an image's making (a dataset's manifest) can name the file it came from."""
+        self.add_learned_token(embedding.token, embedding.vectors)
+        self.embeddings[embedding.token] = embedding
 
     # --- conditioning --------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import sample
 from in_process import run_main
 from mini_ldm import hashes
 from mini_ldm.dataset import generate_dataset
-from mini_ldm.dataset.job import LOCK
+from mini_ldm.dataset.folder import LOCK
 from mini_ldm.errors import UserError
 from mini_ldm.png import read_parameters
 
@@ -384,7 +384,7 @@ def test_growing_a_finished_job_past_99999_keeps_its_files(tiny, tmp_path):
     with pytest.raises(Planned):
         generate_dataset(sd, out, count=100001, **quiet(log=stop_once_planned))
     assert {name: (out / name).read_bytes() for name in tree(out)} == before
-    from mini_ldm.dataset.job import Plan
+    from mini_ldm.dataset.plan import Plan
     from mini_ldm.dataset.rows import job_rows
     from mini_ldm.sample_settings import SampleSettings
     plan = Plan(job_rows(SampleSettings(prompt=PROMPT), count=100001), base=0)
@@ -428,7 +428,7 @@ def test_a_prompt_in_bytes_that_are_not_utf8_in_a_real_process(env, tmp_path):
 def test_the_room_check_counts_a_shared_folders_images_once(tmp_path, monkeypatch):
     """Two rows writing to neg/ (5 PNGs there already): those 5 count once toward the room they free, not once
     per row, so a job the disk cannot hold is refused (the room check used to count them twice and let it run)."""
-    from mini_ldm.dataset import job
+    from mini_ldm.dataset import request as job
     from mini_ldm.dataset.rows import Row
     from mini_ldm.sample_settings import SampleSettings
 
@@ -500,7 +500,7 @@ def test_stop_signals_hands_both_signals_over_and_puts_the_old_handlers_back():
     """mini_ldm.cli.StopSignals, the one home of signal handling (the dataset job's StopAfterBatch is one):
     SIGINT and SIGTERM go to the handler inside the block, the previous handlers come back after it."""
     from mini_ldm.cli import StopSignals
-    from mini_ldm.dataset.job import StopAfterBatch
+    from mini_ldm.dataset.drawing import StopAfterBatch
 
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     got = []

@@ -356,6 +356,31 @@ def test_resume_refuses_what_does_not_fit(trained, tmp_path):
     assert trainer.step == 30 and torch.equal(trainer.vectors.detach(), emb.vectors)
 
 
+def test_resume_refuses_another_model_vae_or_prediction(phantoms, sd2_single, sd2v_single, sd1_folder, tmp_path):
+    """Another checkpoint of the same shapes (sd2v_single beside sd2_single, as an SDXL fine-tune beside its
+    base), another --vae or another --prediction used to continue the run silently: now one line, exit 2,
+    naming what differs; the run's own model still resumes."""
+    import train
+    from in_process import run_main
+
+    out = tmp_path / "phantom.safetensors"
+    common = ["--device", "cpu", "--data", phantoms, "--vectors", 2, "--resolution", RES, "--output", out,
+              "--save-every", 0]
+    ok(run_main(train.main, *common, "--model", sd2_single, "--steps", 2))
+    cases = [(["--model", sd2v_single, "--prediction", "epsilon"], ("--model", sd2v_single.name)),
+             (["--model", sd2_single, "--vae", sd1_folder / "vae"], ("--vae vae", "the checkpoint's own VAE")),
+             (["--model", sd2_single, "--prediction", "v"], ("--prediction epsilon", "predicts v"))]
+    for flags, needles in cases:
+        proc = run_main(train.main, *common, *flags, "--steps", 3, "--resume")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        error = proc.stderr.strip().splitlines()[-1]
+        assert error.startswith("error: --resume") and proc.stderr.count("error:") == 1, proc.stderr
+        assert all(str(needle) in error for needle in needles), error
+        assert read_embedding(out).metadata["step"] == "2"  # nothing trained, nothing written
+    ok(run_main(train.main, *common, "--model", sd2_single, "--steps", 3, "--resume"))
+    assert read_embedding(out).metadata["step"] == "3"
+
+
 # ---------------------------------------------------------------- diffusers draws the same image with our file
 
 

@@ -43,8 +43,8 @@ class TrainSettings:
     dtype: str | None = option(None, "model precision; the vectors and AdamW state stay fp32; fp16 uses loss "
                                      "scaling", choices=DTYPES, aliases=("--precision",),
                                shown="bf16 on a CUDA GPU that has it, else fp32")
-    compile: bool = option(False, "compile the UNet with torch.compile (CUDA; the first steps are slow while it "
-                                  "compiles)")
+    compile: bool = option(False, "compile the UNet with torch.compile (inductor; on a CPU it needs a C compiler; "
+                                  "the first step is slow while it compiles)")
     gradient_checkpointing: bool = option(False, "recompute the UNet's blocks in the backward pass: less memory "
                                                  "on small cards, the same gradients, slower steps")
     save_every: int = option(500, "also save <token>-<step>.safetensors every N steps (0: only at the end)")

@@ -11,18 +11,16 @@ All randomness comes from one CPU torch.Generator, drawn concept by concept in a
 exactly the order of the single-token trainer), and its state is saved with the vectors and the optimiser: an
 interrupted run, resumed, ends exactly where an uninterrupted one would. A validation loss on held-out images
 (validation.py) and early stopping (early_stop.py) are part of that state. The settings are a TrainSettings
-(train_settings.py); the files beside the embedding are named in run_files.py; the trainer saves and resumes
-itself, in the resume-state format of run_state.py.
+(train_settings.py); the files beside the embedding are named in run_files.py; saving and resuming (the state
+file, and the checks that a resume continues the same run on the same model) are run_state.py's.
 """
 import csv
-import json
 import math
 import os
 import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -37,14 +35,10 @@ from mini_ldm.errors import UserError
 from mini_ldm.images import grid
 from mini_ldm.png import parameters_text, save_png
 
-from mini_ldm.embeddings import Embedding, intermediate_path, read_embedding, write_embedding
-from mini_ldm.io import first_line
-
-from .concepts import Concept
-from .early_stop import ValidationRecord, dump_records, load_records
+from .early_stop import ValidationRecord
 from .loss_plot import draw_loss_plot
-from .run_files import LOSS_COLUMNS, RunFiles, check_resumable, last_path, state_path, trim_loss_log
-from .run_state import check_embedding_step, check_same_run, check_vectors_shape, read_state, write_state
+from .run_files import LOSS_COLUMNS, RunFiles
+from .run_state import ModelRecord, resume_run, save_run
 from .templates import render
 from .train_settings import TrainSettings, check_vectors
 from .validation import fixed_timesteps, held_out_rows, validation_loss
@@ -75,12 +69,13 @@ class Trainer:
 
     `concepts` (concepts.py) lists the tokens with their latent caches (a plain run: one). settings.output is
     the embedding file (with settings.concepts: the run's folder); the run's other files are named in
-    run_files.py. The trainer saves and resumes itself (`save`, `resume`); run_state.py holds the file format.
+    run_files.py. `save` and `resume` are run_state.py's `save_run` and `resume_run`.
     """
 
-    def __init__(self, sd, templates: list, settings: TrainSettings, concepts: list, log=print):
+    def __init__(self, sd, templates: list, settings: TrainSettings, concepts: list, log=print, vae=None):
         check_vectors(settings.vectors, sd.tokenizer.max_length)
         self.sd, self.templates, self.settings, self.log, self.concepts = sd, templates, settings, log, concepts
+        self.model = ModelRecord.of(sd, vae)  # vae: the --vae path the model was loaded with, if any
         self.token, self.output = self.concepts[0].token, Path(settings.output)
         self.files = RunFiles.of(self.output, settings.concepts)
         self.generator = torch.Generator("cpu").manual_seed(settings.seed)
@@ -122,9 +117,9 @@ class Trainer:
     # --- one optimisation step ----------------------------------------------------------------
 
     def _batch_loss(self) -> torch.Tensor:
-        """The Textual Inversion loss of one batch per active concept, all through the models together: the sum
-        of the per-concept mean losses (each concept's kept in self.concept_losses). Every draw comes from the
-        run's one generator, concept by concept, in this order."""
+        """The Textual Inversion losses of one batch per active concept, all through the models together: (A,),
+        the mean loss of each active concept in the order of self.active (their sum is what a step minimises).
+        Every draw comes from the run's one generator, concept by concept, in this order."""
         sd, g, n = self.sd, self.generator, self.settings.batch
         x0, noise, t, prompts, sizes = [], [], [], [], []
         for i in self.active:
@@ -137,9 +132,8 @@ class Trainer:
             prompts += [render(self.templates[k], c.token, c.cache.caption(j)) for k, j in zip(choice, index.tolist())]
             sizes.append(c.cache.size_conditioning(index, x0[-1].shape[-1] * sd.vae.downscale))  # (n, 6) SDXL
         out, target = self._predict(*(torch.cat(v) for v in (x0, noise, t)), prompts, torch.cat(sizes))
-        losses = [F.mse_loss(out[k * n:(k + 1) * n], target[k * n:(k + 1) * n]) for k in range(len(self.active))]
-        self.concept_losses = dict(zip(self.active, losses))
-        return torch.stack(losses).sum()
+        return torch.stack([F.mse_loss(out[k * n:(k + 1) * n], target[k * n:(k + 1) * n])
+                            for k in range(len(self.active))])
 
     def _predict(self, x0, noise, t, prompts: list, sizes):
         """The frozen UNet's prediction and its training target, both (B, 4, h, w) float32, for the VAE latents
@@ -171,9 +165,9 @@ class Trainer:
         Ctrl-C can land (run() logs the step there, so a step is never counted without its log row)."""
         accum, parts = self.settings.grad_accum, []
         for _ in range(accum):
-            loss = self._batch_loss() / accum
-            self.scaler.scale(loss).backward()
-            parts.append(torch.stack(list(self.concept_losses.values())).detach() / accum)  # (concepts,)
+            losses = self._batch_loss()  # (concepts,)
+            self.scaler.scale(losses.sum() / accum).backward()
+            parts.append(losses.detach() / accum)
         totals = dict.fromkeys(self.active, 0.0)
         for row in torch.stack(parts).tolist():  # (accum, concepts): one device sync for the whole step
             for i, value in zip(self.active, row):
@@ -244,139 +238,15 @@ class Trainer:
         self.validated_step = self.step
         return losses
 
-    # --- saving and resuming (the file format: run_state.py) ------------------------------------------
+    # --- saving and resuming (run_state.py) --------------------------------------------------------
 
     def save(self, snapshot_step: int | None = None):
-        """Every concept's embedding (with --early-stop also its best), then the resume state, each file atomic.
-        The state holds the vectors too, so a save cut short anywhere resumes from the previous state; a first
-        save writes the state first, so that even it leaves either nothing or a resumable run. A snapshot
-        (`<name>-<step>.safetensors`) of a one-token run gets a state of its own."""
-        state = None
-        if snapshot_step is None or not self.settings.concepts:
-            one = self.concepts[0].output  # a one-token run: the state sits beside its (snapshot) file
-            state = self.files.state if self.settings.concepts else state_path(
-                one if snapshot_step is None else intermediate_path(one, snapshot_step))
-        # this run's first save to that state file (a new file, or an earlier run's that --overwrite replaces)
-        first_save = state is not None and (not state.exists() or not (self.resumed or state in self.saved_states))
-        if first_save:
-            write_state(state, self._state_tensors(), self._state_meta())
-        for i, c in enumerate(self.concepts):
-            base = c.output if snapshot_step is None else intermediate_path(c.output, snapshot_step)
-            write_embedding(self._current_file(c, base), Embedding(c.token, self.params[i].detach(), None,
-                                                                   self._metadata(i, self.step), self.sd.widths))
-            if self.settings.early_stop and snapshot_step is None and c.token in self.best:
-                best_step = self.records[c.token].best_step
-                write_embedding(c.output, Embedding(c.token, self.best[c.token], None, self._metadata(i, best_step),
-                                                    self.sd.widths))
-        if state is not None and not first_save:
-            write_state(state, self._state_tensors(), self._state_meta())
-        if state is not None:
-            self.saved_states.add(state)
-
-    def _current_file(self, c: Concept, base: Path) -> Path:
-        """Where the current vectors of `c` go when saved at `base` (its output or a snapshot of it)."""
-        return last_path(base) if self.settings.early_stop and base == c.output else base
-
-    def _key(self, c: Concept, what: str) -> str:
-        return f"{c.name}/{what}" if self.settings.concepts else what
-
-    def _metadata(self, i: int, step: int) -> dict:
-        """The embedding file's metadata (strings; the writer orders the keys)."""
-        s, c = self.settings, self.concepts[i]
-        meta = {"token": c.token, "vectors": s.vectors, "step": step, "family": self.sd.family,
-                "base_model": s.base_model, "init_text": c.init_text or "", "lr": s.lr}
-        if s.validation:
-            record = self.records[c.token]
-            meta |= {"val_images": json.dumps(c.val_names()), "val_loss": "" if record.best is None else record.best,
-                     "best_step": "" if record.best_step is None else record.best_step,
-                     "last_step": self.step, "stop_reason": self._stop_reason(record)}
-        return {k: str(v) for k, v in meta.items()}
-
-    def _stop_reason(self, record: ValidationRecord) -> str:
-        if record.stopped:
-            return record.stop_reason(self.settings.early_stop)
-        if not self.active:
-            return "every concept stopped early"
-        return f"reached --steps {self.settings.steps}" if self.step >= self.settings.steps else ""
-
-    def _state_tensors(self) -> dict:
-        tensors = {"rng_state": self.rng_state, "step": torch.tensor(self.step)}
-        for c, p in zip(self.concepts, self.params):
-            tensors[self._key(c, "vectors")] = p.detach().float().cpu()
-            adam = self.optimizer.state.get(p, {})
-            if adam:
-                tensors |= {self._key(c, "exp_avg"): adam["exp_avg"].cpu(),
-                            self._key(c, "exp_avg_sq"): adam["exp_avg_sq"].cpu(),
-                            self._key(c, "adam_step"): torch.as_tensor(adam["step"]).float().reshape(())}
-            if c.token in self.best:
-                tensors[self._key(c, "best")] = self.best[c.token]
-        if self.scaler.is_enabled():  # the scale and its growth counter: both decide the next steps
-            scaler = self.scaler.state_dict()
-            tensors["loss_scale"] = torch.tensor(scaler["scale"], dtype=torch.float32)
-            tensors["growth_tracker"] = torch.tensor(scaler["_growth_tracker"], dtype=torch.int64)
-        return tensors
-
-    def _settings_text(self) -> dict:
-        """The settings as the state file keeps them (every value a string), to refuse resuming another run."""
-        return {k: str(v) for k, v in asdict(self.settings).items()}
-
-    def _state_meta(self) -> dict:
-        return {"settings": repr(self._settings_text()), "records": dump_records(self.records),
-                "validated_step": str(self.validated_step)}
+        """Every concept's embedding and the resume state (run_state.save_run)."""
+        save_run(self, snapshot_step)
 
     def resume(self, path: Path):
-        """Continue from a saved run: the state file (a one-token run: beside `path`, which may be a snapshot;
-        with --concepts: in the folder `path`) holds everything; refuses a run saved with other settings."""
-        concepts_run = self.settings.concepts
-        check_resumable(path, concepts_run)
-        state = self.files.state if concepts_run else state_path(Path(path))
-        saved, meta = read_state(path, state)
-        check_same_run(path, meta, self._settings_text())
-        step = int(saved["step"])
-        for i, c in enumerate(self.concepts):
-            vectors = self._saved_vectors(path, c, c.output if concepts_run else Path(path), saved, step)
-            self._restore_concept(i, vectors, saved)
-        self.step = step
-        self.generator.set_state(saved["rng_state"])
-        self.rng_state = saved["rng_state"]
-        if "records" in meta:
-            self.records = {**self.records, **load_records(meta["records"])}
-            self.validated_step = int(meta.get("validated_step", -1))
-        if "loss_scale" in saved and self.scaler.is_enabled():
-            # load_state_dict, not update(): update() before the first scale() fails (the scale is made lazily)
-            self.scaler.load_state_dict({**self.scaler.state_dict(), "scale": float(saved["loss_scale"]),
-                                         "_growth_tracker": int(saved.get("growth_tracker", torch.tensor(0)))})
-        trim_loss_log(self.files.loss_csv, self.step)  # steps logged after the save run again
-        self.resumed = True
-
-    def _saved_vectors(self, path: Path, c: Concept, base: Path, saved: dict, step: int) -> torch.Tensor:
-        """Concept c's vectors at the state's step: from the state (an older state without them: from the
-        embedding file, which must then be at that very step)."""
-        file, in_state = self._current_file(c, base), self._key(c, "vectors") in saved
-        embedding = None
-        if file.is_file() or not in_state:
-            try:
-                embedding = read_embedding(file)
-            except UserError as e:  # an EmbeddingError names the file
-                if not in_state:
-                    raise UserError(f"--resume {path}: cannot read the saved run ({first_line(e)})") from None
-        if embedding is not None:
-            check_embedding_step(path, file, embedding.metadata.get("step", ""), step, self.settings.concepts,
-                                 ahead_ok=in_state)
-        vectors = saved[self._key(c, "vectors")] if in_state else embedding.vectors
-        check_vectors_shape(path, vectors, self.settings.vectors, self.sd.width)
-        return vectors
-
-    def _restore_concept(self, i: int, vectors: torch.Tensor, saved: dict):
-        c, p = self.concepts[i], self.params[i]
-        with torch.no_grad():
-            p.copy_(vectors.to(p.device))
-        if self._key(c, "exp_avg") in saved:
-            self.optimizer.state[p] = {"step": saved[self._key(c, "adam_step")].clone(),
-                                       "exp_avg": saved[self._key(c, "exp_avg")].to(p.device),
-                                       "exp_avg_sq": saved[self._key(c, "exp_avg_sq")].to(p.device)}
-        if self._key(c, "best") in saved:
-            self.best[c.token] = saved[self._key(c, "best")].clone()
+        """Continue from the run saved at `path` (run_state.resume_run); refuses another run's settings or model."""
+        resume_run(self, path)
 
     # --- the loop ---------------------------------------------------------------------------------
 
