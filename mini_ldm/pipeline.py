@@ -18,7 +18,6 @@ On top of that, the paper's workflows (it ran them in AUTOMATIC1111):
   interpolate         one image per alpha between two prompts (weights) or two learned tokens (vectors)
 """
 import copy
-import re
 import secrets
 import sys
 from dataclasses import replace
@@ -318,7 +317,7 @@ class StableDiffusion:
         if base.prompt:
             raise UserError("--prompt: not used with --interpolate-mode prompt (A and B are the prompts)")
         for text in (a, b):
-            if _looks_like_token(text) and self._find_learned(text) is None:
+            if prompting.bracketed_words(text) == [text.strip()] and self._find_learned(text) is None:
                 raise UserError(f"--interpolate {text}: not a learned token; {self._known_tokens()}")
         return [([(a, round(1.0 - alpha, 6)), (b, alpha)], self.learned, (a, b)) for alpha in alphas]
 
@@ -341,16 +340,13 @@ class StableDiffusion:
 
     def _find_learned(self, text: str):
         """The registered name of learned token `text` (matched as in prompts: by prompt.match_key)."""
-        by_key = {prompting.match_key(name): name for name in self.learned}
-        return by_key.get(prompting.match_key(text.strip()))
+        return prompting.find_learned(self.learned, text)
 
     def check_learned_words(self, text: str, where: str, learned: dict | None = None) -> None:
-        """A word in angle brackets ("<effusion>") is meant as a learned token: refuse one that is not loaded
-        (in `learned`, default the registered ones), naming `where` it was written and the tokens that are
-        (drawing it as plain text is never what was meant)."""
-        known = {prompting.match_key(name) for name in (self.learned if learned is None else learned)}
-        for word in re.findall(r"<[^<>\s]+>", text):
-            if prompting.match_key(word) not in known:
+        """A word in angle brackets is meant as a learned token: refuse one that is not loaded (in `learned`,
+        default the registered ones), naming `where` it was written and the tokens that are."""
+        for word in prompting.bracketed_words(text):
+            if prompting.find_learned(self.learned if learned is None else learned, word) is None:
                 raise UserError(f"{where}: {word} is not a learned token; {self._known_tokens()}")
 
     def _known_tokens(self) -> str:
@@ -395,8 +391,3 @@ class StableDiffusion:
 def _dtype_name(dtype) -> str:
     return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, str(dtype))
 
-
-def _looks_like_token(text: str) -> bool:
-    """"<effusion>": one word in angle brackets, the usual spelling of a learned token."""
-    text = text.strip()
-    return len(text) > 2 and text[0] == "<" and text[-1] == ">" and not any(c.isspace() for c in text)

@@ -38,6 +38,17 @@ def match_key(name: str) -> str:
     return name.lower()
 
 
+def find_learned(learned, text: str) -> str | None:
+    """The name among `learned` (names, or a dict of them) that `text` is, matched by `match_key`; else None."""
+    by_key = {match_key(name): name for name in learned}
+    return by_key.get(match_key(text.strip()))
+
+
+def bracketed_words(text: str) -> list[str]:
+    """The words in angle brackets ("<effusion>"): the usual spelling of a learned token, meant as one."""
+    return re.findall(r"<[^<>\s]+>", text)
+
+
 def split_learned(text: str, learned: dict) -> list:
     """Split text into plain-text pieces and learned-token names, e.g. ["a ", "<ptx>", " with ", "<effusion>"]."""
     if not learned:
