@@ -251,14 +251,16 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------------
 
     def preview(self, path: Path, i: int = 0):
-        """A 4-image grid of concept i's token as it is now, from the run's seed, at the training size."""
+        """A strip of 4 images of concept i's token as it is now, from the run's seed, at the training size,
+        each labelled with the step."""
         sd, s, c = self.sd, self.settings, self.concepts[i]
         learned = {**sd.learned, c.token: self.params[i].detach().float().cpu()}
         size = c.cache.mean.shape[-1] * sd.vae.downscale
         images, settings = sd.sample(render(s.preview_prompt, c.token, ""), seed=s.seed, steps=s.preview_steps,
                                      n=4, height=size, width=size, learned=learned, progress=False)
         settings.extra["Training step"] = self.step
-        save_png(grid(images, cols=len(images)), path, parameters_text(settings))
+        labels = [f"step {self.step}"] * len(images)  # a strip read beside the others says when it was drawn
+        save_png(grid(images, cols=len(images), labels=labels), path, parameters_text(settings))
 
     def run(self, progress=True) -> Path:
         """Train up to settings.steps (or until every concept has stopped early), logging, validating,
