@@ -117,7 +117,7 @@ def register_embeddings(sd, paths, use_default_folder: bool = True):
         sd.add_embedding(emb)
     if found:
         where = "" if explicit else f" from the default folder {DEFAULT_EMBEDDINGS}/ (--no-embeddings skips it)"
-        print(f"learned tokens{where}: " + ", ".join(f"{t} ({e.num_vectors} vectors, {e.source})" for t, e in found.items()))
+        print(f"learned tokens{where}: " + ", ".join(f"{t} ({e.num_vectors} vectors) from {e.source}" for t, e in found.items()))
     return found
 
 
