@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import mini_ldm
-from mini_ldm import cli, demo, xyz_grid
+from mini_ldm import cli, demo, demo_sdxl, xyz_grid
 from mini_ldm.dataset import ranks
 from mini_ldm.dataset.job import run_dataset
 from mini_ldm.dataset.request import DatasetOptions, dataset_request
@@ -60,6 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--no-embeddings", action="store_true", help="do not load the default embeddings/ folder")
     p.add_argument("--demo", action="store_true", help="check the install: a tiny random model made on the spot "
                    f"(with the embedding of `train.py --demo` if present), writing to {demo.DEMO_DIR}/")
+    demo_sdxl.add_flag(p)
     return cli.parse_args(p, argv)
 
 
@@ -130,7 +131,7 @@ def demo_defaults(args):
     """--demo: the tiny random model, and the embedding `train.py --demo` left in demo-output/, if any."""
     print("demo: a tiny random model; this checks the install, its images are noise (real images need a real "
           "checkpoint in weights/, see README)")
-    trained = demo.DEMO_EMBEDDING
+    trained = demo_sdxl.sdxl_path(demo.DEMO_EMBEDDING) if args.sdxl else demo.DEMO_EMBEDDING
     if args.embeddings is None:
         args.embeddings = [trained] if trained.is_file() else []
     if not args.prompt and args.interpolate is None and args.prompts_file is None:
@@ -141,7 +142,7 @@ def demo_defaults(args):
 
 def load_model(args):
     device = args.device or mini_ldm.loading.default_device()
-    model_path = demo.demo_model_file() if args.demo else args.model or cli.find_default_model()
+    model_path = demo_sdxl.demo_model(args) if args.demo else args.model or cli.find_default_model()
     t0 = time.time()
     sd = mini_ldm.load(model_path, device=device, dtype=args.dtype, prediction=args.prediction,
                        vae=args.vae)
@@ -210,6 +211,7 @@ def refuse_unused_flags(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    demo_sdxl.check_flag(args)
     if args.demo:
         demo_defaults(args)
     refuse_unused_flags(args)

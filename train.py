@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import mini_ldm
-from mini_ldm import cli, demo
+from mini_ldm import cli, demo, demo_sdxl
 from mini_ldm.errors import UserError
 from mini_ldm.loading import ModelSettings
 from mini_ldm.settings import add_flags, from_flags, parse_given
@@ -39,6 +39,7 @@ def parse_args(argv=None):
                    help="start afresh where --output already holds an earlier run (its files are replaced)")
     p.add_argument("--demo", action="store_true", help="check the install: a tiny random model and synthetic "
                    f"phantom images, a few steps, in about a minute on a CPU (writes {demo.DEMO_DIR}/)")
+    demo_sdxl.add_flag(p)
     args, given = parse_given(p, argv)
     args.given = given  # --demo's values fill in only the flags not typed
     return args
@@ -78,8 +79,11 @@ def demo_settings(settings: TrainSettings, given=frozenset()) -> TrainSettings:
 def resolve_settings(args) -> TrainSettings:
     """The flags as checked TrainSettings with the data-dependent defaults (token, output) filled in."""
     settings = from_flags(TrainSettings, args)
+    demo_sdxl.check_flag(args)
     if args.demo:
         settings = demo_settings(settings, args.given)
+        if args.sdxl and "output" not in args.given:  # beside the SD 2 demo's files, not over them
+            settings = replace(settings, output=demo_sdxl.sdxl_path(settings.output))
         args.overwrite = True  # the demo always starts afresh
     elif settings.data is None:
         raise UserError("--data: give the folder of training images (or --demo to check the install)")
@@ -123,7 +127,7 @@ def check_compiler(device: str):
 
 
 def load_model(args, settings: TrainSettings, device: str):
-    model_path = demo.demo_model_file() if args.demo else args.model or cli.find_default_model()
+    model_path = demo_sdxl.demo_model(args) if args.demo else args.model or cli.find_default_model()
     sd = mini_ldm.load(model_path, device=device, dtype=settings.dtype, prediction=args.prediction, vae=args.vae)
     print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
           f"on {device} in {settings.dtype}")
