@@ -43,7 +43,7 @@ def test_flags_from_settings_carry_their_defaults():
     assert "(default: 30)" in help_text and "random, printed" in help_text
 
 
-@pytest.mark.parametrize("script", ["sample.py", "train.py", "prepare.py", "evaluate.py", "classify.py"])
+@pytest.mark.parametrize("script", ["sample.py", "train.py", "prepare.py", "evaluate.py", "classify.py", "privacy.py"])
 def test_every_flag_is_in_the_readme(script):
     proc = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
