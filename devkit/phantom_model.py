@@ -33,9 +33,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from mini_ldm.checkpoint import CONFIG_METADATA, OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+from mini_ldm.checkpoint import CONFIG_METADATA
+from mini_ldm.families import SD2, UNET_PREFIX, VAE_PREFIX
 from mini_ldm.clip import TextConfig, TextEncoder
-from mini_ldm.demo import _open_clip_names
 from mini_ldm.io import safetensors_bytes, write_bytes_atomic
 from mini_ldm.prompt import encode_prompt
 from mini_ldm.tokenizer import CLIPTokenizer
@@ -355,11 +355,29 @@ def update_ema(ema: UNet, model: UNet, decay: float):
 # --- the file --------------------------------------------------------------------------------------
 
 
+
+def _open_clip_names(state: dict, layers: int) -> dict:
+    """Our (Hugging Face CLIP) text encoder names -> SD 2's OpenCLIP ones, q/k/v stacked into in_proj; SD 2
+    files hold one block more than the conditioning uses (the last, unused: a copy of the one before)."""
+    out = {"token_embedding.weight": state["embeddings.token_embedding.weight"],
+           "positional_embedding": state["embeddings.position_embedding.weight"],
+           "ln_final.weight": state["final_layer_norm.weight"], "ln_final.bias": state["final_layer_norm.bias"]}
+    leaf = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+            "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    for i in range(layers + 1):
+        ours, theirs = f"encoder.layers.{min(i, layers - 1)}.", f"transformer.resblocks.{i}."
+        for a, b in leaf.items():
+            for p in ("weight", "bias"):
+                out[f"{theirs}{b}.{p}"] = state[f"{ours}{a}.{p}"]
+        for p in ("weight", "bias"):
+            out[f"{theirs}attn.in_proj_{p}"] = torch.cat([state[f"{ours}self_attn.{q}_proj.{p}"] for q in "qkv"])
+    return out
+
 def write_model(output: Path, unet: UNet, vae: AutoencoderKL, text: TextEncoder, recipe: Recipe, std: float) -> int:
     """The SD 2 single file, every tensor fp16. Returns its size in bytes."""
     tensors = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
     tensors |= {VAE_PREFIX + k: v for k, v in vae.state_dict().items()}
-    tensors |= {OPEN_CLIP_PREFIX + k: v for k, v in _open_clip_names(text.state_dict(), TEXT.layers).items()}
+    tensors |= {SD2.encoders[0].file_prefix + k: v for k, v in _open_clip_names(text.state_dict(), TEXT.layers).items()}
     stated = {"unet_heads": list(UNET.heads), "text_heads": TEXT.heads, "native_size": SIZE}
     about = {"trained_by": "python -m devkit.phantom_model", "recipe": asdict(recipe), "raw_latent_std": std,
              "prediction": "epsilon", "schedule": "scaled_linear 0.00085-0.012, 1000 steps"}
