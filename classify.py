@@ -32,18 +32,20 @@ def parse_args(argv=None) -> tuple:
 
 
 def demo_settings(settings: ClassifySettings, typed: frozenset = frozenset()) -> ClassifySettings:
-    """--demo: generated images (a few faint real ones, many clear synthetic ones) for the folders not given,
+    """--demo: chest phantoms, no finding against a left pleural effusion (a few to train on; many for the
+    synthetic folder, unless `sample.py --demo` drew it with the tokens of `train.py --demo --concepts`) for the
+    folders not given,
     a tiny from-scratch run (DEMO's sizes) for the flags not given. A flag counts as given when it was typed
     (`typed`, from parse_args) or holds another value than the default (the Python API)."""
-    from classifier.toy_classes import write_toy_classes
+    from classifier.toy_classes import write_chest_classes
     root = demo.DEMO_DIR / "classify"
-    print("demo: generated two-class images and a ResNet-18, a few steps; this checks the install "
+    print("demo: chest phantoms, no finding (neg) against a left pleural effusion (pos), and a ResNet-18 from "
+          "scratch, a few steps; this checks the install "
           "(real runs need torchvision's resnet18-f37072fd.pth in weights/, see README)")
-    folders = {"train": (4, 0.1, 1), "val": (10, 0.5, 2), "test": (24, 0.5, 3), "synthetic": (24, 0.9, 4)}
+    folders = {"train": (4, 1), "val": (10, 2), "test": (24, 3), "synthetic": (24, 4)}  # images per class, seed
     # a folder given on the command line is used as it is (say --synthetic from `sample.py --demo --prompts-file`)
-    paths = {name: getattr(settings, name) or write_toy_classes(root / "data" / name, n, contrast, seed,
-                                                                 size=DEMO["size"])
-             for name, (n, contrast, seed) in folders.items()}
+    paths = {name: getattr(settings, name) or write_chest_classes(root / "data" / name, n, seed, size=DEMO["size"])
+             for name, (n, seed) in folders.items()}
     given = typed | {f.name for f in fields(ClassifySettings) if getattr(settings, f.name) != f.default}
     changes = {k: v for k, v in DEMO.items() if k not in given}  # flags typed win, even at their default value
     if "weights" not in given:  # --weights given: the demo checks that file instead of starting from scratch

@@ -58,7 +58,7 @@ def parse_args(argv=None):
                         "is used where it stands as a word in the prompt (default: the embeddings/ folder if present; "
                         "files there that cannot be read are skipped with a warning)")
     p.add_argument("--no-embeddings", action="store_true", help="do not load the default embeddings/ folder")
-    p.add_argument("--demo", action="store_true", help="check the install: a tiny random model made on the spot "
+    p.add_argument("--demo", action="store_true", help="check the install: the committed phantom model "
                    f"(with the embedding of `train.py --demo` if present), writing to {demo.DEMO_DIR}/")
     demo_sdxl.add_flag(p)
     return cli.parse_args(p, argv)
@@ -117,8 +117,9 @@ def register_embeddings(sd, paths, use_default_folder: bool = True):
                  f"'{token}' uses these vectors; rename the file (e.g. <{token}>{emb.source.suffix}) to avoid it")
         sd.add_embedding(emb)
     if found:
-        where = "" if explicit else f" from the default folder {DEFAULT_EMBEDDINGS}/ (--no-embeddings skips it)"
-        print(f"learned tokens{where}: " + ", ".join(f"{t} ({e.num_vectors} vectors) from {e.source}" for t, e in found.items()))
+        where = "" if explicit else f" (the default folder {DEFAULT_EMBEDDINGS}/; --no-embeddings skips it)"
+        print("learned tokens: " + ", ".join(f"{t} ({e.num_vectors} vectors) from {e.source}" for t, e in found.items())
+              + where)
     return found
 
 
@@ -128,14 +129,18 @@ def is_ordinary_word(tokenizer, token: str) -> bool:
 
 
 def demo_defaults(args):
-    """--demo: the tiny random model, and the embedding `train.py --demo` left in demo-output/, if any."""
-    print("demo: a tiny random model; this checks the install, its images are noise (real images need a real "
-          "checkpoint in weights/, see README)")
+    """--demo: the phantom model (with --sdxl a tiny random SDXL), and the embedding `train.py --demo` left in
+    demo-output/, if any."""
+    if args.sdxl:
+        print("demo: a tiny random SDXL; this checks the SDXL code paths, its images are noise")
+    else:
+        print("demo: the phantom model (weights/phantom-sd2.safetensors), 128 px synthetic chest radiographs; "
+              "real images need a real checkpoint in weights/, see README")
     trained = demo_sdxl.sdxl_path(demo.DEMO_EMBEDDING) if args.sdxl else demo.DEMO_EMBEDDING
     if args.embeddings is None:
         args.embeddings = [trained] if trained.is_file() else []
     if not args.prompt and args.interpolate is None and args.prompts_file is None:
-        args.prompt = f"{demo.DEMO_TOKEN}, a chest x-ray" if trained.is_file() else "a chest x-ray"
+        args.prompt = demo.DEMO_TOKEN if trained.is_file() else "chest radiograph, left pleural effusion"
     if args.output == DEFAULT_OUTPUT:
         args.output = demo.DEMO_DIR
 

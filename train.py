@@ -37,8 +37,9 @@ def parse_args(argv=None):
                         "step count, optimiser and random state")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh where --output already holds an earlier run (its files are replaced)")
-    p.add_argument("--demo", action="store_true", help="check the install: a tiny random model and synthetic "
-                   f"phantom images, a few steps, in about a minute on a CPU (writes {demo.DEMO_DIR}/)")
+    p.add_argument("--demo", action="store_true", help="see Textual Inversion work: the committed phantom model "
+                   f"learns {demo.DEMO_TOKEN} from 100 synthetic chest phantoms, in about a minute on a CPU (writes "
+                   f"{demo.DEMO_DIR}/)")
     demo_sdxl.add_flag(p)
     args, given = parse_given(p, argv)
     args.given = given  # --demo's values fill in only the flags not typed
@@ -55,22 +56,25 @@ def model_stamp(path) -> str:
 
 
 def demo_settings(settings: TrainSettings, given=frozenset()) -> TrainSettings:
-    """--demo: synthetic phantoms (with --concepts: two folders of them), a short run at a higher learning rate,
-    a preview at the end, on the tiny random model of demo-output/. A flag in `given` (typed by the user) keeps
-    its value: the demo's apply only where nothing was given."""
-    from ti.phantoms import write_phantoms
-    print("demo: a tiny random model and synthetic phantoms; this checks the install, it does not learn "
-          "anything useful (real runs need a real checkpoint in weights/, see README)")
+    """--demo: the phantom model learns a finding from 100 labelled phantoms (a left pleural effusion, as
+    <effusion>; with --concepts, <no-finding> and <effusion> from a folder of 20 each), starting from an
+    unrelated word. A flag in `given` (typed by the user) keeps its value: the demo's apply only where nothing
+    was given."""
+    from ti.phantoms import write_chest_phantoms
+    print("demo: the phantom model (weights/phantom-sd2.safetensors) learns a finding from synthetic chest "
+          "phantoms; the token's images should show it (real runs need a real checkpoint, see README)")
     steps = settings.steps if "steps" in given else demo.DEMO_TRAINING["steps"]
-    d = {**demo.DEMO_TRAINING, "steps": steps, "preview_every": steps, "save_every": 0}  # a preview at the end
-    if settings.concepts:  # one token per subfolder: <phantom-a>, <phantom-b>
+    d = {**demo.DEMO_TRAINING, "steps": steps, "preview_every": steps, "save_every": 0,  # a preview at the end
+         "init_text": demo.DEMO_INIT}
+    if settings.concepts:  # one token per subfolder: <no-finding>, <effusion>
         data = settings.data or demo.DEMO_DIR / "concepts-data"
         if settings.data is None:
-            for seed, name in enumerate(("phantom-a", "phantom-b")):
-                write_phantoms(data / name, count=4, seed=seed)
+            for seed, (name, findings) in enumerate(demo.DEMO_CONCEPTS.items(), start=1):
+                write_chest_phantoms(data / name, demo.DEMO_CONCEPT_IMAGES, seed=seed, **findings)
         token, output = None, settings.output or demo.DEMO_DIR / "concepts"
     else:
-        data = settings.data or write_phantoms(demo.DEMO_DIR / "phantoms")
+        data = settings.data or write_chest_phantoms(demo.DEMO_DIR / "phantoms", demo.DEMO_IMAGES, seed=5,
+                                                     effusion="left")
         token = settings.token or demo.DEMO_TOKEN
         output = settings.output or demo.DEMO_DIR / f"{file_name(token)}.safetensors"
     return replace(settings, data=data, token=token, output=output, **{k: v for k, v in d.items() if k not in given})

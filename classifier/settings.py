@@ -72,7 +72,7 @@ class ClassifySettings:
                           metavar="DIR")
     overwrite: bool = option(False, "start afresh where --output holds an experiment with other settings or "
                                     "trainings on images that have changed since")
-    demo: bool = option(False, "check the install: a tiny from-scratch run on generated two-class images "
+    demo: bool = option(False, "check the install: a tiny from-scratch run on generated chest phantoms "
                                "where --train, --val, --test or --synthetic is not given; flags given win "
                                f"(writes {DEMO_DIR / 'classify'}/, replacing an earlier demo there; an --output "
                                "given is replaced only with --overwrite)")

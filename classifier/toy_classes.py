@@ -1,12 +1,18 @@
-"""Generated two-class image folders (neg/, pos/) for `classify.py --demo`, the tests and the benchmark:
-noisy textured squares; a positive image also holds a bright blob of a given contrast somewhere. A higher
-contrast makes a more informative image; `swap` writes each class into the other's folder."""
+"""Generated two-class image folders (neg/, pos/) for `classify.py --demo`, the tests and the benchmark.
+`write_toy_classes`: noisy textured squares; a positive image also holds a bright blob of a given contrast
+somewhere. A higher contrast makes a more informative image; `swap` writes each class into the other's folder.
+`write_chest_classes`: chest phantoms (readers.chest_findings), no finding against a left pleural effusion, the
+classes `train.py --demo --concepts` learns, so `classify.py --demo` can add the images drawn with those tokens."""
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from mini_ldm.io import write_image_atomic
+from readers.chest_findings import chest_cases
+
+CHEST_CLASSES = {"neg": {"effusion": "", "cardiomegaly": False, "nodule": False},
+                 "pos": {"effusion": "left", "cardiomegaly": False, "nodule": False}}
 
 
 def toy_image(rng: np.random.Generator, positive: bool, contrast: float, size: int) -> np.ndarray:
@@ -28,4 +34,13 @@ def write_toy_classes(folder, per_class: int, contrast: float, seed: int, size: 
         for i in range(per_class):
             write_image_atomic(folder / name / f"{name}-{seed}-{i:04d}.png",
                                Image.fromarray(toy_image(rng, positive, contrast, size)))
+    return folder
+
+
+def write_chest_classes(folder, per_class: int, seed: int, size: int = 128) -> Path:
+    """folder/neg/ (no finding) and folder/pos/ (a left pleural effusion) chest phantoms, `per_class` each."""
+    folder = Path(folder)
+    for k, (name, findings) in enumerate(CHEST_CLASSES.items()):
+        for i, (image, _) in enumerate(chest_cases((seed, k), per_class, **findings)):
+            write_image_atomic(folder / name / f"{name}-{seed}-{i:04d}.png", image.resize((size, size), Image.LANCZOS))
     return folder

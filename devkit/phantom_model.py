@@ -33,9 +33,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from mini_ldm.checkpoint import CONFIG_METADATA, OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+from mini_ldm.key_renames import open_clip_names
+from mini_ldm.checkpoint import CONFIG_METADATA
+from mini_ldm.families import SD2, UNET_PREFIX, VAE_PREFIX
 from mini_ldm.clip import TextConfig, TextEncoder
-from mini_ldm.demo import _open_clip_names
 from mini_ldm.io import safetensors_bytes, write_bytes_atomic
 from mini_ldm.prompt import encode_prompt
 from mini_ldm.tokenizer import CLIPTokenizer
@@ -355,11 +356,12 @@ def update_ema(ema: UNet, model: UNet, decay: float):
 # --- the file --------------------------------------------------------------------------------------
 
 
+
 def write_model(output: Path, unet: UNet, vae: AutoencoderKL, text: TextEncoder, recipe: Recipe, std: float) -> int:
     """The SD 2 single file, every tensor fp16. Returns its size in bytes."""
     tensors = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
     tensors |= {VAE_PREFIX + k: v for k, v in vae.state_dict().items()}
-    tensors |= {OPEN_CLIP_PREFIX + k: v for k, v in _open_clip_names(text.state_dict(), TEXT.layers).items()}
+    tensors |= {SD2.encoders[0].file_prefix + k: v for k, v in open_clip_names(text.state_dict(), TEXT.layers).items()}
     stated = {"unet_heads": list(UNET.heads), "text_heads": TEXT.heads, "native_size": SIZE}
     about = {"trained_by": "python -m devkit.phantom_model", "recipe": asdict(recipe), "raw_latent_std": std,
              "prediction": "epsilon", "schedule": "scaled_linear 0.00085-0.012, 1000 steps"}

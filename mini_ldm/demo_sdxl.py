@@ -6,6 +6,7 @@ attention and the added conditioning `label_emb` (pooled vector + six size numbe
 are noise. It checks that the SDXL code paths (both encoders, the pooled vector, size conditioning, an
 embedding file with clip_l and clip_g) run on a fresh machine, loaded through the normal loader as `sdxl`.
 """
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,14 +14,17 @@ import torch
 
 from .checkpoint import CONFIG_METADATA
 from .clip import TextConfig, TextEncoder
-from .demo import DEMO_DIR, DEMO_SEED, DEMO_SIZE, _open_clip_names, _sha256, demo_model_file
+from .demo import DEMO_DIR, demo_model_file
 from .errors import UserError
 from .families import SDXL, UNET_PREFIX, VAE_PREFIX
 from .io import safetensors_bytes, write_bytes_atomic
+from .key_renames import open_clip_names
 from .unet import SIZE_EMBED_DIM, UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
 
 DEMO_SDXL_MODEL = DEMO_DIR / "tiny-random-sdxl.safetensors"
+SDXL_DEMO_SIZE = 64  # pixels; the tiny VAE downsamples by 2, so latents are 32x32
+SDXL_DEMO_SEED = 1234  # fixed, so every demo builds the same model
 FLAG_HELP = "with --demo: the tiny random SDXL model (two text encoders, size conditioning) instead of the SD 2 one"
 CLIP_L = TextConfig(width=64, layers=2, heads=1, mlp_width=256, activation="quick_gelu")
 BIG_G = TextConfig(width=128, layers=2, heads=2, mlp_width=512, activation="gelu", projection_dim=128)
@@ -50,14 +54,14 @@ def demo_sdxl_model_file(path: Path = DEMO_SDXL_MODEL) -> Path:
     """The tiny SDXL as a file: written (atomically) the first time, reused while its bytes are intact."""
     data = _model_bytes()
     path = Path(path)
-    if not (path.is_file() and path.stat().st_size == len(data) and _sha256(path.read_bytes()) == _sha256(data)):
+    if not (path.is_file() and path.stat().st_size == len(data) and hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()):
         write_bytes_atomic(path, data)
     return path
 
 
 def _model_bytes() -> bytes:
     with torch.random.fork_rng(devices=[]):  # default init from a fixed seed, without touching the caller's RNG
-        torch.manual_seed(DEMO_SEED)
+        torch.manual_seed(SDXL_DEMO_SEED)
         clip_l, big_g, unet = TextEncoder(CLIP_L), TextEncoder(BIG_G), UNet(UNET)
         vae = AutoencoderKL(VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1))
     clip_l_spec, big_g_spec = SDXL.encoders
@@ -65,7 +69,7 @@ def _model_bytes() -> bytes:
     tensors |= {VAE_PREFIX + k: v for k, v in vae.state_dict().items()}
     tensors |= {clip_l_spec.file_prefix + "text_model." + k: v for k, v in clip_l.state_dict().items()}
     tensors |= {big_g_spec.file_prefix + k: v for k, v in _big_g_names(big_g.state_dict()).items()}
-    stated = {"unet_heads": list(UNET.heads), "native_size": DEMO_SIZE}  # text heads: width // 64, the default
+    stated = {"unet_heads": list(UNET.heads), "native_size": SDXL_DEMO_SIZE}  # text heads: width // 64, the default
     return safetensors_bytes({k: v.contiguous().clone() for k, v in tensors.items()},
                              {CONFIG_METADATA: json.dumps(stated), "format": "pt"})
 
@@ -74,7 +78,7 @@ def _big_g_names(state: dict) -> dict:
     """Our names -> SDXL's OpenCLIP bigG ones: SD 2's mapping without the unused extra block SD 2 files hold,
     plus text_projection, stored as a (width, projection) matrix (x @ P), the transpose of nn.Linear's."""
     unused = f"transformer.resblocks.{BIG_G.layers}."
-    out = {k: v for k, v in _open_clip_names(state, BIG_G.layers).items() if not k.startswith(unused)}
+    out = {k: v for k, v in open_clip_names(state, BIG_G.layers).items() if not k.startswith(unused)}
     out["text_projection"] = state["text_projection.weight"].T
     return out
 

@@ -273,3 +273,22 @@ def open_clip_tensors(source, layers: int, projection: bool = False) -> Renamed:
                 third = (lambda s: (s[0] // 3,) + tuple(s[1:]))
                 names[f"{new}self_attn.{proj}.{p}"] = (f"{old}attn.in_proj_{p}", pick, third)
     return Renamed(source, names)
+
+
+def open_clip_names(state: dict, layers: int) -> dict:
+    """The reverse of `open_clip_tensors`, for the model files we write (the phantom model, the SDXL demo): our
+    (Hugging Face CLIP) text encoder names -> OpenCLIP's, q/k/v stacked into in_proj; SD 2 files hold one block
+    more than the conditioning uses (the last, unused: a copy of the one before)."""
+    out = {"token_embedding.weight": state["embeddings.token_embedding.weight"],
+           "positional_embedding": state["embeddings.position_embedding.weight"],
+           "ln_final.weight": state["final_layer_norm.weight"], "ln_final.bias": state["final_layer_norm.bias"]}
+    leaf = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+            "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    for i in range(layers + 1):
+        ours, theirs = f"encoder.layers.{min(i, layers - 1)}.", f"transformer.resblocks.{i}."
+        for a, b in leaf.items():
+            for p in ("weight", "bias"):
+                out[f"{theirs}{b}.{p}"] = state[f"{ours}{a}.{p}"]
+        for p in ("weight", "bias"):
+            out[f"{theirs}attn.in_proj_{p}"] = torch.cat([state[f"{ours}self_attn.{q}_proj.{p}"] for q in "qkv"])
+    return out

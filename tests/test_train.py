@@ -525,17 +525,21 @@ def test_ctrl_c_saves_and_exits_cleanly(phantoms, sd1_single, tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    """`python train.py --demo` from any folder (imports resolve from the script's own folder)."""
-    proc = ok(subprocess.run([sys.executable, str(TRAIN), "--demo"], cwd=tmp_path, env=ENV, capture_output=True,
-                             text=True, timeout=600))
+    """`python train.py --demo` from any folder (imports resolve from the script's own folder): 100 left-effusion
+    phantoms, <effusion> from "dog" on the committed phantom model (a few steps here; that the full demo learns
+    the finding is tests/test_demo_pipeline.py's and test_phantom_model.py's to show)."""
+    proc = ok(subprocess.run([sys.executable, str(TRAIN), "--demo", "--steps", "6"], cwd=tmp_path, env=ENV,
+                             capture_output=True, text=True, timeout=600))
     demo = tmp_path / "demo-output"
-    assert len(list((demo / "phantoms").glob("*.png"))) >= 4
-    emb = read_embedding(demo / "phantom.safetensors")
-    assert emb.token == TOKEN and emb.metadata["step"] == "60"
-    assert csv_steps(demo / "phantom-loss.csv") == list(range(1, 61))
-    with Image.open(demo / "phantom-preview-60.png") as im:
-        assert im.format == "PNG" and im.width == 4 * (im.height - max(12, im.width // 40))  # strip + label band
-    assert "wrote" in proc.stdout
+    assert len(list((demo / "phantoms").glob("*.png"))) == 100
+    assert {p.read_text().strip() for p in (demo / "phantoms").glob("*.txt")} >= {
+        "chest radiograph, left pleural effusion"}
+    emb = read_embedding(demo / "effusion.safetensors")
+    assert emb.token == "<effusion>" and emb.metadata["step"] == "6" and emb.vectors.shape == (4, 64)
+    assert csv_steps(demo / "effusion-loss.csv", "<effusion>") == list(range(1, 7))
+    with Image.open(demo / "effusion-preview-6.png") as im:
+        assert im.format == "PNG" and im.size == (4 * 128, max(12, 128 // 10) + 128)  # the strip + its label band
+    assert "wrote" in proc.stdout and "weights/phantom-sd2.safetensors" in proc.stdout
     run_suggested_command(proc.stdout, tmp_path)
 
 
@@ -551,32 +555,31 @@ def run_suggested_command(stdout: str, cwd: Path):
     assert drawn.returncode == 0 and "Traceback" not in drawn.stderr, drawn.stderr
 
 
-def test_demo_model_is_one_file_that_the_normal_loader_reads(tmp_path, monkeypatch):
-    """--demo's model: written once into demo-output/ (reused while intact, rewritten when damaged), and
-    mini_ldm.load reads it as the model the demo means: the demo's size, its heads, sd2."""
+def test_demo_model_is_the_committed_phantom_model_and_the_normal_loader_reads_it(tmp_path, monkeypatch):
+    """--demo's model is weights/phantom-sd2.safetensors, found from any folder; mini_ldm.load reads it as an SD 2
+    file at the demo's size; a missing file is refused in one line that says how to get it back."""
     from mini_ldm import demo
+    from mini_ldm.errors import UserError
 
     monkeypatch.chdir(tmp_path)
     path = demo.demo_model_file()
-    assert path == demo.DEMO_MODEL and path.is_file()
-    stamp = path.stat().st_mtime_ns
-    assert demo.demo_model_file() == path and path.stat().st_mtime_ns == stamp  # intact: reused
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
-    demo.demo_model_file()
-    assert path.read_bytes() != bytes(data)  # damaged: written again
+    assert path == ROOT / "weights" / "phantom-sd2.safetensors" and path.is_file()
     sd = mini_ldm.load(path, device="cpu", dtype="fp32")
     assert (sd.family, sd.native_size, sd.prediction) == ("sd2", demo.DEMO_SIZE, "epsilon")
-    assert sd.unet.cfg.heads == demo.UNET.heads and sd.text_encoder.cfg == demo.TEXT
+    with pytest.raises(UserError, match="phantom_model"):
+        demo.demo_model_file(tmp_path / "gone.safetensors")
 
 
 def test_demo_with_concepts_runs_and_its_suggested_command_works(tmp_path):
-    """`train.py --demo --concepts`: two phantom folders, one token each (no --token asked for)."""
+    """`train.py --demo --concepts`: two phantom folders (no finding, left effusion), one token each."""
     proc = ok(subprocess.run([sys.executable, str(TRAIN), "--demo", "--concepts", "--steps", "2"], cwd=tmp_path,
                              env=ENV, capture_output=True, text=True, timeout=600))
     out = tmp_path / "demo-output" / "concepts"
-    assert {read_embedding(out / f"phantom-{x}.safetensors").token for x in "ab"} == {"<phantom-a>", "<phantom-b>"}
+    assert {read_embedding(out / f"{x}.safetensors").token for x in ("no-finding", "effusion")} == {
+        "<no-finding>", "<effusion>"}
+    data = tmp_path / "demo-output" / "concepts-data"
+    assert (data / "effusion" / "chest-000.txt").read_text().strip() == "chest radiograph, left pleural effusion"
+    assert (data / "no-finding" / "chest-000.txt").read_text().strip() == "chest radiograph, no finding"
     run_suggested_command(proc.stdout, tmp_path)
 
 
@@ -589,7 +592,7 @@ def test_demo_fills_in_only_the_flags_not_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     demo_only = train.resolve_settings(train.parse_args(["--demo"]))
     assert (demo_only.lr, demo_only.steps, demo_only.vectors, demo_only.save_every, demo_only.preview_every,
-            demo_only.preview_steps) == (0.02, 60, 4, 0, 60, 8)
+            demo_only.preview_steps, demo_only.batch, demo_only.init_text) == (0.05, 150, 4, 0, 150, 20, 4, "dog")
     args = train.parse_args(["--demo", "--lr", "0.005", "--steps", "100", "--vectors", "16", "--save-every", "50",
                              "--preview-every", "25", "--preview-steps", "3"])
     assert args.given == {"demo", "lr", "steps", "vectors", "save_every", "preview_every", "preview_steps"}
