@@ -5,7 +5,7 @@ cannot drift from what runs), one after another in a folder of your choice.
     python devkit/figures.py --folder figures-run/                 # every command of the page's figure section
     python devkit/figures.py --folder figures-run/ --pictures docs/figures/   # and copy each figure's sheet there
     python devkit/figures.py masks demo-output/masks               # the four box masks Figure 4 paints into
-    python devkit/figures.py cases demo-output/concepts-data demo-output/cases 2,4,8   # training sets of 2, 4, 8
+    python devkit/figures.py cases demo-output/concepts-data/effusion demo-output/cases 2,5,20   # training sets of 2, 5, 20
 
 The CLIs run in this process (their main(argv), as their scripts run them), so torch is imported once.
 """

@@ -49,12 +49,12 @@ def test_the_demo_model_is_an_sdxl_single_file(demo_run):
 
 def test_the_learned_token_is_an_sdxl_embedding_and_sample_uses_it(demo_run):
     cwd, _, drawn = demo_run
-    embedding = cwd / "demo-output" / "phantom-sdxl.safetensors"
+    embedding = cwd / "demo-output" / "effusion-sdxl.safetensors"  # the SD 2 demo's effusion.safetensors' twin
     with safe_open(str(embedding), "pt") as f:
         assert sorted(f.keys()) == ["clip_g", "clip_l"]
         assert f.get_tensor("clip_l").shape[1] == CLIP_L.width and f.get_tensor("clip_g").shape[1] == BIG_G.width
-    assert not (cwd / "demo-output" / "phantom.safetensors").exists()  # the SD 2 demo's file is left alone
-    assert f"learned tokens: <phantom> (4 vectors, demo-output/{embedding.name})" in drawn
+    assert not (cwd / "demo-output" / "effusion.safetensors").exists()  # the SD 2 demo's file is left alone
+    assert f"learned tokens: <effusion> (4 vectors) from demo-output/{embedding.name}" in drawn
     png = cwd / "demo-output" / "00000-1.png"
     assert f"wrote demo-output/{png.name}" in drawn
     pixels = np.asarray(Image.open(png))
