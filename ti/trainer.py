@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from mini_ldm import prompt as prompting
 from mini_ldm import samplers
-from mini_ldm.cli import StopSignals
+from mini_ldm.cli import StopSignals, sigterm_as_interrupt
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
 from mini_ldm.png import parameters_text, save_png
@@ -273,7 +273,7 @@ class Trainer:
                    dynamic_ncols=True)
         fresh = self.step == 0 and not self.resumed
         try:
-            with _open_loss_log(self.files.loss_csv, fresh) as log, _sigterm_as_interrupt():
+            with _open_loss_log(self.files.loss_csv, fresh) as log, sigterm_as_interrupt():  # saved, resumable
                 start = time.time()
                 with _signals_deferred():  # the validation before training (step 0), unless a resume did it
                     self._log_rows(log, {}, self.validate() if self.validation_due() else {}, start, bar)
@@ -350,14 +350,6 @@ def _open_loss_log(path: Path, fresh: bool):
             writer.writerow(LOSS_COLUMNS)
         yield writer
 
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _sigterm_as_interrupt() -> StopSignals:
-    """SIGTERM (what `timeout`, `kill` and job schedulers send) ends the run like Ctrl-C: saved, resumable."""
-    return StopSignals(_interrupt, (signal.SIGTERM,))
 
 
 @contextmanager
