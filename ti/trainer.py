@@ -136,29 +136,10 @@ class Trainer:
                             for k in range(len(self.active))])
 
     def _predict(self, x0, noise, t, prompts: list, sizes):
-        """The frozen UNet's prediction and its training target, both (B, 4, h, w) float32, for the VAE latents
-        x0 (B, 4, h, w, unscaled), noise (B, 4, h, w), timesteps t (B,), one prompt and (SDXL) six size numbers
-        (B, 6) per row; the learned vectors enter through the prompts. Training and validation both use it."""
-        sd = self.sd
-        x0 = x0.to(sd.device) * sd.vae.cfg.scale
-        noise, t, sizes = noise.to(sd.device), t.to(sd.device), sizes.to(sd.device)
-        alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = samplers.noised_for_training(x0, noise, alpha_bar)  # sqrt(a) x0 + sqrt(1 - a) noise
-        target = samplers.training_target(x0, noise, alpha_bar, sd.prediction)  # the noise, or v
-        cond = self._conditioning(prompts, sizes)  # (B, 77, width): the frozen text encoder(s), the vectors
-        return self.unet(noisy.to(sd.dtype), t, cond.context, cond.y).float(), target  # frozen UNet
-
-    def _conditioning(self, prompts: list, sizes: torch.Tensor) -> prompting.Conditioning:
-        """What the UNet takes for one prompt per row: the text encoder's context (B, 77, width), the learned
-        tokens' trainable vectors spliced into their positions, and (SDXL) the added conditioning from the pooled
-        vector and `sizes` (B, 6); each distinct prompt goes through the encoder(s) once, in one batched call."""
-        sd = self.sd
+        """`denoising_prediction` with this run's UNet (compiled or not) and trainable vectors: training and
+        validation both use it."""
         learned = {c.token: p for c, p in zip(self.concepts, self.params)}
-        distinct = list(dict.fromkeys(prompts))
-        cond = prompting.encode_first_windows(sd.encoders, distinct, learned, sd.device)
-        if len(distinct) < len(prompts):
-            cond = cond.rows(torch.tensor([distinct.index(p) for p in prompts], device=sd.device))
-        return sd.unet_conditioning(cond, sizes)
+        return denoising_prediction(self.sd, self.unet, self.alphas_cumprod, x0, noise, t, prompts, sizes, learned)
 
     def train_step(self, after_update=None) -> dict:
         """One step; returns {concept index: its loss}. `after_update(losses)` runs with the update, before a
@@ -360,3 +341,21 @@ def _signals_deferred():
         yield
     if caught:
         raise KeyboardInterrupt
+
+
+def denoising_prediction(sd, unet, alphas_cumprod, x0, noise, t, prompts: list, sizes, learned: dict) -> tuple:
+    """The frozen UNet's prediction and its training target, both (B, 4, h, w) float32, for the VAE latents
+    x0 (B, 4, h, w, unscaled), noise (B, 4, h, w), timesteps t (B,), one prompt and (SDXL) six size numbers
+    (B, 6) per row, with `learned` tokens' vectors spliced into the prompts: the loss TI minimises, in one place
+    for training, validation and the membership audit (privacy.py)."""
+    x0 = x0.to(sd.device) * sd.vae.cfg.scale
+    noise, t, sizes = noise.to(sd.device), t.to(sd.device), sizes.to(sd.device)
+    alpha_bar = alphas_cumprod[t].view(-1, 1, 1, 1)
+    noisy = samplers.noised_for_training(x0, noise, alpha_bar)  # sqrt(a) x0 + sqrt(1 - a) noise
+    target = samplers.training_target(x0, noise, alpha_bar, sd.prediction)  # the noise, or v
+    distinct = list(dict.fromkeys(prompts))  # each distinct prompt through the encoder(s) once, in one batch
+    cond = prompting.encode_first_windows(sd.encoders, distinct, learned, sd.device)
+    if len(distinct) < len(prompts):
+        cond = cond.rows(torch.tensor([distinct.index(p) for p in prompts], device=sd.device))
+    cond = sd.unet_conditioning(cond, sizes)  # (B, 77, width) context; SDXL: + pooled vector and sizes
+    return unet(noisy.to(sd.dtype), t, cond.context, cond.y).float(), target  # frozen UNet
