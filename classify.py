@@ -10,9 +10,11 @@ from dataclasses import fields, replace
 
 from mini_ldm import cli, demo
 from mini_ldm.settings import add_flags, from_flags, parse_given
-from classifier.experiment import run_experiment
 from classifier.report import table
-from classifier.settings import ClassifySettings
+from classifier.settings import INPUTS, ClassifySettings
+
+# Everything above is torch-free, so a wrong flag or folder answers at once; torch (seconds to import, more on a
+# busy machine) comes with the experiment, imported in main once the settings are checked.
 
 DEMO = {"steps": 24, "batch": 16, "size": 32, "repeats": 2, "val_every": 6, "lr": 1e-3, "augment": "light"}
 
@@ -62,6 +64,10 @@ def main(argv=None) -> None:
     settings = from_flags(ClassifySettings, args)
     if settings.demo:
         settings = demo_settings(settings, typed)
+    settings.check()
+    cli.check_exist(*((f"--{name}", getattr(settings, name)) for name in (*INPUTS, "weights")))
+    from classifier.experiment import run_experiment
+
     results = run_experiment(settings)
     print(table(results))
     print(f"wrote {settings.output / 'results.json'}, {settings.output / 'predictions.csv'}, "

@@ -10,18 +10,17 @@ import sys
 from pathlib import Path
 
 from mini_ldm import cli
+from mini_ldm.demo import DEMO_DIR
 from mini_ldm.errors import UserError
-from mini_ldm.loading import check_device, default_device
 from mini_ldm.settings import add_flags, from_flags
-from measure.demo import DEMO_DIR, demo_folders, demo_weights
-from measure.features import folder_features
-from measure.inception import find_default_weights, load_inception
-from measure.metrics import PER_REAL_RATIO, default_kid_subset_size, fid, inception_score, kid, memorization_audit
 from measure.copying import data_copying
+from measure.evaluate_settings import EvaluateSettings
 from measure.report import (summary_table, write_data_copying_png, write_memorization_csv, write_memorization_png,
                             write_metrics_json)
-from measure.evaluate_settings import EvaluateSettings
 from readers.images import find_images
+
+# Everything above is torch-free, so a wrong flag or folder answers at once; torch (seconds to import, more on a
+# busy machine) comes with the modules imported inside the functions that encode and measure.
 
 OUT_OF_MEMORY_HINT = "try a smaller --batch (e.g. 1), --device cpu, or fewer or smaller images"
 
@@ -47,11 +46,12 @@ def check_cheap_things(args, settings: EvaluateSettings) -> None:
             raise UserError(f"{role} folder {folder} does not exist or is not a folder; give the folder of "
                             f"{role.lower()} images")
         find_images(folder, warn=lambda message: None, tool="evaluate.py")  # an empty folder: now, not after loading
-    check_device(settings.device)
     cli.check_writable(settings.output, "--output", is_file=False)  # before both folders are encoded, not after
 
 
 def encode(s: EvaluateSettings, model, folder: Path, role: str):
+    from measure.features import folder_features
+
     with cli.naming_out_of_memory(f"encoding {role} folder {folder}"):  # cli.run adds OUT_OF_MEMORY_HINT
         feats = folder_features(folder, model, s.resize, s.zscore, s.dims, s.batch,
                                 cache_dir=False if s.no_cache else s.cache_dir, mirror=role == "REAL" and not s.no_mirror)
@@ -63,6 +63,8 @@ def encode(s: EvaluateSettings, model, folder: Path, role: str):
 
 
 def inception_score_checked(s: EvaluateSettings, synth) -> tuple:
+    from measure.metrics import inception_score
+
     if len(synth) < s.is_splits:
         print(f"warning: {len(synth)} synthetic images and --is-splits {s.is_splits}: each split holds one image at "
               "most, so the Inception Score is 1.0 +- 0 whatever the images; give more images or fewer splits",
@@ -71,6 +73,8 @@ def inception_score_checked(s: EvaluateSettings, synth) -> tuple:
 
 
 def compute(args, s: EvaluateSettings, real, synth) -> tuple:
+    from measure.metrics import PER_REAL_RATIO, default_kid_subset_size, fid, kid, memorization_audit
+
     size = s.kid_subset_size or default_kid_subset_size(len(real), len(synth))
     if not 2 <= size <= min(len(real), len(synth)):
         raise UserError(f"--kid-subset-size {size} must be between 2 and the smaller set ({min(len(real), len(synth))})")
@@ -105,6 +109,8 @@ def demo(args, settings: EvaluateSettings) -> None:
     """--demo: the demo folders where REAL or SYNTH is not given, output and splits sized for them."""
     print("demo: random Inception weights; this checks the install, its numbers mean nothing (real runs need "
           "the FID weights in weights/, see README)")
+    from measure.demo import demo_folders
+
     if args.real is None or args.synth is None:  # folders given (say the chain's own) are used as they are
         real, synth = demo_folders()
         args.real, args.synth = args.real or real, args.synth or synth
@@ -117,10 +123,15 @@ def demo(args, settings: EvaluateSettings) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     settings = from_flags(EvaluateSettings, args)
-    settings.device = settings.device or default_device()
     if settings.demo:
         demo(args, settings)
     check_cheap_things(args, settings)
+    from measure.demo import demo_weights
+    from measure.inception import find_default_weights, load_inception
+    from mini_ldm.loading import check_device, default_device
+
+    settings.device = settings.device or default_device()
+    check_device(settings.device)
     weights = settings.weights or (demo_weights() if settings.demo else find_default_weights())
     model = load_inception(weights, device=settings.device)
     print(f"Inception-v3 weights: {weights} (sha256 {model.weights_sha256[:12]}...)")

@@ -12,16 +12,14 @@ import argparse
 
 from tqdm import tqdm
 
-import mini_ldm
 from mini_ldm import cli
 from mini_ldm.errors import UserError
-from mini_ldm.loading import ModelSettings, check_device, default_autocast_dtype, default_device
+from mini_ldm.model_settings import ModelSettings
 from mini_ldm.settings import add_flags, from_flags
-from membership import inputs
-from membership.loss import check_timesteps
-from membership.report import results, write_json, write_membership_png, write_scores_csv
-from membership.run import add_token, reference_text, score, templates_of
 from membership.settings import PrivacySettings
+
+# Everything above is torch-free, so a wrong flag or path answers at once; torch (seconds to import, more on a
+# busy machine) comes with the modules imported in main once the flags are checked.
 
 OUT_OF_MEMORY_HINT = "try a smaller --batch (e.g. 1), --dtype fp16 or bf16, or --device cpu"
 
@@ -36,7 +34,9 @@ def parse_args(argv=None):
 
 
 def load_model(args, s: PrivacySettings):
-    sd = mini_ldm.load(args.model or cli.find_default_model(), device=s.device, dtype=s.dtype,
+    from mini_ldm.loading import load
+
+    sd = load(args.model or cli.find_default_model(), device=s.device, dtype=s.dtype,
                        prediction=args.prediction, vae=args.vae)
     print(f"loaded {sd.checkpoint.path} ({sd.family}, {sd.prediction} prediction: "
           f"{sd.checkpoint.prediction_reason}) on {s.device} in {s.dtype}")
@@ -64,6 +64,14 @@ def summary(entry: dict) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     s = from_flags(PrivacySettings, args).check()
+    cli.check_exist(("--model", args.model), ("--vae", args.vae), ("--embeddings", s.embeddings),
+                    ("--members", s.members), ("--held-out", s.held_out))
+    from membership import inputs
+    from membership.loss import check_timesteps
+    from membership.report import results, write_json, write_membership_png, write_scores_csv
+    from membership.run import add_token, reference_text, score, templates_of
+    from mini_ldm.loading import check_device, default_autocast_dtype, default_device
+
     s.device = s.device or default_device()
     check_device(s.device)
     s.dtype = s.dtype or default_autocast_dtype(s.device)

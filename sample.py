@@ -16,19 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-import mini_ldm
-from mini_ldm import cli, demo, demo_sdxl, xyz_grid
-from mini_ldm.dataset import ranks
-from mini_ldm.dataset.job import run_dataset
+from mini_ldm import cli, demo, grid_flags
 from mini_ldm.dataset.request import DatasetOptions, dataset_request
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
-from mini_ldm.loading import ModelSettings
-from mini_ldm.pipeline import INTERPOLATE_MODES
+from mini_ldm.model_settings import ModelSettings
 from mini_ldm.png import parameters_text, save_png
-from mini_ldm.sample_settings import SampleSettings
+from mini_ldm.sample_settings import INTERPOLATE_MODES, SampleSettings
 from mini_ldm.settings import add_flags, from_flags, options
-from mini_ldm.embeddings import check_width, load_embeddings
+
+# Everything above is torch-free, so a wrong flag or a missing file answers at once; torch (seconds to import,
+# more on a busy machine) comes with the modules imported inside the functions that load and run the model.
 
 DEFAULT_EMBEDDINGS = Path("embeddings")
 DEFAULT_OUTPUT = Path("outputs")
@@ -52,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--interpolate-mode", default=None, choices=INTERPOLATE_MODES,
                    help="prompt: draw \"A:1-a AND B:a\" (the paper's way, default); vectors: blend two learned "
                         "tokens' vectors (same vector count needed) inside --prompt, or alone")
-    xyz_grid.add_flags(p)
+    grid_flags.add_flags(p)
     p.add_argument("--embeddings", type=Path, nargs="+", default=None,
                    help="Textual Inversion files or folders (ours, diffusers, AUTOMATIC1111 .pt, kohya); each token "
                         "is used where it stands as a word in the prompt (default: the embeddings/ folder if present; "
@@ -60,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--no-embeddings", action="store_true", help="do not load the default embeddings/ folder")
     p.add_argument("--demo", action="store_true", help="check the install: the committed phantom model "
                    f"(with the embedding of `train.py --demo` if present), writing to {demo.DEMO_DIR}/")
-    demo_sdxl.add_flag(p)
+    demo.add_sdxl_flag(p)
     return cli.parse_args(p, argv)
 
 
@@ -99,6 +97,8 @@ def warn(message: str) -> None:
 def register_embeddings(sd, paths, use_default_folder: bool = True):
     """Register every embedding in `paths` with the model. Without paths, the default embeddings/ folder:
     there a file that cannot be used is skipped with a warning, while a file named explicitly is an error."""
+    from mini_ldm.embeddings import check_width, load_embeddings
+
     explicit = paths is not None
     if not explicit:
         paths = [DEFAULT_EMBEDDINGS] if use_default_folder and DEFAULT_EMBEDDINGS.is_dir() else []
@@ -136,7 +136,7 @@ def demo_defaults(args):
     else:
         print("demo: the phantom model (weights/phantom-sd2.safetensors), 128 px synthetic chest radiographs; "
               "real images need a real checkpoint in weights/, see README")
-    trained = demo_sdxl.sdxl_path(demo.DEMO_EMBEDDING) if args.sdxl else demo.DEMO_EMBEDDING
+    trained = demo.sdxl_path(demo.DEMO_EMBEDDING) if args.sdxl else demo.DEMO_EMBEDDING
     if args.embeddings is None:
         args.embeddings = [trained] if trained.is_file() else []
     if not args.prompt and args.interpolate is None and args.prompts_file is None:
@@ -146,10 +146,13 @@ def demo_defaults(args):
 
 
 def load_model(args):
-    device = args.device or mini_ldm.loading.default_device()
-    model_path = demo_sdxl.demo_model(args) if args.demo else args.model or cli.find_default_model()
+    from mini_ldm.demo_sdxl import demo_model
+    from mini_ldm.loading import default_device, load
+
+    device = args.device or default_device()
+    model_path = demo_model(args) if args.demo else args.model or cli.find_default_model()
     t0 = time.time()
-    sd = mini_ldm.load(model_path, device=device, dtype=args.dtype, prediction=args.prediction,
+    sd = load(model_path, device=device, dtype=args.dtype, prediction=args.prediction,
                        vae=args.vae)
     print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
           f"on {device} as {str(sd.dtype).removeprefix('torch.')} in {time.time() - t0:.1f}s")
@@ -186,8 +189,12 @@ def make_dataset(args, settings):
         raise UserError("--interpolate: not with --count/--prompts-file (a dataset job draws text-to-image)")
     options = from_flags(DatasetOptions, args)
     request = dataset_request(settings, args.output, options.count, options.prompts_file, options.batch,
-                              options.overwrite)  # bad input fails before the model loads
-    args.device = ranks.local_device(args.device or mini_ldm.loading.default_device())
+                              options.overwrite)  # bad input fails before torch and the model load
+    from mini_ldm.dataset import ranks
+    from mini_ldm.dataset.job import run_dataset
+    from mini_ldm.loading import default_device
+
+    args.device = ranks.local_device(args.device or default_device())
     sd = load_model(args)
     register_embeddings(sd, args.embeddings, use_default_folder=not args.no_embeddings)
     report = run_dataset(sd, request)
@@ -197,6 +204,8 @@ def make_dataset(args, settings):
 
 def make_grid(args):
     """--grid: a settings grid (mini_ldm/xyz_grid.py); every cell is checked before the model loads."""
+    from mini_ldm import xyz_grid
+
     plan = xyz_grid.plan_grid(args, {f.name: getattr(args, f.name) for f in options(SampleSettings)})
     cli.check_writable(args.output, "--output", is_file=False)
     sd = load_model(args)
@@ -216,10 +225,11 @@ def refuse_unused_flags(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    demo_sdxl.check_flag(args)
+    demo.check_sdxl_flag(args)
     if args.demo:
         demo_defaults(args)
     refuse_unused_flags(args)
+    cli.check_exist(("--model", args.model), ("--vae", args.vae), ("--embeddings", args.embeddings))
     if args.grid is not None or args.max_cells is not None:
         return make_grid(args)
     if args.count is not None or args.prompts_file is not None:

@@ -9,20 +9,18 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
-import mini_ldm
-from mini_ldm import cli, demo, demo_sdxl
+from mini_ldm import cli, demo
 from mini_ldm.errors import UserError
-from mini_ldm.loading import ModelSettings
+from mini_ldm.model_settings import ModelSettings
 from mini_ldm.settings import add_flags, from_flags, parse_given
 from ti import concepts as concept_plan
 from ti.concepts import file_name
-from ti.data import cached_latents
 from ti.run_files import check_fresh_output, check_resumable, output_lock
 from ti.templates import load_templates
 from ti.train_settings import TrainSettings
-from ti.trainer import Trainer
+
+# Everything above is torch-free, so a wrong flag or a missing folder answers at once; torch (seconds to import,
+# more on a busy machine) comes with the modules imported inside the functions that load and train the model.
 
 
 def parse_args(argv=None):
@@ -40,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--demo", action="store_true", help="see Textual Inversion work: the committed phantom model "
                    f"learns {demo.DEMO_TOKEN} from 100 synthetic chest phantoms, in about a minute on a CPU (writes "
                    f"{demo.DEMO_DIR}/)")
-    demo_sdxl.add_flag(p)
+    demo.add_sdxl_flag(p)
     args, given = parse_given(p, argv)
     args.given = given  # --demo's values fill in only the flags not typed
     return args
@@ -83,11 +81,11 @@ def demo_settings(settings: TrainSettings, given=frozenset()) -> TrainSettings:
 def resolve_settings(args) -> TrainSettings:
     """The flags as checked TrainSettings with the data-dependent defaults (token, output) filled in."""
     settings = from_flags(TrainSettings, args)
-    demo_sdxl.check_flag(args)
+    demo.check_sdxl_flag(args)
     if args.demo:
         settings = demo_settings(settings, args.given)
         if args.sdxl and "output" not in args.given:  # beside the SD 2 demo's files, not over them
-            settings = replace(settings, output=demo_sdxl.sdxl_path(settings.output))
+            settings = replace(settings, output=demo.sdxl_path(settings.output))
         args.overwrite = True  # the demo always starts afresh
     elif settings.data is None:
         raise UserError("--data: give the folder of training images (or --demo to check the install)")
@@ -120,7 +118,7 @@ def check_output(args, settings: TrainSettings, concepts: list) -> Path | None:
 def check_compiler(device: str):
     """--compile on a CPU: inductor writes C++ and builds it with the machine's C++ compiler; without one the
     first step would end in a traceback, after the model loaded and the latents were encoded."""
-    if torch.device(device).type != "cpu":
+    if not device.startswith("cpu"):
         return
     from torch._inductor import cpp_builder, exc
     try:
@@ -131,8 +129,11 @@ def check_compiler(device: str):
 
 
 def load_model(args, settings: TrainSettings, device: str):
-    model_path = demo_sdxl.demo_model(args) if args.demo else args.model or cli.find_default_model()
-    sd = mini_ldm.load(model_path, device=device, dtype=settings.dtype, prediction=args.prediction, vae=args.vae)
+    from mini_ldm.demo_sdxl import demo_model
+    from mini_ldm.loading import load
+
+    model_path = demo_model(args) if args.demo else args.model or cli.find_default_model()
+    sd = load(model_path, device=device, dtype=settings.dtype, prediction=args.prediction, vae=args.vae)
     print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
           f"on {device} in {settings.dtype}")
     return sd
@@ -140,6 +141,10 @@ def load_model(args, settings: TrainSettings, device: str):
 
 def latent_cache(sd, settings: TrainSettings, data: Path, paths: list, flip: bool):
     """The latents of `paths` (images under `data`), encoded once and cached beside the run's files."""
+    import torch
+
+    from ti.data import cached_latents
+
     resolution = sd.native_size if settings.resolution is None else settings.resolution
     multiple = sd.vae.downscale
     if resolution < multiple or resolution % multiple:
@@ -168,15 +173,19 @@ def encode_concepts(sd, settings: TrainSettings, concepts: list):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = args.device or mini_ldm.loading.default_device()
-    mini_ldm.loading.check_device(device)
     settings = resolve_settings(args)
-    settings.dtype = settings.dtype or mini_ldm.loading.default_autocast_dtype(device)
-    if settings.compile:
-        check_compiler(device)
+    cli.check_exist(("--model", args.model), ("--vae", args.vae))
     templates = load_templates(settings.template)
     concepts = concept_plan.plan(settings)
     resume_from = check_output(args, settings, concepts)
+    from mini_ldm.loading import check_device, default_autocast_dtype, default_device
+    from ti.trainer import Trainer
+
+    device = args.device or default_device()
+    check_device(device)
+    settings.dtype = settings.dtype or default_autocast_dtype(device)
+    if settings.compile:
+        check_compiler(device)
     with output_lock(settings.output, settings.concepts):
         sd = load_model(args, settings, device)
         settings.base_model = Path(sd.checkpoint.path).name

@@ -9,5 +9,7 @@ settings.py (the flags), data.py (class folders -> images in memory), resnet.py,
 (arms x repeats, training, resume), report.py (results.json, predictions.csv, roc.png); the statistics
 (AUC, DeLong, mean/std) are stats/auc.py's.
 """
-from .experiment import run_experiment  # noqa: F401
-from .settings import ClassifySettings  # noqa: F401
+from mini_ldm.lazy import exports
+
+# imported on first use: classify.py checks its flags through classifier's settings before torch is imported
+__getattr__, __dir__ = exports(__name__, {"run_experiment": ".experiment", "ClassifySettings": ".settings"})

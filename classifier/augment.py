@@ -41,7 +41,6 @@ RECIPES = {
                     shift=0.1, scale=0.2, rotate=45, p_brightness_contrast=1.0, p_distort=1.0,
                     p_channel_dropout=0.8),
 }
-LEVELS = ("none", *RECIPES)
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:

@@ -9,9 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mini_ldm import cli
-from mini_ldm.errors import UserError
+from mini_ldm.errors import UserError, first_line
 from mini_ldm.hashes import file_sha256
-from mini_ldm.io import UnsafePickle, first_line, torch_load
+from mini_ldm.io import UnsafePickle, torch_load
 
 WEIGHTS_FILE = "resnet18-f37072fd.pth"
 WEIGHTS_URL = f"https://download.pytorch.org/models/{WEIGHTS_FILE}"

@@ -4,17 +4,15 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mini_ldm import loading
 from mini_ldm.demo import DEMO_DIR
 from mini_ldm.errors import UserError
+from mini_ldm.model_settings import DTYPE_NAMES
 from mini_ldm.settings import SEED_LIMIT, check_positive, check_utf8, device_option, option
 
-from .augment import LEVELS
-
+LEVELS = ("none", "light", "heavy")  # --augment: none, or one of augment.RECIPES
 ARM_KINDS = ("real", "real+synthetic", "synthetic")
 INPUTS = ("train", "val", "test", "synthetic")  # the image folders, as fields (and flags)
 MAX_PIXELS = 2**26  # 8192 x 8192; PIL decodes a whole image first, 12000 x 12000 cost 4.5 GB
-DTYPES = tuple(loading.DTYPES)
 # what does not change a result: a rerun may differ in these and still continue the same experiment
 NOT_IDENTITY = ("output", "overwrite", "device", "demo", "max_pixels")
 
@@ -65,7 +63,7 @@ class ClassifySettings:
                                   shown="weights/resnet18-f37072fd.pth")
     from_scratch: bool = option(False, "random initial weights instead of ImageNet ones (no weights file needed)")
     device: str | None = device_option()
-    dtype: str | None = option(None, "autocast precision on CUDA (fp32 elsewhere)", choices=DTYPES,
+    dtype: str | None = option(None, "autocast precision on CUDA (fp32 elsewhere)", choices=DTYPE_NAMES,
                                shown="bf16 on a CUDA GPU that has it, else fp32")
     output: Path = option(Path("classification"), "folder for results.json, predictions.csv, roc.png and the "
                                                    "finished trainings (runs/); not inside an input folder",

@@ -10,7 +10,10 @@
 The downstream classifier experiment (classify.py) is the package classifier/; the AUC and DeLong statistics
 are stats/auc.py.
 """
-from .inception import find_default_weights, load_inception  # noqa: F401
-from .metrics import fid, inception_score, kid, memorization_audit  # noqa: F401
+from mini_ldm.lazy import exports
 
-from .features import FolderFeatures, folder_features, image_features  # noqa: F401
+# imported on first use: evaluate.py checks its flags through measure's settings before torch is imported
+__getattr__, __dir__ = exports(__name__, {
+    "find_default_weights": ".inception", "load_inception": ".inception", "fid": ".metrics",
+    "inception_score": ".metrics", "kid": ".metrics", "memorization_audit": ".metrics",
+    "FolderFeatures": ".features", "folder_features": ".features", "image_features": ".features"})

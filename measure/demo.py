@@ -16,7 +16,8 @@ from mini_ldm.demo import DEMO_DIR  # every CLI's --demo writes there
 from mini_ldm.io import atomic_write, write_image_atomic
 from readers.phantom import chest_phantom
 
-from .inception import WEIGHTS_FILES, InceptionV3FID
+from .evaluate_settings import WEIGHTS_FILES
+from .inception import InceptionV3FID
 
 DEMO_WEIGHTS = DEMO_DIR / WEIGHTS_FILES[0]
 DEMO_SEED = 1234

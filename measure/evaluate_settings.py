@@ -1,5 +1,8 @@
 """EvaluateSettings: evaluate.py's options (REAL and SYNTH are its positional arguments), the source of its
-flags and of the README's table."""
+flags and of the README's table.
+
+No torch here: evaluate.py checks its flags before torch is imported. The choices a flag offers are named here
+and used by the modules that act on them (inception.py, preprocess.py, features.py)."""
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -7,8 +10,10 @@ from mini_ldm.demo import DEMO_DIR
 from mini_ldm.errors import UserError
 from mini_ldm.settings import check_positive, device_option, option
 
-from .inception import FEATURE_DIMS, WEIGHTS_FILES
-from .preprocess import RESIZE_MODES
+# the published Inception-v3 FID weights: pytorch-fid's file, and torch-fidelity's (the same network)
+WEIGHTS_FILES = ("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth")
+FEATURE_DIMS = (64, 192, 768, 2048)  # the Inception taps FID can use; 2048 is the final pool
+RESIZE_MODES = ("antialias", "tf1")  # preprocess.py: to 299 px as torchmetrics >= 1.0, or as TensorFlow 1
 
 
 @dataclass

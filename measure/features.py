@@ -16,10 +16,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save
 
-from measure.inception import FEATURE_DIMS
+from measure.evaluate_settings import FEATURE_DIMS
 from measure.preprocess import inception_input, to_uint8_tensor, zscore_paper
 from mini_ldm.cli import naming_out_of_memory
-from mini_ldm.io import first_line, user_cache_dir, write_bytes_atomic
+from mini_ldm.errors import first_line
+from mini_ldm.io import user_cache_dir, write_bytes_atomic
 from readers.images import DataError, find_images, load_image, warn_stderr
 
 CACHE_FORMAT = "mini-ldm-inception-features-1"  # bump when the stored layout changes

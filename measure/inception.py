@@ -23,14 +23,13 @@ import torch.nn.functional as F
 
 from mini_ldm import hashes
 from mini_ldm.cli import weights_folder
-from mini_ldm.errors import UserError
-from mini_ldm.io import UnsafePickle, first_line, torch_load
+from mini_ldm.errors import UserError, first_line
+from mini_ldm.io import UnsafePickle, torch_load
+
+from .evaluate_settings import WEIGHTS_FILES
 
 INPUT_SIZE = 299
-FEATURE_DIMS = (64, 192, 768, 2048)
 NUM_CLASSES = 1008
-
-WEIGHTS_FILES = ("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth")
 WEIGHTS_HINT = ("download pt_inception-2015-12-05-6726825d.pth from "
                 "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth "
                 "(or torch-fidelity's weights-inception-2015-12-05-6726825d.pth from "

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .evaluate_settings import RESIZE_MODES
 from .inception import INPUT_SIZE
-
-RESIZE_MODES = ("antialias", "tf1")
 
 
 def zscore_paper(rgb: np.ndarray) -> np.ndarray:

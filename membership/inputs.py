@@ -14,7 +14,7 @@ import numpy as np
 
 from mini_ldm.embeddings import load_embeddings
 from mini_ldm.errors import UserError
-from mini_ldm.prompt import match_key
+from mini_ldm.prompt_text import match_key
 from readers.images import DataError, find_images, load_frames, warn_stderr
 
 

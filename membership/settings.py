@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from mini_ldm import loading
+from mini_ldm.model_settings import DTYPE_NAMES
 from mini_ldm.errors import UserError
 from mini_ldm.settings import check_positive, check_seed, device_option, option
 
@@ -34,7 +34,7 @@ class PrivacySettings:
                                           "crop)", shown="the model's native size")
     batch: int = option(8, "rows (image, timestep, draw) per UNet forward pass", metavar="N")
     device: str | None = device_option()
-    dtype: str | None = option(None, "model precision", choices=tuple(loading.DTYPES),
+    dtype: str | None = option(None, "model precision", choices=DTYPE_NAMES,
                                shown="bf16 on a CUDA GPU that has it, else fp32 (as training)")
 
     def check(self) -> "PrivacySettings":

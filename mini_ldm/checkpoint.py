@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 
 from .clip import TextEncoder
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .families import (REFINER_PREFIX, UNET_PREFIX, VAE_PREFIX, Family, count, folder_family, native_size,
                        single_file_family, text_config, unet_config, vae_config, vae_latent_channels)
-from .io import first_line
 from .key_renames import (Prefixed, TensorSource, diffusers_unet_tensors, diffusers_vae_tensors, hf_text_tensors,
                           open_clip_tensors)
 from .samplers import alphas_cumprod_from_config

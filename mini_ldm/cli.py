@@ -7,8 +7,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
-from .io import first_line
+from .errors import UserError, first_line
 from .settings import parse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,6 +59,15 @@ def check_writable(path: Path, flag: str, is_file: bool) -> None:
         raise UserError(f"{flag} {path}: {existing} is a file, so nothing can be written under it")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: {existing} is not writable; choose another place")
+
+
+def check_exist(*named: tuple) -> None:
+    """(flag, path or list of paths or None) pairs: every path given must exist, checked with the flags, before
+    torch and the model load (the loaders say the same again, for the API's callers)."""
+    for flag, paths in named:
+        for path in paths if isinstance(paths, (list, tuple)) else [paths]:
+            if path is not None and not Path(path).exists():
+                raise UserError(f"{flag} {path}: no such file or folder")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:

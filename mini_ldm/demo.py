@@ -30,3 +30,22 @@ def demo_model_file(path: Path = DEMO_MODEL) -> Path:
                         "repository's weights/ (restore it with git checkout, or remake it: python -m "
                         "devkit.phantom_model)")
     return Path(path)
+
+
+def add_sdxl_flag(parser) -> None:
+    """--sdxl: the demo's tiny random SDXL (demo_sdxl.py) instead of the phantom model."""
+    parser.add_argument("--sdxl", action="store_true", help="with --demo: the tiny random SDXL model (two text "
+                        "encoders, size conditioning) instead of the SD 2 one")
+
+
+def check_sdxl_flag(args) -> None:
+    """--sdxl picks the demo's model; without --demo it would be silently ignored."""
+    if args.sdxl and not args.demo:
+        raise UserError("--sdxl: only with --demo (a real SDXL checkpoint is chosen with --model)")
+
+
+def sdxl_path(path: Path) -> Path:
+    """A demo output's SDXL twin (phantom.safetensors -> phantom-sdxl.safetensors), so that the SD 2 demo's
+    files, whose vectors are another width, are not replaced."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-sdxl{path.suffix}")

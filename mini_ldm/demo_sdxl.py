@@ -15,7 +15,6 @@ import torch
 from .checkpoint import CONFIG_METADATA
 from .clip import TextConfig, TextEncoder
 from .demo import DEMO_DIR, demo_model_file
-from .errors import UserError
 from .families import SDXL, UNET_PREFIX, VAE_PREFIX
 from .io import safetensors_bytes, write_bytes_atomic
 from .key_renames import open_clip_names
@@ -25,29 +24,11 @@ from .vae import AutoencoderKL, VAEConfig
 DEMO_SDXL_MODEL = DEMO_DIR / "tiny-random-sdxl.safetensors"
 SDXL_DEMO_SIZE = 64  # pixels; the tiny VAE downsamples by 2, so latents are 32x32
 SDXL_DEMO_SEED = 1234  # fixed, so every demo builds the same model
-FLAG_HELP = "with --demo: the tiny random SDXL model (two text encoders, size conditioning) instead of the SD 2 one"
 CLIP_L = TextConfig(width=64, layers=2, heads=1, mlp_width=256, activation="quick_gelu")
 BIG_G = TextConfig(width=128, layers=2, heads=2, mlp_width=512, activation="gelu", projection_dim=128)
 UNET = UNetConfig(model_channels=32, channel_mult=(1, 2), attention_levels=(1,), heads=(1, 2),
                   context_dim=CLIP_L.width + BIG_G.width, linear_proj=True, transformer_depth=(0, 2),
                   middle_depth=2, adm_in_channels=BIG_G.projection_dim + 6 * SIZE_EMBED_DIM)
-
-
-def add_flag(parser) -> None:
-    parser.add_argument("--sdxl", action="store_true", help=FLAG_HELP)
-
-
-def check_flag(args) -> None:
-    """--sdxl picks the demo's model; without --demo it would be silently ignored."""
-    if args.sdxl and not args.demo:
-        raise UserError("--sdxl: only with --demo (a real SDXL checkpoint is chosen with --model)")
-
-
-def sdxl_path(path: Path) -> Path:
-    """A demo output's SDXL twin (phantom.safetensors -> phantom-sdxl.safetensors), so that the SD 2 demo's
-    files, whose vectors are another width, are not replaced."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}-sdxl{path.suffix}")
 
 
 def demo_sdxl_model_file(path: Path = DEMO_SDXL_MODEL) -> Path:

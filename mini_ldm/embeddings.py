@@ -27,8 +27,8 @@ from typing import Iterable
 import torch
 from safetensors import safe_open
 
-from .errors import UserError
-from .io import UnsafePickle, first_line, safetensors_bytes, torch_load, write_bytes_atomic
+from .errors import UserError, first_line
+from .io import UnsafePickle, safetensors_bytes, torch_load, write_bytes_atomic
 
 FORMAT = "mini-ldm-ti"  # the metadata "format" value that marks our own files
 SUFFIXES = (".safetensors", ".pt", ".bin")  # what load_embeddings picks up from a folder

@@ -1,14 +1,11 @@
-"""Images in and out of the pipeline: init images and masks for img2img/inpainting, grids and strips.
+"""Images in and out of the pipeline, as PIL images: init images and masks opened and checked in their flag's
+words, resized as diffusers resizes them (Lanczos, only when the size must change), grids and strips.
 
-Pixel conventions follow diffusers' VaeImageProcessor, so img2img starts from the very same tensor:
-8-bit RGB -> float32 / 255 -> 2x - 1, resized (Lanczos) only when the size must change.
-"""
+Pillow only, no torch: the CLIs check --init-image and --mask with the other flags, before torch is imported.
+Pixels become tensors where sampling starts (starts.py)."""
 import math
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from .errors import UserError
@@ -52,49 +49,6 @@ def resize(image: Image.Image, height: int, width: int) -> Image.Image:
     if image.size == (width, height):
         return image
     return image.resize((width, height), resample=Image.LANCZOS)
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL -> (1, 3, H, W) float32 in [-1, 1], with diffusers' exact arithmetic."""
-    pixels = np.asarray(image).astype(np.float32) / 255.0
-    return 2.0 * torch.from_numpy(pixels).permute(2, 0, 1)[None] - 1.0
-
-
-def binary_mask(mask: Image.Image, height: int, width: int) -> torch.Tensor:
-    """Grey-scale mask -> (1, 1, H, W) float of 0/1, 1 = repaint (white). A mask of another size than the
-    image is resized to it first; grey levels round at the middle (>= 128 repaints, diffusers' rule)."""
-    values = np.asarray(resize(mask, height, width)).astype(np.float32) / 255.0
-    return torch.from_numpy((values >= 0.5).astype(np.float32))[None, None]
-
-
-def blur_mask(mask: torch.Tensor, px: int) -> torch.Tensor:
-    """Feather a 0/1 mask (1, 1, H, W) over `px` pixels: a separable Gaussian (sigma px/2) cut off at px.
-
-    The cut-off is what makes "outside the blurred mask" a hard set: every pixel more than px away
-    from the mask (in x or y) is exactly 0, so the init image shows there unchanged. The weights are
-    integers and the sums float64, so they are exact: deep inside the mask the result is exactly 1.
-    """
-    if px <= 0:
-        return mask
-    x = torch.arange(-px, px + 1, dtype=torch.float64)
-    kernel = torch.round(1000 * torch.exp(-0.5 * (x / (px / 2)) ** 2))
-    out = F.conv2d(mask.double(), kernel.view(1, 1, 1, -1), padding=(0, px))
-    out = F.conv2d(out, kernel.view(1, 1, -1, 1), padding=(px, 0))
-    return (out / kernel.sum() ** 2).float()
-
-
-def latent_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
-    """0/1 pixel mask (1, 1, H, W) -> 0/1 latent mask (1, 1, H/f, W/f): a latent cell is repainted when any
-    of its f x f pixels is, so every masked pixel is regenerated (the pixel composite trims the rest)."""
-    return F.max_pool2d(mask, factor)
-
-
-def composite(generated: Image.Image, init: Image.Image, feathered_mask: torch.Tensor) -> Image.Image:
-    """generated where the mask is 1, init where it is 0, blended between; mask (1, 1, H, W) in [0, 1].
-    Where the mask is 0 the result is init's own bytes: init * 1 + g * 0 is exact in float32."""
-    a = feathered_mask[0, 0].numpy()[..., None].astype(np.float32)
-    gen, base = np.asarray(generated).astype(np.float32), np.asarray(init).astype(np.float32)
-    return Image.fromarray(np.round(base * (1 - a) + gen * a).astype(np.uint8))
 
 
 # --- grids and strips ----------------------------------------------------------------------------

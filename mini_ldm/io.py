@@ -6,7 +6,10 @@ Five rules live here so that no caller has to remember them:
 - two runs never write one output at once: the first holds a lock file with its pid (`pid_lock`);
 - a pickle is only ever opened with `weights_only=True`, so loading a file never runs its code (`torch_load`);
 - the same tensors and metadata give the same bytes (`safetensors_bytes`);
-- a library's multi-line error becomes the first line of a message of ours (`first_line`).
+- a library's multi-line error becomes the first line of a message of ours (`errors.first_line`).
+
+torch and safetensors are imported inside the two helpers that read or write tensors: the CLIs use the
+others while checking their flags, before torch (seconds to import) is loaded.
 """
 import json
 import os
@@ -17,8 +20,6 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import safetensors.torch
-import torch
 from PIL import Image
 
 from .errors import UserError
@@ -28,15 +29,6 @@ def user_cache_dir() -> Path:
     """mini-ldm's folder for caches that only save time (hashes, image features): $XDG_CACHE_HOME/mini-ldm,
     by default ~/.cache/mini-ldm."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mini-ldm"
-
-
-def first_line(e: BaseException) -> str:
-    """The gist of a library error: its first sentence, so our messages stay one line. A C++ check's prefix
-    (torch's "[enforce fail at alloc_cpu.cpp:127] err == 0. ") says nothing to a user and is left out."""
-    text = re.sub(r"^\[enforce fail at [^\]]*\][^.]*\.\s*", "", str(e).strip())
-    if not text:
-        return type(e).__name__
-    return text.splitlines()[0].split(". ")[0][:200]
 
 
 @contextmanager
@@ -106,6 +98,8 @@ def torch_load(path, allow: tuple = (), mmap: bool = False):
     """`torch.load` with weights_only=True, on CPU. Raises UnsafePickle when the file asks for code or
     objects beyond tensors and plain data (and the classes in `allow`), or the library's own error when
     the file is damaged; callers turn both into messages of their own."""
+    import torch
+
     path = Path(path)
     safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     try:
@@ -123,6 +117,8 @@ def torch_load(path, allow: tuple = (), mmap: bool = False):
 
 
 def _load(path: Path, mmap: bool):
+    import torch
+
     if mmap:  # memory-mapping needs a file name
         try:
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -185,6 +181,8 @@ def safetensors_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
     """safetensors.torch.save with the metadata in sorted key order: the library writes it from a hash map, in
     an order that changes from process to process, so the same tensors would give different file bytes (and
     hashes). The tensors' own order and data are already deterministic; only the header is rewritten."""
+    import safetensors.torch
+
     raw = safetensors.torch.save(tensors, metadata=metadata)
     size = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + size])

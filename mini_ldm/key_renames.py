@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .errors import CheckpointError
-from .io import UnsafePickle, first_line, torch_load
+from .errors import CheckpointError, first_line
+from .io import UnsafePickle, torch_load
 
 
 class TensorSource:

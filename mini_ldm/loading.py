@@ -1,34 +1,14 @@
-"""`mini_ldm.load`: a checkpoint path -> a ready StableDiffusion; `ModelSettings`: the flags that choose it."""
-from dataclasses import dataclass
-from pathlib import Path
+"""`mini_ldm.load`: a checkpoint path -> a ready StableDiffusion (the flags that choose it: model_settings.py)."""
 
 import torch
 
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, UserError
+from .model_settings import DTYPE_NAMES, PREDICTIONS
 from .pipeline import StableDiffusion
-from .settings import device_option, option
 from .tokenizer import CLIPTokenizer
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PREDICTIONS = ("auto", "epsilon", "v")
-
-
-@dataclass
-class ModelSettings:
-    """Which model, where and in what precision: the flags every CLI that loads Stable Diffusion shares
-    (sample.py, train.py), so they read and default the same everywhere."""
-    model: Path | None = option(None, "a .safetensors/.ckpt single file or a diffusers folder",
-                                shown="the one checkpoint in weights/", metavar="PATH")
-    device: str | None = device_option()
-    dtype: str | None = option(None, "weights and activations precision", choices=tuple(DTYPES),
-                               aliases=("--precision",), shown="fp16 on CUDA, fp32 elsewhere")
-    prediction: str = option("auto", "what a single-file model predicts; auto = epsilon unless the file name says "
-                                     "v (768-v, v-pred, SD2 768); diffusers folders say it themselves",
-                             choices=PREDICTIONS)
-    vae: Path | None = option(None, "decode (and encode) with this VAE instead of the checkpoint's own: a file "
-                                    "or a diffusers vae/ folder, e.g. the fp16-fix SDXL VAE or SD 2's ft-MSE VAE",
-                              metavar="FILE", shown="the checkpoint's own")
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 
 
 def default_device() -> str:

@@ -29,13 +29,12 @@ from tqdm.auto import tqdm
 
 from . import images as imaging
 from . import prompt as prompting
+from . import prompt_text
 from . import samplers, starts
 from .denoisers import ClassifierFreeGuidance, Denoiser, InpaintingChannels, ScaledUNet
 from .errors import UserError
-from .sample_settings import SampleSettings
+from .sample_settings import INTERPOLATE_MODES, SampleSettings
 from .vae import posterior_std
-
-INTERPOLATE_MODES = ("prompt", "vectors")
 
 
 class StableDiffusion:
@@ -174,7 +173,7 @@ class StableDiffusion:
         parts = None
         if prompt is not None and not isinstance(prompt, str):
             parts = [(text, float(w)) for text, w in prompt]
-            prompt = prompting.format_and(parts)
+            prompt = prompt_text.format_and(parts)
         if settings is None:
             fields = {"prompt": prompt or "", "negative_prompt": negative_prompt or "", **options}
             settings = SampleSettings(**fields)
@@ -201,7 +200,7 @@ class StableDiffusion:
     def _run(self, settings: SampleSettings, parts, learned: dict, progress: bool, generator=None):
         """`generator`: None for one CPU generator seeded with settings.seed, or a list of one per image."""
         settings, image = self._resolve(settings)
-        parts = parts or prompting.parse_and(settings.prompt)
+        parts = parts or prompt_text.parse_and(settings.prompt)
         negative, terms = self._guidance_rows(parts, settings, learned)
         generator = generator if generator is not None else torch.Generator("cpu").manual_seed(settings.seed)
         start = self._start(settings, image, generator)
@@ -224,7 +223,7 @@ class StableDiffusion:
             print(f"notice: the VAE decoder gave NaN or infinite pixels in {_dtype_name(self.dtype)}; "
                   f"decoded {redone} image(s) again in fp32", file=sys.stderr)
         if start.feathered_mask is not None:  # outside the (blurred) mask, the init image's own pixels
-            images = [imaging.composite(im, start.init_image, start.feathered_mask) for im in images]
+            images = [starts.composite(im, start.init_image, start.feathered_mask) for im in images]
         return images, settings
 
     def resolved(self, settings: SampleSettings) -> SampleSettings:
@@ -306,7 +305,7 @@ class StableDiffusion:
         images, used = [], []
         for alpha, (parts, learned, names) in zip(alphas, jobs):
             extra = {**base.extra, "Interpolate": f"{names[0]} -> {names[1]}", "Interpolate mode": mode, "Alpha": alpha}
-            prompt = prompting.format_and(parts) if parts else base.prompt
+            prompt = prompt_text.format_and(parts) if parts else base.prompt
             ims, s = self._run(replace(base, prompt=prompt, extra=extra), parts, learned, progress)
             images += ims
             used.append(s)
@@ -317,7 +316,7 @@ class StableDiffusion:
         if base.prompt:
             raise UserError("--prompt: not used with --interpolate-mode prompt (A and B are the prompts)")
         for text in (a, b):
-            if prompting.bracketed_words(text) == [text.strip()] and self._find_learned(text) is None:
+            if prompt_text.bracketed_words(text) == [text.strip()] and self._find_learned(text) is None:
                 raise UserError(f"--interpolate {text}: not a learned token; {self._known_tokens()}")
         return [([(a, round(1.0 - alpha, 6)), (b, alpha)], self.learned, (a, b)) for alpha in alphas]
 
@@ -332,7 +331,7 @@ class StableDiffusion:
             raise UserError(f"--interpolate-mode vectors: {names[0]} has {len(va)} vectors and {names[1]} "
                             f"{len(vb)}; blending needs the same number (use --interpolate-mode prompt)")
         base.prompt = base.prompt or names[0]
-        if names[0] not in prompting.split_learned(base.prompt, self.learned)[1::2]:
+        if names[0] not in prompt_text.split_learned(base.prompt, self.learned)[1::2]:
             raise UserError(f"--prompt {base.prompt!r}: must contain {names[0]}, whose vectors are blended with "
                             f"{names[1]}")
         blends = [{**self.learned, names[0]: (1.0 - alpha) * va + alpha * vb} for alpha in alphas]
@@ -340,13 +339,13 @@ class StableDiffusion:
 
     def _find_learned(self, text: str):
         """The registered name of learned token `text` (matched as in prompts: by prompt.match_key)."""
-        return prompting.find_learned(self.learned, text)
+        return prompt_text.find_learned(self.learned, text)
 
     def check_learned_words(self, text: str, where: str, learned: dict | None = None) -> None:
         """A word in angle brackets is meant as a learned token: refuse one that is not loaded (in `learned`,
         default the registered ones), naming `where` it was written and the tokens that are."""
-        for word in prompting.bracketed_words(text):
-            if prompting.find_learned(self.learned if learned is None else learned, word) is None:
+        for word in prompt_text.bracketed_words(text):
+            if prompt_text.find_learned(self.learned if learned is None else learned, word) is None:
                 raise UserError(f"{where}: {word} is not a learned token; {self._known_tokens()}")
 
     def _known_tokens(self) -> str:

@@ -1,9 +1,11 @@
 """SampleSettings: everything that determines an image; the input of `StableDiffusion.sample`, the source
-of sample.py's flags, and what the PNG's parameters text records."""
+of sample.py's flags, and what the PNG's parameters text records.
+
+No torch here (nor in what this imports): sample.py checks its flags, and the files they name, before torch
+is imported, so a mistake answers at once."""
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import samplers
 from .errors import UserError
 from .images import check_image_file
 from .settings import check_finite, check_positive, check_seed, check_utf8, option
@@ -14,6 +16,8 @@ from .settings import check_finite, check_positive, check_seed, check_utf8, opti
 MAX_SIDE = 4096
 DEFAULT_STRENGTH = 0.75
 DEFAULT_MASK_BLUR = 4
+SCHEDULERS = ("ddim", "euler", "euler_a", "dpm++2m", "dpm++2m_karras")  # samplers.py draws each
+INTERPOLATE_MODES = ("prompt", "vectors")  # StableDiffusion.interpolate: blend the prompts, or the vectors
 
 
 @dataclass
@@ -28,7 +32,7 @@ class SampleSettings:
     steps: int = option(30, "sampling steps (the paper used 25-100)")
     cfg: float = option(3.0, "classifier-free guidance scale (the paper used 2-3); 1 or less turns guidance off")
     scheduler: str = option("euler_a", "sampler: euler_a is Euler ancestral, as in the paper",
-                            choices=samplers.SCHEDULERS)
+                            choices=SCHEDULERS)
     height: int | None = option(None, f"image height in pixels, a multiple of 8 up to {MAX_SIDE}",
                                 shown="the model's native size")
     width: int | None = option(None, f"image width in pixels, a multiple of 8 up to {MAX_SIDE}",
@@ -53,8 +57,8 @@ class SampleSettings:
         for flag, text in (("--prompt", self.prompt), ("--negative-prompt", self.negative_prompt),
                            ("--init-image", self.init_image), ("--mask", self.mask)):
             check_utf8(flag, text)
-        if self.scheduler not in samplers.SCHEDULERS:
-            raise UserError(f"--scheduler {self.scheduler}: unknown; choose one of {', '.join(samplers.SCHEDULERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise UserError(f"--scheduler {self.scheduler}: unknown; choose one of {', '.join(SCHEDULERS)}")
         check_positive("--steps", self.steps)
         check_positive("--n", self.n)
         check_finite("--cfg", self.cfg, "3")

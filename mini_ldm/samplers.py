@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-SCHEDULERS = ("ddim", "euler", "euler_a", "dpm++2m", "dpm++2m_karras")
+from .sample_settings import SCHEDULERS
+
 BETA_SCHEDULES = ("scaled_linear", "linear")
 # SD's training schedule, as its scheduler_config.json says (also alphas_cumprod's defaults)
 SD_SCHEDULE_NUMBERS = {"beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}

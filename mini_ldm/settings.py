@@ -112,7 +112,13 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     a mistyped one, 'see --help') instead of argparse's usage block."""
     if "--threads" not in parser._option_string_actions:
         parser.add_argument("--threads", type=_positive_int, default=None, metavar="N", help=THREADS_HELP)
-    parser.error = lambda message: _flag_error(parser, message)
+    for each in (parser, *_subcommands(parser)):  # study.py's create/serve/... report their own errors
+        each.error = lambda message, each=each: _flag_error(each, message)
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list:
+    return [sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for sub in action.choices.values()]
 
 
 def _positive_int(text: str) -> int:
@@ -131,7 +137,8 @@ def _flag_error(parser: argparse.ArgumentParser, message: str):
 
     if message.startswith("unrecognized arguments:"):
         unknown = message.split(":", 1)[1].split()
-        flags = [s for s in parser._option_string_actions if s.startswith("--")]
+        flags = [s for each in (parser, *_subcommands(parser)) for s in each._option_string_actions
+                 if s.startswith("--")]
         hints = []
         for word in unknown:
             close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.6) if word.startswith("-") else []

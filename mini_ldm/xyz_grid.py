@@ -23,41 +23,20 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import hashes
-from . import prompt as prompting
+from . import prompt_text
 from .embeddings import Embedding, check_width, read_embedding
 from .errors import UserError
+from .grid_flags import ALIASES, AXES, DEFAULT_MAX_CELLS, MAX_AXES
 from .grid_sheet import write_csv, write_sheets
 from .images import open_image
 from .png import parameters_text, save_png
 from .sample_settings import SampleSettings
 from .settings import check_positive, flag_name, options, value_type
 
-SETTING_AXES = ("prompt", "negative_prompt", "seed", "steps", "cfg", "scheduler", "height", "width", "init_image",
-                "strength", "mask", "mask_blur")
-AXES = SETTING_AXES + ("prompt_sr", "embedding")
-ALIASES = {"cfg_scale": "cfg", "sampler": "scheduler", "prompt_s/r": "prompt_sr", "denoising": "strength",
-           "denoising_strength": "strength", "embeddings": "embedding"}  # AUTOMATIC1111's names for its axes
-MAX_AXES = 3
-DEFAULT_MAX_CELLS = 400
 NOT_WITH_GRID = (("--count", "count"), ("--prompts-file", "prompts_file"), ("--interpolate", "interpolate"),
                  ("--batch", "batch"), ("--overwrite", "overwrite"))
 _FIELDS = {f.name: f for f in options(SampleSettings)}
 _IMAGE_MODES = {"init_image": "RGB", "mask": "L"}
-
-
-def add_flags(parser) -> None:
-    """sample.py's --grid and --max-cells."""
-    parser.add_argument("--grid", action="append", metavar="AXIS=V1,V2,...", default=None,
-                        help="a settings grid (AUTOMATIC1111's X/Y/Z plot), given 1-3 times: columns, rows, then one "
-                             f"grid image per value of the third. Axes: {', '.join(AXES)}. Values are comma-separated "
-                             "with CSV quoting (prompt=\"a, b\",c); prompt_sr: the first value is a phrase of "
-                             "--prompt, each value replaces it; embedding: files drawn in turn for the prompt's "
-                             "learned token. "
-                             "One seed for every cell unless seed is an axis. --output is then a folder: grid.png "
-                             "(grid-z0.png ... with 3 axes), grid.csv and one PNG per cell; a rerun keeps cells "
-                             "already drawn with the same parameters (see docs/figures.md)")
-    parser.add_argument("--max-cells", type=int, default=None, metavar="N",
-                        help=f"with --grid: refuse a grid of more than N cells (default: {DEFAULT_MAX_CELLS})")
 
 
 @dataclass
@@ -267,10 +246,10 @@ def bind(sd, plan: GridPlan) -> list:
 def _token_for(prompt: str, emb: Embedding, learned: dict, plan: GridPlan) -> str:
     """The prompt's learned token that `emb` is drawn for: its own token when the prompt holds it, else the one
     learned token the prompt holds (embeddings of one concept trained under other names)."""
-    if emb.token in prompting.split_learned(prompt, {emb.token: None})[1::2]:
+    if emb.token in prompt_text.split_learned(prompt, {emb.token: None})[1::2]:
         return emb.token
     axis_tokens = {e.token: None for _, e in next(a for a in plan.axes if a.name == "embedding").values}
-    found = sorted(set(prompting.split_learned(prompt, {**learned, **axis_tokens})[1::2]))
+    found = sorted(set(prompt_text.split_learned(prompt, {**learned, **axis_tokens})[1::2]))
     if len(found) != 1:
         held = f"holds {', '.join(found)}" if found else "holds no learned token"
         raise UserError(f"--grid embedding={emb.source}: its token {emb.token} is not in the prompt {prompt!r}, which "
@@ -282,7 +261,7 @@ def _input_hashes(cell: Cell) -> dict:
     """Content hashes of the vectors and files a cell is made from: a rerun redraws a cell whose inputs changed
     under the same names."""
     s = cell.settings
-    used = [n for n in prompting.split_learned(f"{s.prompt} {s.negative_prompt}", cell.learned)[1::2]]
+    used = [n for n in prompt_text.split_learned(f"{s.prompt} {s.negative_prompt}", cell.learned)[1::2]]
     fields = {}
     if used:
         fields["Embeddings"] = " ".join(f"{n}:{hashes.tensor_sha256(cell.learned[n])[:hashes.SHORT]}"

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mini_ldm.errors import UserError
-from mini_ldm.io import first_line
+from mini_ldm.errors import UserError, first_line
 
 from .extras import require
 

@@ -247,6 +247,9 @@ def test_augmentation_geometry_against_exact_transforms():
 
 
 def test_augment_levels_stay_in_range_and_are_seeded():
+    from classifier.settings import LEVELS
+
+    assert set(LEVELS) == {"none", *RECIPES}  # --augment offers exactly the recipes augment() knows
     x = torch.rand(6, 3, 24, 24, generator=torch.Generator().manual_seed(0))
     assert augment(x, "none", torch.Generator()) is x
     for level in RECIPES:

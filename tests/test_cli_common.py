@@ -1,5 +1,5 @@
-"""What every CLI shares, as a user meets it: --threads, and a mistyped flag answered in one line with the
-closest flag instead of argparse's usage block (issue 24, items A.1 and A.5)."""
+"""What every CLI shares, as a user meets it: --threads, and a mistyped flag or a missing path answered in one
+line (with the closest flag instead of argparse's usage block) before torch is imported (issue 24, A.1, A.5)."""
 import argparse
 import subprocess
 import sys
@@ -27,6 +27,36 @@ def test_a_mistyped_flag_is_one_line_with_the_closest_flag(script, typo, meant):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines == [f"error: unknown flag {typo} (did you mean {meant}?); see {script} --help"], proc.stderr
+
+
+MISSING = "nowhere"  # a path that does not exist (the tests run in the repository, which has no such file)
+BEFORE_TORCH = [
+    ("sample.py", ["--promt", "x"]), ("sample.py", ["--prompt", "x", "--init-image", f"{MISSING}.png"]),
+    ("sample.py", ["--prompt", "x", "--model", f"{MISSING}.safetensors"]), ("sample.py", ["--prompt", "x", "--steps", "0"]),
+    ("sample.py", ["--prompts-file", f"{MISSING}.csv"]), ("sample.py", ["--prompt", "x", "--embeddings", MISSING]),
+    ("train.py", ["--vectros", "4"]), ("train.py", ["--data", MISSING]), ("train.py", ["--data", "tests", "--vectors", "0"]),
+    ("train.py", ["--data", "tests", "--model", MISSING]),
+    ("evaluate.py", ["--dimz", "64"]), ("evaluate.py", [MISSING, "tests"]),
+    ("classify.py", ["--seeed", "1"]), ("classify.py", ["--train", MISSING, "--val", "tests", "--test", "tests"]),
+    ("prepare.py", ["--recipy", "x"]), ("prepare.py", [MISSING, "out"]),
+    ("privacy.py", ["--drawz", "2"]), ("privacy.py", ["--embeddings", MISSING, "--members", "tests", "--held-out", "tests"]),
+    ("study.py", ["create", "--readrs", "2"]), ("study.py", ["report", MISSING]),
+]
+
+
+@pytest.mark.parametrize("script,args", BEFORE_TORCH, ids=[f"{s} {' '.join(a)}" for s, a in BEFORE_TORCH])
+def test_flag_and_path_errors_come_before_torch_is_imported(script, args):
+    """Importing torch takes seconds (7-18 s on a busy machine), so a mistake must be answered before it: the
+    interpreter's own import log (-X importtime) must not list torch."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(REPO / script), *args], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    log, said = [], []
+    for line in proc.stderr.splitlines():
+        (log if line.startswith("import time:") else said).append(line)
+    assert proc.returncode == 2 and len(said) == 1 and said[0].startswith("error: "), proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in log[1:]}  # the first line is the log's header
+    assert "numpy" in imported or "argparse" in imported  # the log is read: it names what was imported
+    assert "torch" not in imported, said[0]
 
 
 def test_a_bad_value_is_one_line_naming_the_flag():

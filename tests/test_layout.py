@@ -106,7 +106,7 @@ def test_no_product_file_over_400_lines():
 # classifier/ uses mini_ldm's plumbing (one-line errors, atomic files, flags, devices, the demo folder, fonts),
 # never its Stable Diffusion models; mini_ldm.loading is listed for its device and dtype helpers.
 CLASSIFIER_MAY_USE = {"mini_ldm.cli", "mini_ldm.errors", "mini_ldm.io", "mini_ldm.hashes", "mini_ldm.settings",
-                      "mini_ldm.loading", "mini_ldm.demo", "mini_ldm.images"}
+                      "mini_ldm.loading", "mini_ldm.model_settings", "mini_ldm.lazy", "mini_ldm.demo", "mini_ldm.images"}
 
 
 def test_classifier_uses_only_the_plumbing_of_mini_ldm():

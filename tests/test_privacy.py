@@ -353,7 +353,7 @@ def test_docs_tables_are_generated_and_every_flag_is_documented():
 
     from measure.evaluate_settings import EvaluateSettings
     from membership.settings import PrivacySettings
-    from mini_ldm.loading import ModelSettings
+    from mini_ldm.model_settings import ModelSettings
     from mini_ldm.settings import markdown_table
 
     docs = (REPO / "docs" / "privacy.md").read_text()

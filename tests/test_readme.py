@@ -16,7 +16,7 @@ import pytest
 from classifier.settings import ClassifySettings
 from measure.evaluate_settings import EvaluateSettings
 from mini_ldm.dataset.request import DatasetOptions
-from mini_ldm.loading import ModelSettings
+from mini_ldm.model_settings import ModelSettings
 from mini_ldm.sample_settings import SampleSettings
 from mini_ldm.settings import add_flags, markdown_table
 from prepare import PrepareSettings

@@ -248,7 +248,7 @@ def test_an_allocator_error_is_one_line_naming_what_to_lower():
 def test_the_cpu_allocators_error_keeps_its_words_not_its_cpp_check():
     """torch's CPU allocator begins with a C++ check ("[enforce fail at alloc_cpu.cpp:127] err == 0. "): the
     one line keeps what follows it."""
-    from mini_ldm.io import first_line
+    from mini_ldm.errors import first_line
 
     said = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
             "allocate 4611686018427387904 bytes. Error code 12 (Cannot allocate memory)")

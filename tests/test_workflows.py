@@ -19,8 +19,9 @@ from PIL import Image
 
 import mini_ldm
 from mini_ldm import prompt as prompting
+from mini_ldm import prompt_text
 from mini_ldm.errors import UserError
-from mini_ldm.images import binary_mask, blur_mask, latent_mask
+from mini_ldm.starts import binary_mask, blur_mask, latent_mask
 from mini_ldm.png import read_parameters
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -190,16 +191,16 @@ def assert_close_images(ours, ref, max_levels=2, mean_levels=0.05):
 # --- parsing and packing ------------------------------------------------------------------------------
 
 def test_parse_and_follows_automatic1111():
-    assert prompting.parse_and("chexpert_pleural_effusion:0.5 AND chexpert_pneumonia:0.5") == [
+    assert prompt_text.parse_and("chexpert_pleural_effusion:0.5 AND chexpert_pneumonia:0.5") == [
         ("chexpert_pleural_effusion", 0.5), ("chexpert_pneumonia", 0.5)]
-    assert prompting.parse_and("healthy:0.7 AND diseased : .3 AND <ptx>") == [
+    assert prompt_text.parse_and("healthy:0.7 AND diseased : .3 AND <ptx>") == [
         ("healthy", 0.7), ("diseased", 0.3), ("<ptx>", 1.0)]
     # ':' elsewhere is text; only a trailing ':number' is a weight; 'AND' must be a capitalised word.
-    assert prompting.parse_and("view: PA, 1:2 ratio") == [("view: PA, 1:2 ratio", 1.0)]
-    assert prompting.parse_and("sand AND\nandroid And x") == [("sand", 1.0), ("android And x", 1.0)]
-    assert prompting.parse_and("a:-1.5") == [("a", -1.5)]
+    assert prompt_text.parse_and("view: PA, 1:2 ratio") == [("view: PA, 1:2 ratio", 1.0)]
+    assert prompt_text.parse_and("sand AND\nandroid And x") == [("sand", 1.0), ("android And x", 1.0)]
+    assert prompt_text.parse_and("a:-1.5") == [("a", -1.5)]
     parts = [("A b", 0.7), ("<c>", 0.3)]
-    assert prompting.parse_and(prompting.format_and(parts)) == parts
+    assert prompt_text.parse_and(prompt_text.format_and(parts)) == parts
 
 
 def test_chunks(sd1):
@@ -234,7 +235,7 @@ def test_composable_prompt_matches_reference(sd1, ref1):
     prompt = "chexpert_pleural_effusion:0.5 AND chexpert_pneumonia, chest x-ray:0.7 AND a lung:-0.2"
     ours, settings = sd1.sample(prompt, "blurry", seed=3, **FAST)
     assert settings.prompt == prompt
-    ref = ref1.sample(prompting.parse_and(prompt), "blurry", seed=3, steps=3)
+    ref = ref1.sample(prompt_text.parse_and(prompt), "blurry", seed=3, steps=3)
     assert_close_images(ours, ref)
 
 
@@ -252,7 +253,7 @@ def test_composable_v_prediction(sd2v_folder):
     ref = Reference(sd2v_folder, sd.learned)
     prompt = "<a>:0.6 AND a chest x-ray:0.4"
     ours, _ = sd.sample(prompt, seed=8, **FAST)
-    assert_close_images(ours, ref.sample(prompting.parse_and(prompt), seed=8, steps=3))
+    assert_close_images(ours, ref.sample(prompt_text.parse_and(prompt), seed=8, steps=3))
 
 
 # --- interpolation -----------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ def test_img2img_matches_diffusers(sd1_folder, sd1, init_image, scheduler, n):
 
 
 def test_img2img_strength_zero_is_the_vae_round_trip(sd1, ref1, init_image):
-    from mini_ldm.images import to_tensor
+    from mini_ldm.starts import to_tensor
 
     ours, _ = sd1.sample("anything", seed=2, init_image=init_image, strength=0.0, **FAST)
     with torch.no_grad():
@@ -321,7 +322,7 @@ def test_img2img_strength_zero_is_the_vae_round_trip(sd1, ref1, init_image):
 # --- inpainting --------------------------------------------------------------------------------------
 
 def test_inpainting_keeps_outside_and_matches_reference(sd1, ref1, init_image, mask_image):
-    from mini_ldm.images import to_tensor
+    from mini_ldm.starts import to_tensor
 
     small_mask = mask_image.resize((32, 32), Image.NEAREST)  # another size: resized to the image
     ours, settings = sd1.sample("<effusion>", seed=6, init_image=init_image, mask=small_mask, mask_blur=3,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mini_ldm.errors import UserError
-from mini_ldm.prompt import match_key
+from mini_ldm.prompt_text import match_key
 from mini_ldm.settings import check_utf8
 
 from readers.images import DataError, find_images, warn_stderr

@@ -21,8 +21,8 @@ from safetensors import safe_open
 
 from mini_ldm import hashes
 from mini_ldm.embeddings import Embedding, intermediate_path, read_embedding, write_embedding
-from mini_ldm.errors import UserError
-from mini_ldm.io import first_line, safetensors_bytes, write_bytes_atomic
+from mini_ldm.errors import UserError, first_line
+from mini_ldm.io import safetensors_bytes, write_bytes_atomic
 
 from .early_stop import ValidationRecord, dump_records, load_records
 from .run_files import check_resumable, last_path, state_path, trim_loss_log

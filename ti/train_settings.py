@@ -5,14 +5,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from mini_ldm import loading
 from mini_ldm.errors import UserError
+from mini_ldm.model_settings import DTYPE_NAMES
 from mini_ldm.settings import check_positive, check_seed, option
 from mini_ldm.tokenizer import MAX_LENGTH
 
 from .templates import BUILTIN_TEMPLATES
 
-DTYPES = tuple(loading.DTYPES)  # one list of precisions for both CLIs
 DEFAULT_VAL_EVERY = 250
 
 
@@ -41,7 +40,7 @@ class TrainSettings:
                                    "alone), or a file of lines with [name] and [filewords]")
     seed: int = option(0, "seed for every random draw of the run")
     dtype: str | None = option(None, "model precision; the vectors and AdamW state stay fp32; fp16 uses loss "
-                                     "scaling", choices=DTYPES, aliases=("--precision",),
+                                     "scaling", choices=DTYPE_NAMES, aliases=("--precision",),
                                shown="bf16 on a CUDA GPU that has it, else fp32")
     compile: bool = option(False, "compile the UNet with torch.compile (inductor; on a CPU it needs a C compiler; "
                                   "the first step is slow while it compiles)")
@@ -86,8 +85,8 @@ class TrainSettings:
             raise UserError(f"--seed {self.seed}: training needs a fixed seed (a whole number, 0 or more)")
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
             raise UserError(f"--token {self.token!r}: must be one word, without spaces (e.g. <chest-xray>)")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise UserError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
+        if self.dtype is not None and self.dtype not in DTYPE_NAMES:
+            raise UserError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPE_NAMES)}")
         self._check_concepts()
         self._check_validation()
         return self

@@ -9,6 +9,11 @@
   job.py       generate_dataset / run_dataset: the steps above across the processes
   manifest.py  metadata.csv: what made each image (model, embeddings by hash, settings), checked on resume
   ranks.py     RANK/WORLD_SIZE/LOCAL_RANK from torchrun: which images are this process's; gloo/nccl
+
+The entry point, generate_dataset(sd, output, ...), is imported on first use (mini_ldm/lazy.py): sample.py checks a job's
+options through request.py before torch is imported.
 """
 
-from .job import generate_dataset  # noqa: F401,E402  (the entry point: generate_dataset(sd, output, ...))
+from ..lazy import exports
+
+__getattr__, __dir__ = exports(__name__, {"generate_dataset": ".job"})

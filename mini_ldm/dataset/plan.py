@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import hashes
-from .. import prompt as prompting
+from .. import prompt_text
 from ..errors import UserError
 from ..png import parameters_text
 from ..sample_settings import SampleSettings
@@ -133,7 +133,7 @@ def build_job(sd, output: Path, rows: list, base, model_hash: str, token_hashes:
 def _used_tokens(sd, settings: SampleSettings) -> list:
     names = []
     for text in (settings.prompt, settings.negative_prompt):
-        names += [n for n in prompting.split_learned(text, sd.learned)[1::2] if n not in names]
+        names += [n for n in prompt_text.split_learned(text, sd.learned)[1::2] if n not in names]
     return names
 
 

@@ -12,10 +12,9 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .. import samplers
 from . import manifest
 from ..errors import UserError
-from ..sample_settings import SampleSettings
+from ..sample_settings import SCHEDULERS, SampleSettings
 from ..settings import check_positive, check_seed
 
 REQUIRED = ("prompt", "count")
@@ -110,8 +109,8 @@ def _row(cells: dict, number: int, where: str, defaults: SampleSettings) -> Row:
     if cfg is not None and not math.isfinite(cfg):
         raise UserError(f"{where}: cfg {cells['cfg']} must be a finite number, e.g. 3")
     scheduler = cells.get("scheduler") or defaults.scheduler
-    if scheduler not in samplers.SCHEDULERS:
-        raise UserError(f"{where}: scheduler {scheduler!r} is unknown; choose one of {', '.join(samplers.SCHEDULERS)}")
+    if scheduler not in SCHEDULERS:
+        raise UserError(f"{where}: scheduler {scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}")
     seed = _number(cells, "seed", int, where)
     seed = check_seed(seed, f"{where}: seed") if seed != -1 else None
     folder = cells.get("folder") or str(number)
