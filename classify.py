@@ -9,7 +9,7 @@ import argparse
 from dataclasses import fields, replace
 
 from mini_ldm import cli, demo
-from mini_ldm.settings import add_flags, from_flags, parse_given
+from mini_ldm.settings import add_flags, check_device_name, from_flags, parse_given
 from classifier.report import table
 from classifier.settings import INPUTS, ClassifySettings
 
@@ -65,6 +65,7 @@ def main(argv=None) -> None:
     if settings.demo:
         settings = demo_settings(settings, typed)
     settings.check()
+    check_device_name(settings.device)
     cli.check_exist(*((f"--{name}", getattr(settings, name)) for name in (*INPUTS, "weights")))
     from classifier.experiment import run_experiment
 

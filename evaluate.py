@@ -12,7 +12,7 @@ from pathlib import Path
 from mini_ldm import cli
 from mini_ldm.demo import DEMO_DIR
 from mini_ldm.errors import UserError
-from mini_ldm.settings import add_flags, from_flags
+from mini_ldm.settings import add_flags, check_device_name, from_flags
 from measure.copying import data_copying
 from measure.evaluate_settings import EvaluateSettings
 from measure.report import (summary_table, write_data_copying_png, write_memorization_csv, write_memorization_png,
@@ -41,6 +41,7 @@ def parse_args(argv=None):
 def check_cheap_things(args, settings: EvaluateSettings) -> None:
     """Everything that costs nothing, before the weights are hashed or an image is encoded."""
     settings.check()
+    check_device_name(settings.device)
     for role, folder in (("REAL", args.real), ("SYNTH", args.synth)):
         if not folder.is_dir():
             raise UserError(f"{role} folder {folder} does not exist or is not a folder; give the folder of "

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from mini_ldm import cli
 from mini_ldm.errors import UserError
 from mini_ldm.model_settings import ModelSettings
-from mini_ldm.settings import add_flags, from_flags
+from mini_ldm.settings import add_flags, check_device_name, from_flags
 from membership.settings import PrivacySettings
 
 # Everything above is torch-free, so a wrong flag or path answers at once; torch (seconds to import, more on a
@@ -64,6 +64,7 @@ def summary(entry: dict) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     s = from_flags(PrivacySettings, args).check()
+    check_device_name(s.device)
     cli.check_exist(("--model", args.model), ("--vae", args.vae), ("--embeddings", s.embeddings),
                     ("--members", s.members), ("--held-out", s.held_out))
     from membership import inputs

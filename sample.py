@@ -23,7 +23,7 @@ from mini_ldm.images import grid
 from mini_ldm.model_settings import ModelSettings
 from mini_ldm.png import parameters_text, save_png
 from mini_ldm.sample_settings import INTERPOLATE_MODES, SampleSettings
-from mini_ldm.settings import add_flags, from_flags, options
+from mini_ldm.settings import add_flags, check_device_name, from_flags, options
 
 # Everything above is torch-free, so a wrong flag or a missing file answers at once; torch (seconds to import,
 # more on a busy machine) comes with the modules imported inside the functions that load and run the model.
@@ -146,6 +146,9 @@ def demo_defaults(args):
 
 
 def load_model(args):
+    """The model (and every file the run reads) checked to exist before torch is imported, then loaded."""
+    check_device_name(args.device)
+    cli.check_exist(("--model", args.model), ("--vae", args.vae), ("--embeddings", args.embeddings))
     from mini_ldm.demo_sdxl import demo_model
     from mini_ldm.loading import default_device, load
 
@@ -229,7 +232,6 @@ def main(argv=None):
     if args.demo:
         demo_defaults(args)
     refuse_unused_flags(args)
-    cli.check_exist(("--model", args.model), ("--vae", args.vae), ("--embeddings", args.embeddings))
     if args.grid is not None or args.max_cells is not None:
         return make_grid(args)
     if args.count is not None or args.prompts_file is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from mini_ldm import cli, demo
 from mini_ldm.errors import UserError
 from mini_ldm.model_settings import ModelSettings
-from mini_ldm.settings import add_flags, from_flags, parse_given
+from mini_ldm.settings import add_flags, check_device_name, from_flags, parse_given
 from ti import concepts as concept_plan
 from ti.concepts import file_name
 from ti.run_files import check_fresh_output, check_resumable, output_lock
@@ -174,10 +174,11 @@ def encode_concepts(sd, settings: TrainSettings, concepts: list):
 def main(argv=None):
     args = parse_args(argv)
     settings = resolve_settings(args)
-    cli.check_exist(("--model", args.model), ("--vae", args.vae))
     templates = load_templates(settings.template)
     concepts = concept_plan.plan(settings)
     resume_from = check_output(args, settings, concepts)
+    check_device_name(args.device)
+    cli.check_exist(("--model", args.model), ("--vae", args.vae))
     from mini_ldm.loading import check_device, default_autocast_dtype, default_device
     from ti.trainer import Trainer
 

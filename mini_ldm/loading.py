@@ -6,6 +6,7 @@ from .checkpoint import load_checkpoint
 from .errors import CheckpointError, UserError
 from .model_settings import DTYPE_NAMES, PREDICTIONS
 from .pipeline import StableDiffusion
+from .settings import check_device_name
 from .tokenizer import CLIPTokenizer
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
@@ -23,10 +24,9 @@ def default_autocast_dtype(device) -> str:
 
 def check_device(device: str) -> torch.device:
     """A device string that this machine can use, or a one-line error."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device {device}: not a device name; use cpu, cuda, cuda:N or mps") from None
+    if isinstance(device, str):
+        check_device_name(device)
+    dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device}: this PyTorch build sees no CUDA GPU; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

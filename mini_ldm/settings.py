@@ -9,6 +9,7 @@ The Python API takes the same dataclasses, so a script and the command line cann
 import argparse
 import dataclasses
 import math
+import re
 import typing
 from pathlib import Path
 
@@ -72,6 +73,13 @@ def device_option():
     """The --device field, one definition for every CLI (each dataclass needs a field of its own)."""
     return option(None, "where to run: cpu, cuda, cuda:N (the N-th GPU) or mps (Apple GPUs)",
                   shown="cuda if available, else cpu")
+
+
+def check_device_name(device: str | None) -> None:
+    """--device spelled as one of the devices we run on, checked with the other flags; whether this machine
+    has it is loading.check_device's question, which needs torch."""
+    if device is not None and not re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", str(device)):
+        raise UserError(f"--device {device}: not a device name; use cpu, cuda, cuda:N or mps")
 
 
 def from_flags(cls, args: argparse.Namespace, **more):

@@ -85,9 +85,9 @@ def test_a_compiled_step_equals_the_eager_one(sd1_folder, tmp_path):
     torch.testing.assert_close(compiled_grad, eager_grad, rtol=0, atol=GRAD_RTOL * eager_grad.abs().max().item())
 
 
-def test_compile_without_a_cpp_compiler_is_one_line_before_the_model_loads(tmp_path, monkeypatch):
+def test_compile_without_a_cpp_compiler_is_one_line_before_the_model_loads(sd1_folder, tmp_path, monkeypatch):
     """Inductor would fail at the first step with a traceback, after the model loaded and the latents were
-    encoded: train.py says so first, in one line (the --model here does not even exist)."""
+    encoded: train.py says so first, in one line."""
     import train
     from in_process import run_main
     from torch._inductor import cpp_builder, exc
@@ -98,8 +98,8 @@ def test_compile_without_a_cpp_compiler_is_one_line_before_the_model_loads(tmp_p
 
     monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
     data = write_phantoms(tmp_path / "phantom", count=2)
-    proc = run_main(train.main, "--device", "cpu", "--data", data, "--model", tmp_path / "absent.safetensors",
-                    "--compile", "--output", tmp_path / "x.safetensors")
+    proc = run_main(train.main, "--device", "cpu", "--data", data, "--model", sd1_folder, "--compile", "--output",
+                    tmp_path / "x.safetensors")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --compile:") and "g++" in proc.stderr
-    assert not (tmp_path / "x.safetensors").exists()
+    assert "loaded" not in proc.stdout and not (tmp_path / "x.safetensors").exists()
