@@ -388,10 +388,11 @@ def test_out_of_memory_encoding_a_folder_is_one_line_with_the_allocators_words(f
     the CLI's memory hint (it used to drop the allocator's words)."""
     import evaluate
     from in_process import run_main
+    from measure import features
 
     def too_big(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
-    monkeypatch.setattr(evaluate, "folder_features", too_big)
+    monkeypatch.setattr(features, "folder_features", too_big)  # evaluate.py imports it when it encodes
     r = run_main(evaluate.main, folders / "real", folders / "unrelated", "--weights", weight_files[0], "--no-cache",
                  "--device", "cpu", "--output", tmp_path / "out", memory_hint=evaluate.OUT_OF_MEMORY_HINT)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
