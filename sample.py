@@ -43,6 +43,10 @@ def parse_args(argv=None):
                    help="a .png file, or a folder where numbered PNGs are written (default: outputs/)")
     add_flags(p, DatasetOptions)
     p.add_argument("--no-grid", action="store_true", help="with --n > 1, do not also save the images as one grid PNG")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the UNet with torch.compile (inductor): the first batch waits while it compiles "
+                        "(minutes on a CPU, which needs a C++ compiler), the later ones run faster; for dataset jobs "
+                        "and grids of many images (see docs/sample.md for measured speed-ups)")
     p.add_argument("--interpolate", nargs=2, metavar=("A", "B"), default=None,
                    help="draw a strip from A to B with one seed: prompts, or learned tokens with --interpolate-mode vectors")
     p.add_argument("--alphas", default=None,
@@ -153,12 +157,18 @@ def load_model(args):
     from mini_ldm.loading import default_device, load
 
     device = args.device or default_device()
+    if args.compile:
+        cli.check_compiler(device)
     model_path = demo_model(args) if args.demo else args.model or cli.find_default_model()
     t0 = time.time()
     sd = load(model_path, device=device, dtype=args.dtype, prediction=args.prediction,
                        vae=args.vae)
     print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
           f"on {device} as {str(sd.dtype).removeprefix('torch.')} in {time.time() - t0:.1f}s")
+    if args.compile:  # the same module, compiled on its first call (attributes reach the original's)
+        import torch
+
+        sd.unet = torch.compile(sd.unet)
     return sd
 
 

@@ -115,19 +115,6 @@ def check_output(args, settings: TrainSettings, concepts: list) -> Path | None:
     return resume_from
 
 
-def check_compiler(device: str):
-    """--compile on a CPU: inductor writes C++ and builds it with the machine's C++ compiler; without one the
-    first step would end in a traceback, after the model loaded and the latents were encoded."""
-    if not device.startswith("cpu"):
-        return
-    from torch._inductor import cpp_builder, exc
-    try:
-        cpp_builder.get_cpp_compiler()
-    except exc.InvalidCxxCompiler:
-        raise UserError("--compile: on a CPU, torch.compile builds C++ code and finds no C++ compiler (g++); "
-                        "install one (e.g. apt install g++) or leave out --compile") from None
-
-
 def load_model(args, settings: TrainSettings, device: str):
     from mini_ldm.demo_sdxl import demo_model
     from mini_ldm.loading import load
@@ -186,7 +173,7 @@ def main(argv=None):
     check_device(device)
     settings.dtype = settings.dtype or default_autocast_dtype(device)
     if settings.compile:
-        check_compiler(device)
+        cli.check_compiler(device)
     with output_lock(settings.output, settings.concepts):
         sd = load_model(args, settings, device)
         settings.base_model = Path(sd.checkpoint.path).name

@@ -228,3 +228,16 @@ def random_sdxl(size: str = "reduced", seed: int = 0, cache_dir=None, log=print)
         "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]})
     tmp.rename(root)
     return root
+
+
+def max_level_difference(a: list, b: list) -> int:
+    """The largest difference, in levels of 255, between the images of two lists of PNG paths, pair by pair."""
+    import numpy as np
+    from PIL import Image
+
+    worst = 0
+    for pa, pb in zip(a, b):
+        with Image.open(pa) as x, Image.open(pb) as y:
+            d = np.abs(np.asarray(x.convert("RGB")).astype(int) - np.asarray(y.convert("RGB")).astype(int))
+            worst = max(worst, int(d.max()))
+    return worst

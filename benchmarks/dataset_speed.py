@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, random_model, write_json  # noqa: E402
+from common import ROOT, machine, max_level_difference, random_model, write_json  # noqa: E402
 from mini_ldm.dataset import generate_dataset  # noqa: E402
 
 PROMPT = "a frontal chest x-ray, PA view"
@@ -53,17 +53,6 @@ def run_diffusers(pipe, out: Path, args, batch: int) -> tuple:
             paths.append(out / f"{seed - args.seed:05d}.png")
             image.save(paths[-1], pnginfo=info)
     return time.perf_counter() - t0, paths
-
-
-def max_level_difference(a: list, b: list) -> int:
-    from PIL import Image
-
-    worst = 0
-    for pa, pb in zip(a, b):
-        with Image.open(pa) as x, Image.open(pb) as y:
-            d = np.abs(np.asarray(x.convert("RGB")).astype(int) - np.asarray(y.convert("RGB")).astype(int))
-            worst = max(worst, int(d.max()))
-    return worst
 
 
 def alternate(sd, pipe, work: Path, args) -> tuple:

@@ -70,6 +70,20 @@ def check_exist(*named: tuple) -> None:
                 raise UserError(f"{flag} {path}: no such file or folder")
 
 
+def check_compiler(device: str) -> None:
+    """--compile on a CPU: inductor writes C++ and builds it with the machine's C++ compiler; without one the
+    first step would end in a traceback, after the model loaded (and, in training, the latents were encoded)."""
+    if not device.startswith("cpu"):
+        return
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise UserError("--compile: on a CPU, torch.compile builds C++ code and finds no C++ compiler (g++); "
+                        "install one (e.g. apt install g++) or leave out --compile") from None
+
+
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """`parser.parse_args(argv)` as every CLI parses (`settings.parse`: --threads, one-line flag errors, text
     that is not UTF-8 refused before any work), so none has to remember them."""

@@ -1,5 +1,6 @@
-"""train.py --compile: torch.compile's inductor backend runs the Textual Inversion step on the CPU (it writes C++
-and builds it with the machine's C compiler), and what it computes is what the eager step computes.
+"""--compile (train.py, sample.py): torch.compile's inductor backend runs the Textual Inversion step and the
+sampling loop on the CPU (it writes C++ and builds it with the machine's C compiler), and what it computes is
+what the eager code computes.
 
 Inductor builds one C++ kernel per fused group of operations, forward and backward, and a cold compile costs
 CPU time per kernel: for a two-level UNet of one res block per level 113 s of CPU, so the step is compared on a
@@ -87,7 +88,8 @@ def test_a_compiled_step_equals_the_eager_one(sd1_folder, tmp_path):
 
 def test_compile_without_a_cpp_compiler_is_one_line_before_the_model_loads(sd1_folder, tmp_path, monkeypatch):
     """Inductor would fail at the first step with a traceback, after the model loaded and the latents were
-    encoded: train.py says so first, in one line."""
+    encoded: train.py says so first, in one line, and so does sample.py."""
+    import sample
     import train
     from in_process import run_main
     from torch._inductor import cpp_builder, exc
@@ -103,3 +105,47 @@ def test_compile_without_a_cpp_compiler_is_one_line_before_the_model_loads(sd1_f
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --compile:") and "g++" in proc.stderr
     assert "loaded" not in proc.stdout and not (tmp_path / "x.safetensors").exists()
+    proc = run_main(sample.main, "--device", "cpu", "--model", sd1_folder, "--prompt", "x", "--compile", "--output",
+                    tmp_path / "x.png")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --compile:"), proc.stderr
+    assert "loaded" not in proc.stdout and not (tmp_path / "x.png").exists()
+
+
+def test_sample_compile_draws_with_the_compiled_unet(sd1_folder, tmp_path, monkeypatch):
+    """sample.py --compile hands the model's UNet to torch.compile and draws with what it returns (here the
+    UNet itself, recorded: compiling is the next test's cost), for every kind of job: one image, a dataset."""
+    import sample
+    from in_process import run_main
+
+    compiled = []
+
+    def record(module, *args, **kwargs):
+        compiled.append(type(module).__name__)
+        return module
+
+    monkeypatch.setattr(torch, "compile", record)
+    common = ("--device", "cpu", "--model", sd1_folder, "--steps", "2", "--height", "32", "--width", "32", "--seed", "1")
+    proc = run_main(sample.main, *common, "--prompt", "x", "--compile", "--output", tmp_path / "one.png")
+    assert proc.returncode == 0 and (tmp_path / "one.png").is_file() and compiled == ["UNet"], proc.stderr
+    proc = run_main(sample.main, *common, "--prompt", "x", "--count", "2", "--compile", "--output", tmp_path / "set")
+    assert proc.returncode == 0 and len(list((tmp_path / "set").rglob("*.png"))) == 2, proc.stderr
+    assert compiled == ["UNet", "UNet"]
+    proc = run_main(sample.main, *common, "--prompt", "x", "--output", tmp_path / "eager.png")
+    assert proc.returncode == 0 and compiled == ["UNet", "UNet"]  # without the flag: not compiled
+
+
+@pytest.mark.skipif(not has_cpp_compiler(), reason="inductor's CPU backend builds C++: it needs g++ (g++ --version)")
+@pytest.mark.timeout(1800)
+def test_compiled_sampling_draws_the_eager_image(sd1_folder):
+    """The sampling loop with the compiled UNet (forward only, guidance's doubled batch) gives the eager image:
+    inductor's float32 reordering moves a pixel by at most one level of 255, and rarely."""
+    import numpy as np
+
+    sd = small_unet_model(sd1_folder)
+    draw = dict(seed=3, steps=3, height=32, width=32, cfg=3.0, progress=False)
+    [eager], _ = sd.sample("a chest x-ray", **draw)
+    sd.unet = torch.compile(sd.unet)
+    [compiled], _ = sd.sample("a chest x-ray", **draw)
+    difference = np.abs(np.asarray(eager, dtype=int) - np.asarray(compiled, dtype=int))
+    assert np.asarray(eager).std() > 1  # an image, not a flat field
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.01, (difference.max(), (difference > 0).mean())
