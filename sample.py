@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from mini_ldm import cli, demo, grid_flags
+from mini_ldm import cli, demo, xyz_grid
 from mini_ldm.dataset.request import DatasetOptions, dataset_request
 from mini_ldm.errors import UserError
 from mini_ldm.images import grid
@@ -54,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--interpolate-mode", default=None, choices=INTERPOLATE_MODES,
                    help="prompt: draw \"A:1-a AND B:a\" (the paper's way, default); vectors: blend two learned "
                         "tokens' vectors (same vector count needed) inside --prompt, or alone")
-    grid_flags.add_flags(p)
+    xyz_grid.add_flags(p)
     p.add_argument("--embeddings", type=Path, nargs="+", default=None,
                    help="Textual Inversion files or folders (ours, diffusers, AUTOMATIC1111 .pt, kohya); each token "
                         "is used where it stands as a word in the prompt (default: the embeddings/ folder if present; "
@@ -217,8 +217,6 @@ def make_dataset(args, settings):
 
 def make_grid(args):
     """--grid: a settings grid (mini_ldm/xyz_grid.py); every cell is checked before the model loads."""
-    from mini_ldm import xyz_grid
-
     plan = xyz_grid.plan_grid(args, {f.name: getattr(args, f.name) for f in options(SampleSettings)})
     cli.check_writable(args.output, "--output", is_file=False)
     sd = load_model(args)

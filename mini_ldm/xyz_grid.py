@@ -18,25 +18,49 @@ import itertools
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from tqdm.auto import tqdm
 
 from . import hashes
 from . import prompt_text
-from .embeddings import Embedding, check_width, read_embedding
 from .errors import UserError
-from .grid_flags import ALIASES, AXES, DEFAULT_MAX_CELLS, MAX_AXES
 from .grid_sheet import write_csv, write_sheets
 from .images import open_image
 from .png import parameters_text, save_png
 from .sample_settings import SampleSettings
 from .settings import check_positive, flag_name, options, value_type
 
+if TYPE_CHECKING:  # embeddings.py imports torch, which the plan's checks run without (sample.py checks a grid
+    from .embeddings import Embedding  # before torch is imported); it is imported where a file is read
+
+SETTING_AXES = ("prompt", "negative_prompt", "seed", "steps", "cfg", "scheduler", "height", "width", "init_image",
+                "strength", "mask", "mask_blur")
+AXES = SETTING_AXES + ("prompt_sr", "embedding")
+ALIASES = {"cfg_scale": "cfg", "sampler": "scheduler", "prompt_s/r": "prompt_sr", "denoising": "strength",
+           "denoising_strength": "strength", "embeddings": "embedding"}  # AUTOMATIC1111's names for its axes
+MAX_AXES = 3
+DEFAULT_MAX_CELLS = 400
 NOT_WITH_GRID = (("--count", "count"), ("--prompts-file", "prompts_file"), ("--interpolate", "interpolate"),
                  ("--batch", "batch"), ("--overwrite", "overwrite"))
 _FIELDS = {f.name: f for f in options(SampleSettings)}
 _IMAGE_MODES = {"init_image": "RGB", "mask": "L"}
+
+
+def add_flags(parser) -> None:
+    """sample.py's --grid and --max-cells."""
+    parser.add_argument("--grid", action="append", metavar="AXIS=V1,V2,...", default=None,
+                        help="a settings grid (AUTOMATIC1111's X/Y/Z plot), given 1-3 times: columns, rows, then one "
+                             f"grid image per value of the third. Axes: {', '.join(AXES)}. Values are comma-separated "
+                             "with CSV quoting (prompt=\"a, b\",c); prompt_sr: the first value is a phrase of "
+                             "--prompt, each value replaces it; embedding: files drawn in turn for the prompt's "
+                             "learned token. "
+                             "One seed for every cell unless seed is an axis. --output is then a folder: grid.png "
+                             "(grid-z0.png ... with 3 axes), grid.csv and one PNG per cell; a rerun keeps cells "
+                             "already drawn with the same parameters (see docs/figures.md)")
+    parser.add_argument("--max-cells", type=int, default=None, metavar="N",
+                        help=f"with --grid: refuse a grid of more than N cells (default: {DEFAULT_MAX_CELLS})")
 
 
 @dataclass
@@ -176,6 +200,8 @@ def _check_files(axes: list, base: dict) -> None:
             for path in axis.values:
                 open_image(path, flag_name(_FIELDS[axis.name]), _IMAGE_MODES[axis.name])
         elif axis.name == "embedding":
+            from .embeddings import read_embedding
+
             for i, path in enumerate(axis.values):
                 if path.is_dir():
                     raise UserError(f"--grid embedding={path}: a folder; give one embedding file per value")
@@ -219,6 +245,8 @@ def _settings(values: dict, base: dict, axes: list, index: tuple) -> SampleSetti
 def bind(sd, plan: GridPlan) -> list:
     """Check what needs the model (embedding widths, sizes) for every cell before the first is drawn, and give
     each cell its learned tokens. Returns, per cell, the parameters text its PNG carries."""
+    from .embeddings import check_width
+
     model_hash = hashes.model_hash(sd.checkpoint.path)
     checked = set()
     texts = []
@@ -243,7 +271,7 @@ def bind(sd, plan: GridPlan) -> list:
     return texts
 
 
-def _token_for(prompt: str, emb: Embedding, learned: dict, plan: GridPlan) -> str:
+def _token_for(prompt: str, emb: "Embedding", learned: dict, plan: GridPlan) -> str:
     """The prompt's learned token that `emb` is drawn for: its own token when the prompt holds it, else the one
     learned token the prompt holds (embeddings of one concept trained under other names)."""
     if emb.token in prompt_text.split_learned(prompt, {emb.token: None})[1::2]:

@@ -34,6 +34,7 @@ BEFORE_TORCH = [
     ("sample.py", ["--promt", "x"]), ("sample.py", ["--prompt", "x", "--init-image", f"{MISSING}.png"]),
     ("sample.py", ["--prompt", "x", "--model", f"{MISSING}.safetensors"]), ("sample.py", ["--prompt", "x", "--steps", "0"]),
     ("sample.py", ["--prompts-file", f"{MISSING}.csv"]), ("sample.py", ["--prompt", "x", "--embeddings", MISSING]),
+    ("sample.py", ["--prompt", "x", "--grid", "stepz=1,2"]), ("sample.py", ["--prompt", "x", "--grid", "steps=a,2"]),
     ("train.py", ["--vectros", "4"]), ("train.py", ["--data", MISSING]), ("train.py", ["--data", "tests", "--vectors", "0"]),
     ("train.py", ["--data", "tests", "--model", MISSING]),
     ("evaluate.py", ["--dimz", "64"]), ("evaluate.py", [MISSING, "tests"]),
