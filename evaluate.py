@@ -40,13 +40,12 @@ def parse_args(argv=None):
 
 def check_cheap_things(args, settings: EvaluateSettings) -> None:
     """Everything that costs nothing, before the weights are hashed or an image is encoded."""
-    settings.check()
-    check_device_name(settings.device)
     for role, folder in (("REAL", args.real), ("SYNTH", args.synth)):
         if not folder.is_dir():
             raise UserError(f"{role} folder {folder} does not exist or is not a folder; give the folder of "
                             f"{role.lower()} images")
         find_images(folder, warn=lambda message: None, tool="evaluate.py")  # an empty folder: now, not after loading
+    cli.check_exist(("--weights", settings.weights))
     cli.check_writable(settings.output, "--output", is_file=False)  # before both folders are encoded, not after
 
 
@@ -124,6 +123,8 @@ def demo(args, settings: EvaluateSettings) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     settings = from_flags(EvaluateSettings, args)
+    settings.check()  # the flags before --demo writes its folders
+    check_device_name(settings.device)
     if settings.demo:
         demo(args, settings)
     check_cheap_things(args, settings)

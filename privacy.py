@@ -67,6 +67,7 @@ def main(argv=None) -> None:
     check_device_name(s.device)
     cli.check_exist(("--model", args.model), ("--vae", args.vae), ("--embeddings", s.embeddings),
                     ("--members", s.members), ("--held-out", s.held_out))
+    cli.check_writable(s.output, "--output", is_file=False)
     from membership import inputs
     from membership.loss import check_timesteps
     from membership.report import results, write_json, write_membership_png, write_scores_csv
@@ -78,7 +79,6 @@ def main(argv=None) -> None:
     s.dtype = s.dtype or default_autocast_dtype(s.device)
     audits = inputs.plan(s.embeddings, s.members, s.held_out)
     prompts = [(templates_of(a, s.templates), reference_text(a, s.reference)) for a in audits]
-    cli.check_writable(s.output, "--output", is_file=False)
     sd = load_model(args, s)
     timesteps = s.timestep_list()
     check_timesteps(timesteps, len(sd.alphas_cumprod))

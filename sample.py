@@ -149,20 +149,22 @@ def demo_defaults(args):
         args.output = demo.DEMO_DIR
 
 
-def load_model(args):
-    """The model (and every file the run reads) checked to exist before torch is imported, then loaded."""
-    check_device_name(args.device)
+def load_model(args, per_rank: bool = False):
+    """The model, after every file the run reads is checked to exist (before torch is imported). per_rank: a
+    dataset job's process takes the GPU of its rank under torchrun (dataset/ranks.py)."""
     cli.check_exist(("--model", args.model), ("--vae", args.vae), ("--embeddings", args.embeddings))
-    from mini_ldm.demo_sdxl import demo_model
     from mini_ldm.loading import default_device, load
 
     device = args.device or default_device()
+    if per_rank:
+        from mini_ldm.dataset import ranks
+
+        device = ranks.local_device(device)
     if args.compile:
         cli.check_compiler(device)
-    model_path = demo_model(args) if args.demo else args.model or cli.find_default_model()
+    model_path = demo.demo_model(args) if args.demo else args.model or cli.find_default_model()
     t0 = time.time()
-    sd = load(model_path, device=device, dtype=args.dtype, prediction=args.prediction,
-                       vae=args.vae)
+    sd = load(model_path, device=device, dtype=args.dtype, prediction=args.prediction, vae=args.vae)
     print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
           f"on {device} as {str(sd.dtype).removeprefix('torch.')} in {time.time() - t0:.1f}s")
     if args.compile:  # the same module, compiled on its first call (attributes reach the original's)
@@ -203,12 +205,9 @@ def make_dataset(args, settings):
     options = from_flags(DatasetOptions, args)
     request = dataset_request(settings, args.output, options.count, options.prompts_file, options.batch,
                               options.overwrite)  # bad input fails before torch and the model load
-    from mini_ldm.dataset import ranks
+    sd = load_model(args, per_rank=True)
     from mini_ldm.dataset.job import run_dataset
-    from mini_ldm.loading import default_device
 
-    args.device = ranks.local_device(args.device or default_device())
-    sd = load_model(args)
     register_embeddings(sd, args.embeddings, use_default_folder=not args.no_embeddings)
     report = run_dataset(sd, request)
     if report.interrupted:
@@ -236,6 +235,7 @@ def refuse_unused_flags(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_device_name(args.device)
     demo.check_sdxl_flag(args)
     if args.demo:
         demo_defaults(args)

@@ -86,7 +86,8 @@ def resolve_settings(args) -> TrainSettings:
         settings = demo_settings(settings, args.given)
         if args.sdxl and "output" not in args.given:  # beside the SD 2 demo's files, not over them
             settings = replace(settings, output=demo.sdxl_path(settings.output))
-        args.overwrite = True  # the demo always starts afresh
+        if args.resume is None:  # the demo starts afresh, unless asked to resume
+            args.overwrite = True
     elif settings.data is None:
         raise UserError("--data: give the folder of training images (or --demo to check the install)")
     settings.check()
@@ -116,10 +117,9 @@ def check_output(args, settings: TrainSettings, concepts: list) -> Path | None:
 
 
 def load_model(args, settings: TrainSettings, device: str):
-    from mini_ldm.demo_sdxl import demo_model
     from mini_ldm.loading import load
 
-    model_path = demo_model(args) if args.demo else args.model or cli.find_default_model()
+    model_path = demo.demo_model(args) if args.demo else args.model or cli.find_default_model()
     sd = load(model_path, device=device, dtype=settings.dtype, prediction=args.prediction, vae=args.vae)
     print(f"loaded {model_path} ({sd.family}, {sd.prediction} prediction: {sd.checkpoint.prediction_reason}) "
           f"on {device} in {settings.dtype}")
@@ -160,11 +160,11 @@ def encode_concepts(sd, settings: TrainSettings, concepts: list):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_device_name(args.device)
     settings = resolve_settings(args)
     templates = load_templates(settings.template)
     concepts = concept_plan.plan(settings)
     resume_from = check_output(args, settings, concepts)
-    check_device_name(args.device)
     cli.check_exist(("--model", args.model), ("--vae", args.vae))
     from mini_ldm.loading import check_device, default_autocast_dtype, default_device
     from ti.trainer import Trainer

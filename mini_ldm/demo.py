@@ -4,6 +4,9 @@ The model is `weights/phantom-sd2.safetensors` (docs/phantom-model.md): a small 
 trained by devkit/phantom_model.py on synthetic chest radiographs with captioned findings. It draws what its
 prompts name ("chest radiograph, left pleural effusion"), so a token that `train.py --demo` learns from phantoms
 with a finding shows that finding when `sample.py --demo` draws with it: the demo's pictures can be judged.
+With --sdxl the demos load a tiny random SDXL instead (demo_sdxl.py), to show the SDXL code paths run.
+
+No torch here: the CLIs build and check their --demo and --sdxl flags before torch is imported.
 """
 from pathlib import Path
 
@@ -49,3 +52,12 @@ def sdxl_path(path: Path) -> Path:
     files, whose vectors are another width, are not replaced."""
     path = Path(path)
     return path.with_name(f"{path.stem}-sdxl{path.suffix}")
+
+
+def demo_model(args) -> Path:
+    """The model file a --demo run loads: the tiny SDXL with --sdxl (built on first use), else the phantom model."""
+    if args.sdxl:
+        from .demo_sdxl import demo_sdxl_model_file  # builds the model with torch
+
+        return demo_sdxl_model_file()
+    return demo_model_file()

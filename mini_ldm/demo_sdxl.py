@@ -14,7 +14,7 @@ import torch
 
 from .checkpoint import CONFIG_METADATA
 from .clip import TextConfig, TextEncoder
-from .demo import DEMO_DIR, demo_model_file
+from .demo import DEMO_DIR
 from .families import SDXL, UNET_PREFIX, VAE_PREFIX
 from .io import safetensors_bytes, write_bytes_atomic
 from .key_renames import open_clip_names
@@ -62,8 +62,3 @@ def _big_g_names(state: dict) -> dict:
     out = {k: v for k, v in open_clip_names(state, BIG_G.layers).items() if not k.startswith(unused)}
     out["text_projection"] = state["text_projection.weight"].T
     return out
-
-
-def demo_model(args) -> Path:
-    """The model file a --demo run loads: the tiny SDXL with --sdxl, else the SD 2 demo model."""
-    return demo_sdxl_model_file() if args.sdxl else demo_model_file()

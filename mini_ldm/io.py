@@ -1,12 +1,11 @@
-"""File helpers every part of the project shares: atomic writes, safe torch loading, one-line error text.
+"""File helpers every part of the project shares: atomic writes, locks, safe torch loading.
 
-Five rules live here so that no caller has to remember them:
+Four rules live here so that no caller has to remember them:
 - a file we write is either the old one or the complete new one, never half of one (`atomic_write`, and
   `write_image_atomic` for images);
 - two runs never write one output at once: the first holds a lock file with its pid (`pid_lock`);
 - a pickle is only ever opened with `weights_only=True`, so loading a file never runs its code (`torch_load`);
-- the same tensors and metadata give the same bytes (`safetensors_bytes`);
-- a library's multi-line error becomes the first line of a message of ours (`errors.first_line`).
+- the same tensors and metadata give the same bytes (`safetensors_bytes`).
 
 torch and safetensors are imported inside the two helpers that read or write tensors: the CLIs use the
 others while checking their flags, before torch (seconds to import) is loaded.

@@ -9,7 +9,7 @@ from .pipeline import StableDiffusion
 from .settings import check_device_name
 from .tokenizer import CLIPTokenizer
 
-DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # model_settings.DTYPE_NAMES, the --dtype choices
 
 
 def default_device() -> str:

@@ -338,7 +338,7 @@ class StableDiffusion:
         return [(None, learned, names) for learned in blends]
 
     def _find_learned(self, text: str):
-        """The registered name of learned token `text` (matched as in prompts: by prompt.match_key)."""
+        """The registered name of learned token `text` (matched as in prompts: by prompt_text.match_key)."""
         return prompt_text.find_learned(self.learned, text)
 
     def check_learned_words(self, text: str, where: str, learned: dict | None = None) -> None:

@@ -95,7 +95,9 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse argv the way every CLI does (cli.parse_args and parse_given both come here): `prepare_parser`'s
     --threads and one-line flag errors, text that is not UTF-8 refused before any work, the thread count applied."""
     prepare_parser(parser)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # words no parser took: named against the flags of the subcommand given, if any (study.py)
+        _flag_error(_chosen(parser, args), "unrecognized arguments: " + " ".join(unknown), parser)
     check_utf8_args(parser, args)
     use_threads(args.threads)
     return args
@@ -129,6 +131,14 @@ def _subcommands(parser: argparse.ArgumentParser) -> list:
             for sub in action.choices.values()]
 
 
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The subcommand's parser that parsed `args` (study.py create ...), or `parser` itself when it has none."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return action.choices[getattr(args, action.dest)]
+    return parser
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -139,14 +149,16 @@ def _positive_int(text: str) -> int:
 _positive_int.__name__ = "positive integer"  # argparse words a refusal as "invalid <name> value: '0'"
 
 
-def _flag_error(parser: argparse.ArgumentParser, message: str):
+def _flag_error(parser: argparse.ArgumentParser, message: str, top: argparse.ArgumentParser | None = None):
+    """Print one line and exit 2. `parser`: the one whose --help to point at (a subcommand's, if one was given);
+    `top`: the program's parser, whose flags (--threads) a subcommand takes too."""
     import difflib
     import sys
 
     if message.startswith("unrecognized arguments:"):
         unknown = message.split(":", 1)[1].split()
-        flags = [s for each in (parser, *_subcommands(parser)) for s in each._option_string_actions
-                 if s.startswith("--")]
+        parsers = [parser] if top in (None, parser) else [parser, top]
+        flags = [s for each in parsers for s in each._option_string_actions if s.startswith("--")]
         hints = []
         for word in unknown:
             close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.6) if word.startswith("-") else []

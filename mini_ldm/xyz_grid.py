@@ -200,12 +200,14 @@ def _check_files(axes: list, base: dict) -> None:
             for path in axis.values:
                 open_image(path, flag_name(_FIELDS[axis.name]), _IMAGE_MODES[axis.name])
         elif axis.name == "embedding":
-            from .embeddings import read_embedding
-
-            for i, path in enumerate(axis.values):
+            for path in axis.values:  # before embeddings.py (and torch) is imported to read them
                 if path.is_dir():
                     raise UserError(f"--grid embedding={path}: a folder; give one embedding file per value")
-                axis.values[i] = (path, read_embedding(path))
+                if not path.is_file():
+                    raise UserError(f"--grid embedding={path}: no such file")
+            from .embeddings import read_embedding
+
+            axis.values = [(path, read_embedding(path)) for path in axis.values]
 
 
 def _cell(base: dict, axes: list, index: tuple) -> Cell:

@@ -35,13 +35,18 @@ BEFORE_TORCH = [
     ("sample.py", ["--prompt", "x", "--model", f"{MISSING}.safetensors"]), ("sample.py", ["--prompt", "x", "--steps", "0"]),
     ("sample.py", ["--prompts-file", f"{MISSING}.csv"]), ("sample.py", ["--prompt", "x", "--embeddings", MISSING]),
     ("sample.py", ["--prompt", "x", "--grid", "stepz=1,2"]), ("sample.py", ["--prompt", "x", "--grid", "steps=a,2"]),
+    ("sample.py", ["--prompt", "x", "--grid", f"embedding={MISSING}.pt"]), ("sample.py", ["--prompt", "x", "--device", "cudaa"]),
+    ("sample.py", ["--prompt", "x", "--count", "2", "--model", MISSING, "--output", "/tmp/mini-ldm-never-written"]),
+    ("train.py", ["--data", MISSING, "--device", "cudaa"]),
+    ("evaluate.py", ["tests", "tests", "--weights", f"{MISSING}.pth"]), ("evaluate.py", ["--demo", "--batch", "0"]),
     ("train.py", ["--vectros", "4"]), ("train.py", ["--data", MISSING]), ("train.py", ["--data", "tests", "--vectors", "0"]),
     ("train.py", ["--data", "tests", "--model", MISSING]),
     ("evaluate.py", ["--dimz", "64"]), ("evaluate.py", [MISSING, "tests"]),
     ("classify.py", ["--seeed", "1"]), ("classify.py", ["--train", MISSING, "--val", "tests", "--test", "tests"]),
     ("prepare.py", ["--recipy", "x"]), ("prepare.py", [MISSING, "out"]),
     ("privacy.py", ["--drawz", "2"]), ("privacy.py", ["--embeddings", MISSING, "--members", "tests", "--held-out", "tests"]),
-    ("study.py", ["create", "--readrs", "2"]), ("study.py", ["report", MISSING]),
+    ("privacy.py", ["--embeddings", "tests", "--members", "tests", "--held-out", "tests", "--output", "README.md/x"]),
+    ("study.py", ["create", "--readrs", "2"]), ("study.py", ["report", MISSING]), ("study.py", ["serve"]),
 ]
 
 
@@ -58,6 +63,20 @@ def test_flag_and_path_errors_come_before_torch_is_imported(script, args):
     imported = {line.rsplit("|", 1)[1].strip() for line in log[1:]}  # the first line is the log's header
     assert "numpy" in imported or "argparse" in imported  # the log is read: it names what was imported
     assert "torch" not in imported, said[0]
+
+
+def test_the_torch_free_choices_are_what_the_code_runs():
+    """Flags offer choices named without torch (so they answer before it is imported); the modules that act on
+    them must know exactly those."""
+    from mini_ldm import loading, samplers
+    from mini_ldm.model_settings import DTYPE_NAMES
+    from mini_ldm.sample_settings import SCHEDULERS
+
+    assert tuple(loading.DTYPES) == DTYPE_NAMES
+    for name in SCHEDULERS:  # each draws a schedule; an unknown name is refused
+        assert samplers.make_schedule(name, 2, samplers.alphas_cumprod_from_config({})).timesteps.numel() == 2
+    with pytest.raises(ValueError):
+        samplers.make_schedule("heun", 2, samplers.alphas_cumprod_from_config({}))
 
 
 def test_a_bad_value_is_one_line_naming_the_flag():

@@ -113,7 +113,8 @@ def test_compile_without_a_cpp_compiler_is_one_line_before_the_model_loads(sd1_f
 
 def test_sample_compile_draws_with_the_compiled_unet(sd1_folder, tmp_path, monkeypatch):
     """sample.py --compile hands the model's UNet to torch.compile and draws with what it returns (here the
-    UNet itself, recorded: compiling is the next test's cost), for every kind of job: one image, a dataset."""
+    UNet itself, recorded: compiling is the next test's cost), for every kind of job: one image, a dataset, a
+    grid, an interpolation strip."""
     import sample
     from in_process import run_main
 
@@ -129,9 +130,14 @@ def test_sample_compile_draws_with_the_compiled_unet(sd1_folder, tmp_path, monke
     assert proc.returncode == 0 and (tmp_path / "one.png").is_file() and compiled == ["UNet"], proc.stderr
     proc = run_main(sample.main, *common, "--prompt", "x", "--count", "2", "--compile", "--output", tmp_path / "set")
     assert proc.returncode == 0 and len(list((tmp_path / "set").rglob("*.png"))) == 2, proc.stderr
-    assert compiled == ["UNet", "UNet"]
+    proc = run_main(sample.main, *common, "--prompt", "x", "--grid", "cfg=1,3", "--compile", "--output", tmp_path / "grid")
+    assert proc.returncode == 0 and (tmp_path / "grid" / "grid.png").is_file(), proc.stderr
+    proc = run_main(sample.main, *common, "--interpolate", "x", "y", "--alphas", "0,1", "--compile", "--output",
+                    tmp_path / "strip")
+    assert proc.returncode == 0 and len(list((tmp_path / "strip").glob("strip-*.png"))) == 1, proc.stderr
+    assert compiled == ["UNet"] * 4
     proc = run_main(sample.main, *common, "--prompt", "x", "--output", tmp_path / "eager.png")
-    assert proc.returncode == 0 and compiled == ["UNet", "UNet"]  # without the flag: not compiled
+    assert proc.returncode == 0 and compiled == ["UNet"] * 4  # without the flag: not compiled
 
 
 @pytest.mark.skipif(not has_cpp_compiler(), reason="inductor's CPU backend builds C++: it needs g++ (g++ --version)")

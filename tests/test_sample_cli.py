@@ -262,7 +262,9 @@ def test_sample_and_dataset_out_of_memory_say_lower_height_width_batch(dataset, 
     def allocate_too_much(self, *args, **kwargs):
         raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 68719476736 bytes.")
 
-    monkeypatch.setattr(mini_ldm.pipeline.StableDiffusion, "sample_seeds" if dataset else "sample", allocate_too_much)
+    from mini_ldm.pipeline import StableDiffusion
+
+    monkeypatch.setattr(StableDiffusion, "sample_seeds" if dataset else "sample", allocate_too_much)
     more = ["--count", 1, "--output", tmp_path / "set"] if dataset else ["--output", tmp_path / "one.png"]
     r = run_main(sample.main, "--model", sd1_single, "--device", "cpu", "--no-embeddings", "--prompt", PROMPT,
                  "--steps", 1, "--height", 32, "--width", 32, *more, memory_hint=sample.MEMORY_HINT)

@@ -601,3 +601,15 @@ def test_demo_fills_in_only_the_flags_not_given(tmp_path, monkeypatch):
         0.005, 100, 16, 50, 25, 3)
     assert train.resolve_settings(train.parse_args(["--demo", "--steps", "7"])).preview_every == 7  # at the end
     assert demo.DEMO_TRAINING["lr"] != TrainSettings.lr  # else the first case could not tell
+
+
+def test_demo_resumes_when_asked(tmp_path, monkeypatch):
+    """--demo starts afresh (it replaces its own earlier run) unless --resume is given: then it continues, and
+    is not refused as "--resume and --overwrite" for an --overwrite the user never typed."""
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    for argv, overwrite in ((["--demo"], True), (["--demo", "--resume"], False), (["--demo", "--resume", "--overwrite"], True)):
+        args = train.parse_args(argv)
+        train.resolve_settings(args)
+        assert args.overwrite is overwrite, argv
