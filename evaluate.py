@@ -14,7 +14,7 @@ from mini_ldm.demo import DEMO_DIR
 from mini_ldm.errors import UserError
 from mini_ldm.settings import add_flags, check_device_name, from_flags
 from measure.copying import data_copying
-from measure.evaluate_settings import EvaluateSettings
+from measure.evaluate_settings import EvaluateSettings, missing_weights
 from measure.report import (summary_table, write_data_copying_png, write_memorization_csv, write_memorization_png,
                             write_metrics_json)
 from readers.images import find_images
@@ -45,7 +45,8 @@ def check_cheap_things(args, settings: EvaluateSettings) -> None:
             raise UserError(f"{role} folder {folder} does not exist or is not a folder; give the folder of "
                             f"{role.lower()} images")
         find_images(folder, warn=lambda message: None, tool="evaluate.py")  # an empty folder: now, not after loading
-    cli.check_exist(("--weights", settings.weights))
+    if settings.weights is not None and not settings.weights.is_file():
+        raise UserError(missing_weights(settings.weights))
     cli.check_writable(settings.output, "--output", is_file=False)  # before both folders are encoded, not after
 
 

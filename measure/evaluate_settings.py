@@ -6,6 +6,7 @@ and used by the modules that act on them (inception.py, preprocess.py, features.
 from dataclasses import dataclass
 from pathlib import Path
 
+from mini_ldm.cli import weights_folder
 from mini_ldm.demo import DEMO_DIR
 from mini_ldm.errors import UserError
 from mini_ldm.settings import check_positive, device_option, option
@@ -14,6 +15,16 @@ from mini_ldm.settings import check_positive, device_option, option
 WEIGHTS_FILES = ("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth")
 FEATURE_DIMS = (64, 192, 768, 2048)  # the Inception taps FID can use; 2048 is the final pool
 RESIZE_MODES = ("antialias", "tf1")  # preprocess.py: to 299 px as torchmetrics >= 1.0, or as TensorFlow 1
+WEIGHTS_HINT = ("download pt_inception-2015-12-05-6726825d.pth from "
+                "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth "
+                "(or torch-fidelity's weights-inception-2015-12-05-6726825d.pth from "
+                "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth), "
+                "put it in {folder}/ and run again, or pass --weights PATH (see weights/README.md)")
+
+
+def missing_weights(path) -> str:
+    """What to say when --weights names no file: checked with the flags, and again where weights are read."""
+    return f"Inception weights file {path} does not exist; " + WEIGHTS_HINT.format(folder=weights_folder())
 
 
 @dataclass

@@ -26,15 +26,11 @@ from mini_ldm.cli import weights_folder
 from mini_ldm.errors import UserError, first_line
 from mini_ldm.io import UnsafePickle, torch_load
 
-from .evaluate_settings import WEIGHTS_FILES
+from .evaluate_settings import WEIGHTS_FILES, WEIGHTS_HINT, missing_weights
 
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
-WEIGHTS_HINT = ("download pt_inception-2015-12-05-6726825d.pth from "
-                "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth "
-                "(or torch-fidelity's weights-inception-2015-12-05-6726825d.pth from "
-                "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth), "
-                "put it in {folder}/ and run again, or pass --weights PATH (see weights/README.md)")
+
 
 
 class InceptionWeightsError(UserError):
@@ -203,8 +199,7 @@ class InceptionV3FID(nn.Module):
 def read_state_dict(path: Path) -> dict:
     """The tensors of a weights file, whatever its container; InceptionWeightsError if it has none."""
     if not path.is_file():
-        raise InceptionWeightsError(f"Inception weights file {path} does not exist; "
-                                    + WEIGHTS_HINT.format(folder=weights_folder()))
+        raise InceptionWeightsError(missing_weights(path))
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
