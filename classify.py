@@ -62,10 +62,11 @@ def demo_settings(settings: ClassifySettings, typed: frozenset = frozenset()) ->
 def main(argv=None) -> None:
     args, typed = parse_args(argv)
     settings = from_flags(ClassifySettings, args)
+    settings.check_values()  # before --demo writes its folders
+    check_device_name(settings.device)
     if settings.demo:
         settings = demo_settings(settings, typed)
     settings.check()
-    check_device_name(settings.device)
     cli.check_exist(*((f"--{name}", getattr(settings, name)) for name in (*INPUTS, "weights")))
     from classifier.experiment import run_experiment
 

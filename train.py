@@ -80,7 +80,7 @@ def demo_settings(settings: TrainSettings, given=frozenset()) -> TrainSettings:
 
 def resolve_settings(args) -> TrainSettings:
     """The flags as checked TrainSettings with the data-dependent defaults (token, output) filled in."""
-    settings = from_flags(TrainSettings, args)
+    settings = from_flags(TrainSettings, args).check()  # the flags as typed, before --demo writes its phantoms
     demo.check_sdxl_flag(args)
     if args.demo:
         settings = demo_settings(settings, args.given)

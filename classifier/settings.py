@@ -82,6 +82,16 @@ class ClassifySettings:
 
     def check(self) -> "ClassifySettings":
         """Refuse what cannot be honoured, before any image is read. Returns self."""
+        self.check_values()
+        for flag, value in (("--val", self.val), ("--test", self.test)):
+            if value is None:
+                raise UserError(f"{flag}: give the folder of real {flag[2:]} images (one subfolder per class)")
+        self.check_paths()
+        self.arm_list()
+        return self
+
+    def check_values(self) -> None:
+        """The numbers and the choices among flags, which --demo leaves as typed: checked before it writes."""
         for flag, value in (("--repeats", self.repeats), ("--steps", self.steps), ("--batch", self.batch),
                             ("--size", self.size), ("--max-pixels", self.max_pixels)):
             check_positive(flag, value)
@@ -101,12 +111,6 @@ class ClassifySettings:
                             f"uses --seed + r, with --repeats {self.repeats})")
         if self.weights is not None and self.from_scratch:
             raise UserError(f"--weights {self.weights} and --from-scratch: choose one")
-        for flag, value in (("--val", self.val), ("--test", self.test)):
-            if value is None:
-                raise UserError(f"{flag}: give the folder of real {flag[2:]} images (one subfolder per class)")
-        self.check_paths()
-        self.arm_list()
-        return self
 
     def check_paths(self) -> None:
         """Folder names in UTF-8 (they are written into results.json), and no --output inside an input folder:

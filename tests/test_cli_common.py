@@ -65,6 +65,15 @@ def test_flag_and_path_errors_come_before_torch_is_imported(script, args):
     assert "torch" not in imported, said[0]
 
 
+@pytest.mark.parametrize("script", ["evaluate.py", "classify.py", "train.py", "sample.py"])
+def test_a_demo_with_a_bad_flag_writes_nothing(script, tmp_path):
+    """--demo writes its data folders; a bad flag typed with it is answered first, before anything is written."""
+    proc = subprocess.run([sys.executable, str(REPO / script), "--demo", "--batch" if script != "train.py" else "--lr",
+                           "0"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --"), proc.stderr
+    assert list(tmp_path.iterdir()) == [], proc.stderr
+
+
 def test_the_torch_free_choices_are_what_the_code_runs():
     """Flags offer choices named without torch (so they answer before it is imported); the modules that act on
     them must know exactly those."""
