@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 
 import sample
 from in_process import run_main
+from processes import wait_until
 
 from mini_ldm.embeddings import Embedding, read_embedding, write_embedding
 from ti.phantoms import write_phantoms
@@ -162,11 +162,8 @@ def train_args(phantoms, model, out, steps, *more):
 
 
 def wait_for_rows(log: Path, rows: int, proc):
-    deadline = time.monotonic() + TIMEOUT
-    while not (log.is_file() and len(log.read_text().splitlines()) > rows):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"fewer than {rows} loss rows after {TIMEOUT} s"
-        time.sleep(0.1)
+    wait_until(proc, lambda: log.is_file() and len(log.read_text().splitlines()) > rows,
+               f"fewer than {rows} loss rows", TIMEOUT)
 
 
 def logged_steps(log: Path) -> list:

@@ -9,6 +9,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from classifier.augment import RECIPES, affine, augment, optical_distortion
 from classifier.experiment import epoch_batches, run_experiment, steps_per_epoch
 from classifier.report import write_outputs
 from classifier.settings import ClassifySettings
+from processes import stop, wait_until
 from classifier.resnet import ResNet18, build, read_backbone
 from classifier.toy_classes import write_toy_classes
 from mini_ldm.errors import UserError
@@ -646,23 +648,16 @@ def test_an_image_over_max_pixels_is_refused_before_it_is_decoded(toy, tmp_path,
 def test_sigterm_removes_the_lock_and_keeps_the_finished_trainings(toy, tmp_path):
     """B.21: SIGTERM (timeout, kill, SLURM) used to end the process on the spot, leaving classify.lock and a
     temporary file; now it stops as Ctrl-C does."""
-    import time
     out = tmp_path / "out"
     args = [sys.executable, str(REPO / "classify.py"), "--train", str(toy / "train"), "--val", str(toy / "val"),
             "--test", str(toy / "test"), "--arms", "real", "--from-scratch", "--steps", "100000", "--batch", "4",
             "--size", "32", "--repeats", "1", "--device", "cpu", "--output", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "settings.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)  # settings.json is written under the lock: the handler is in place
-        time.sleep(1)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # settings.json is written under the lock: the handler is in place
+    wait_until(proc, (out / "settings.json").is_file, "no settings.json", timeout=120, poll=0.2)
+    time.sleep(1)
+    _, stderr = stop(proc, signal.SIGTERM, timeout=60)
     assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, (proc.returncode, stderr)
     assert not (out / "classify.lock").exists()
     assert not [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from PIL import Image
 
 import sample
 from in_process import run_main
+from processes import wait_until
 from mini_ldm import hashes
 from mini_ldm.dataset import generate_dataset
 from mini_ldm.dataset.folder import LOCK
@@ -171,11 +171,8 @@ def test_batch_size_changes_nothing(tiny, tmp_path, monkeypatch):
 
 
 def wait_for_pngs(proc, folder, n):
-    deadline = time.monotonic() + TIMEOUT
-    while len(list(Path(folder).glob("*.png"))) < n:
-        assert proc.poll() is None, finish(proc).stderr
-        assert time.monotonic() < deadline, f"fewer than {n} PNGs in {folder} after {TIMEOUT} s"
-        time.sleep(0.02)
+    wait_until(proc, lambda: len(list(Path(folder).glob("*.png"))) >= n, f"fewer than {n} PNGs in {folder}", TIMEOUT,
+               poll=0.02)
 
 
 def test_resume_after_ctrl_c_and_kill_equals_one_run(runs, sd1_single, env, tmp_path):

@@ -13,7 +13,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import mini_ldm
 from mini_ldm.embeddings import EmbeddingError, check_width, read_embedding
 from ti.phantoms import write_phantoms
 

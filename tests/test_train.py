@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from ti.phantoms import write_phantoms
 from ti.run_files import loss_csv_path, state_path
 from ti.train_settings import TrainSettings
 from ti.trainer import Trainer
+from processes import stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "train.py"
@@ -501,18 +501,9 @@ def test_ctrl_c_saves_and_exits_cleanly(phantoms, sd1_single, tmp_path):
     proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = loss_csv_path(out)
-    try:
-        deadline = time.monotonic() + 300
-        while not (log.is_file() and len(log.read_text().splitlines()) >= 3):  # header + 2 steps, written live
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no loss rows after 300 s"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    # header + 2 steps, written live
+    wait_until(proc, lambda: log.is_file() and len(log.read_text().splitlines()) >= 3, "no loss rows", timeout=300)
+    stdout, stderr = stop(proc, signal.SIGINT, timeout=120)
     assert proc.returncode not in (0, None), (proc.returncode, stderr)
     assert "Traceback" not in stderr + stdout, stderr
     assert "interrupted" in stdout + stderr
