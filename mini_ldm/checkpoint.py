@@ -135,7 +135,7 @@ def load_vae(path, scale: float, device="cpu", dtype=torch.float32, latent_chann
         if any(k.startswith(VAE_PREFIX) for k in raw.keys()):
             src = Prefixed(raw, VAE_PREFIX)
         elif any(k.startswith("encoder.down_blocks.") for k in raw.keys()):
-            src = diffusers_vae_tensors(raw, {"block_out_channels": [0] * count(raw.keys(), r"encoder\.down_blocks\.(\d+)\.")})
+            src = diffusers_vae_tensors(raw)
         else:
             src = raw
         with _unfit_inputs_as_errors(path, missing="--vae: not a VAE (no tensor {key})",
@@ -236,7 +236,7 @@ def _load_folder(path: Path, device, dtype) -> Checkpoint:
     with ExitStack() as stack:
         with _unfit_inputs_as_errors(path, **errors):
             raw = [TensorSource(_weights_file(path / part), stack) for part in parts]
-            sources = (diffusers_unet_tensors(raw[0], unet_json), diffusers_vae_tensors(raw[1], vae_json),
+            sources = (diffusers_unet_tensors(raw[0], unet_json), diffusers_vae_tensors(raw[1]),
                        *(hf_text_tensors(src) for src in raw[2:]))
             configs = _folder_configs(family, sources, unet_json, vae_json, text_jsons, dtype)
         modules = _build_modules(family, configs, sources, [path / part for part in parts], device, dtype)

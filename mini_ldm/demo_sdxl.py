@@ -6,7 +6,6 @@ attention and the added conditioning `label_emb` (pooled vector + six size numbe
 are noise. It checks that the SDXL code paths (both encoders, the pooled vector, size conditioning, an
 embedding file with clip_l and clip_g) run on a fresh machine, loaded through the normal loader as `sdxl`.
 """
-import hashlib
 import json
 from pathlib import Path
 
@@ -35,7 +34,7 @@ def demo_sdxl_model_file(path: Path = DEMO_SDXL_MODEL) -> Path:
     """The tiny SDXL as a file: written (atomically) the first time, reused while its bytes are intact."""
     data = _model_bytes()
     path = Path(path)
-    if not (path.is_file() and path.stat().st_size == len(data) and hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()):
+    if not (path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data):
         write_bytes_atomic(path, data)
     return path
 
@@ -49,16 +48,9 @@ def _model_bytes() -> bytes:
     tensors = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
     tensors |= {VAE_PREFIX + k: v for k, v in vae.state_dict().items()}
     tensors |= {clip_l_spec.file_prefix + "text_model." + k: v for k, v in clip_l.state_dict().items()}
-    tensors |= {big_g_spec.file_prefix + k: v for k, v in _big_g_names(big_g.state_dict()).items()}
+    big_g_tensors = open_clip_names(big_g.state_dict(), BIG_G.layers, big_g_spec.dropped_file_layers)
+    tensors |= {big_g_spec.file_prefix + k: v for k, v in big_g_tensors.items()}
     stated = {"unet_heads": list(UNET.heads), "native_size": SDXL_DEMO_SIZE}  # text heads: width // 64, the default
     return safetensors_bytes({k: v.contiguous().clone() for k, v in tensors.items()},
                              {CONFIG_METADATA: json.dumps(stated), "format": "pt"})
 
-
-def _big_g_names(state: dict) -> dict:
-    """Our names -> SDXL's OpenCLIP bigG ones: SD 2's mapping without the unused extra block SD 2 files hold,
-    plus text_projection, stored as a (width, projection) matrix (x @ P), the transpose of nn.Linear's."""
-    unused = f"transformer.resblocks.{BIG_G.layers}."
-    out = {k: v for k, v in open_clip_names(state, BIG_G.layers).items() if not k.startswith(unused)}
-    out["text_projection"] = state["text_projection.weight"].T
-    return out

@@ -33,7 +33,7 @@ class ScaledUNet:
         """`groups` copies of x go through the UNet in one batch, one per group of `cond`'s rows."""
         inp = (x * samplers.model_input_scale(sigma)).to(self.dtype)
         inp = torch.cat([inp] * groups) if groups > 1 else inp
-        out = self.unet(inp, t.to(x.device), cond.context, cond.y).float()
+        out = self.unet(inp, t, cond.context, cond.y).float()
         self.finite.append(torch.isfinite(out).all())
         return out
 
@@ -118,13 +118,16 @@ class Denoiser:
     """guidance(x, sigma, t) -> epsilon or v, turned into the x0 estimate samplers step with; the one place
     that turns the sampler's step index into sigma and the UNet's timestep."""
 
-    def __init__(self, guidance: ClassifierFreeGuidance, schedule: Schedule, prediction: str,
+    def __init__(self, guidance: ClassifierFreeGuidance, schedule: Schedule, prediction: str, device,
                  keep_known: KeepKnownLatents | None = None):
-        self.guidance, self.schedule, self.prediction = guidance, schedule, prediction  # prediction: "epsilon" or "v"
+        self.guidance, self.prediction = guidance, prediction  # prediction: "epsilon" or "v"
+        # The sigmas stay on the CPU (the samplers' scalar arithmetic); the timesteps go to the UNet's device once
+        # here, not at every step, where a copy from the CPU would make the host wait for the GPU each time.
+        self.sigmas, self.timesteps = schedule.sigmas, schedule.timesteps.to(device)
         self.keep_known = keep_known
 
     def __call__(self, x, i) -> torch.Tensor:
-        sigma, t = self.schedule.sigmas[i], self.schedule.timesteps[i]
+        sigma, t = self.sigmas[i], self.timesteps[i]
         if self.keep_known is not None:
             x = self.keep_known.impose(x, sigma)
         denoised = samplers.denoised_from_model_output(self.guidance(x, sigma, t), x, sigma, self.prediction)

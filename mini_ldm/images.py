@@ -4,6 +4,7 @@ words, resized as diffusers resizes them (Lanczos, only when the size must chang
 Pillow only, no torch: the CLIs check --init-image and --mask with the other flags, before torch is imported.
 Pixels become tensors where sampling starts (starts.py)."""
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
@@ -15,28 +16,31 @@ def open_image(source, flag: str, mode: str) -> Image.Image:
     """A PIL image, or a path to one, converted to `mode` ("RGB" or "L"); `flag` names it in errors."""
     if isinstance(source, Image.Image):
         return source.convert(mode)
-    path = check_image_file(source, flag)
-    try:
-        with Image.open(path) as im:
-            return im.convert(mode)
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{flag} {path}: not a readable image ({e})") from None
+    with _opened(source, flag) as im:
+        return im.convert(mode)
 
 
 def check_image_file(source, flag: str) -> Path:
     """Refuse, in the flag's words, a path that is not an image file: missing, a folder, or not an image
     Pillow can identify (only the header is read, so this is cheap enough to run before a model loads)."""
+    with _opened(source, flag):
+        return Path(source)
+
+
+@contextmanager
+def _opened(source, flag: str):
+    """The image file at `source`, opened (its header read); a path that is missing or a folder, or a file that
+    cannot be read, now or while the block decodes it, is refused in the flag's words."""
     path = Path(source)
     if path.is_dir():
         raise UserError(f"{flag} {path}: is a folder; give one image file (PNG, JPEG, ...)")
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such file")
     try:
-        with Image.open(path):
-            pass
+        with Image.open(path) as im:
+            yield im
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"{flag} {path}: not a readable image ({e})") from None
-    return path
 
 
 def fit_size(image: Image.Image, multiple: int) -> tuple:

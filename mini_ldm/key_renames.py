@@ -32,6 +32,7 @@ import torch
 from safetensors import safe_open
 
 from .errors import CheckpointError, first_line
+from .families import count
 from .io import UnsafePickle, torch_load
 
 
@@ -148,12 +149,12 @@ def diffusers_unet_tensors(source, config: dict) -> Renamed:
                             for k in source.keys()})
 
 
-def diffusers_vae_tensors(source, config: dict) -> Renamed:
-    """A diffusers AutoencoderKL's tensors under our names; `config` is its config.json.
+def diffusers_vae_tensors(source) -> Renamed:
+    """A diffusers AutoencoderKL's tensors under our names (its levels counted from the encoder's blocks).
 
     diffusers stores the mid-block attention projections as Linear weights [C, C]; ours are 1x1 convs.
     """
-    levels = len(config["block_out_channels"])
+    levels = count(source.keys(), r"encoder\.down_blocks\.(\d+)\.")
     names = {}
     for key in source.keys():
         new = diffusers_vae_name(key, levels)
@@ -247,25 +248,29 @@ def _swapped(shape):
     return tuple(reversed(shape))
 
 
+# An OpenCLIP text tower's names, by our (Hugging Face CLIP) names: outside the blocks, and the leaves inside
+# block N (encoder.layers.N. <-> transformer.resblocks.N.); q, k and v are stacked in one in_proj there.
+_OPEN_CLIP_TOWER = {"embeddings.token_embedding.weight": "token_embedding.weight",
+                    "embeddings.position_embedding.weight": "positional_embedding",
+                    "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+_OPEN_CLIP_BLOCK = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+                    "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+
+
 def open_clip_tensors(source, layers: int, projection: bool = False) -> Renamed:
     """An OpenCLIP text tower (SD2's cond_stage_model.model.*, SDXL's bigG) under Hugging Face CLIP names.
 
     Only the first `layers` resblocks are mapped (SD2 uses the penultimate block's output, so it asks for
     one fewer); `projection` also maps text_projection (SDXL's pooled vector).
     """
-    names = {"embeddings.token_embedding.weight": ("token_embedding.weight", _same, tuple),
-             "embeddings.position_embedding.weight": ("positional_embedding", _same, tuple),
-             "final_layer_norm.weight": ("ln_final.weight", _same, tuple),
-             "final_layer_norm.bias": ("ln_final.bias", _same, tuple)}
+    names = {ours: (theirs, _same, tuple) for ours, theirs in _OPEN_CLIP_TOWER.items()}
     if projection:
         names["text_projection.weight"] = ("text_projection", _transposed, _swapped)
-    leaf = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
-            "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
     for i in range(layers):
         old, new = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
-        for a, b in leaf.items():
+        for ours, theirs in _OPEN_CLIP_BLOCK.items():
             for p in ("weight", "bias"):
-                names[f"{new}{b}.{p}"] = (f"{old}{a}.{p}", _same, tuple)
+                names[f"{new}{ours}.{p}"] = (f"{old}{theirs}.{p}", _same, tuple)
         # q, k and v are stored stacked in one in_proj tensor: rows [0:C], [C:2C], [2C:3C].
         for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
             for p in ("weight", "bias"):
@@ -275,18 +280,17 @@ def open_clip_tensors(source, layers: int, projection: bool = False) -> Renamed:
     return Renamed(source, names)
 
 
-def open_clip_names(state: dict, layers: int) -> dict:
+def open_clip_names(state: dict, layers: int, unused_blocks: int = 1) -> dict:
     """The reverse of `open_clip_tensors`, for the model files we write (the phantom model, the SDXL demo): our
-    (Hugging Face CLIP) text encoder names -> OpenCLIP's, q/k/v stacked into in_proj; SD 2 files hold one block
-    more than the conditioning uses (the last, unused: a copy of the one before)."""
-    out = {"token_embedding.weight": state["embeddings.token_embedding.weight"],
-           "positional_embedding": state["embeddings.position_embedding.weight"],
-           "ln_final.weight": state["final_layer_norm.weight"], "ln_final.bias": state["final_layer_norm.bias"]}
-    leaf = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
-            "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
-    for i in range(layers + 1):
+    (Hugging Face CLIP) text encoder names -> OpenCLIP's, q/k/v stacked into in_proj, text_projection (if any)
+    as OpenCLIP's (width, projection) matrix. `unused_blocks`: blocks the file holds after the last the
+    conditioning uses, copies of it (SD 2 files: one, its TextEncoderSpec.dropped_file_layers; SDXL's bigG: 0)."""
+    out = {theirs: state[ours] for ours, theirs in _OPEN_CLIP_TOWER.items()}
+    if "text_projection.weight" in state:
+        out["text_projection"] = state["text_projection.weight"].T
+    for i in range(layers + unused_blocks):
         ours, theirs = f"encoder.layers.{min(i, layers - 1)}.", f"transformer.resblocks.{i}."
-        for a, b in leaf.items():
+        for a, b in _OPEN_CLIP_BLOCK.items():
             for p in ("weight", "bias"):
                 out[f"{theirs}{b}.{p}"] = state[f"{ours}{a}.{p}"]
         for p in ("weight", "bias"):

@@ -57,9 +57,10 @@ def load(path, device=None, dtype=None, prediction="auto", vae=None) -> StableDi
     check_device(device)
     if prediction not in PREDICTIONS:
         raise UserError(f"--prediction {prediction}: choose auto, epsilon or v")
-    ckpt = load_checkpoint(path, device=device, dtype=resolve_dtype(dtype, device), prediction=prediction, vae=vae)
+    dtype = resolve_dtype(dtype, device)
+    ckpt = load_checkpoint(path, device=device, dtype=dtype, prediction=prediction, vae=vae)
     tokenizers = [_tokenizer(folder, spec.pad_id) for folder, spec in zip(ckpt.tokenizer_dirs, ckpt.family.encoders)]
-    return StableDiffusion(ckpt, tokenizers, device, resolve_dtype(dtype, device))
+    return StableDiffusion(ckpt, tokenizers, device, dtype)
 
 
 def _tokenizer(folder, pad_id: int) -> CLIPTokenizer:

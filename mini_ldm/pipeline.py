@@ -207,7 +207,7 @@ class StableDiffusion:
         unet = ScaledUNet(self.unet if start.unet_extra is None else InpaintingChannels(self.unet, start.unet_extra),
                           self.dtype)
         guidance = ClassifierFreeGuidance(unet, negative, terms, settings.cfg, settings.n)
-        denoise = Denoiser(guidance, start.schedule, self.prediction, start.keep_known)
+        denoise = Denoiser(guidance, start.schedule, self.prediction, self.device, start.keep_known)
         if len(start.schedule.timesteps) == 0:
             latents = start.x  # img2img at strength 0: nothing to re-run (not even DDIM's final rescale)
         else:
@@ -316,13 +316,14 @@ class StableDiffusion:
         if base.prompt:
             raise UserError("--prompt: not used with --interpolate-mode prompt (A and B are the prompts)")
         for text in (a, b):
-            if prompt_text.bracketed_words(text) == [text.strip()] and self._find_learned(text) is None:
+            meant_as_token = prompt_text.bracketed_words(text) == [text.strip()]
+            if meant_as_token and prompt_text.find_learned(self.learned, text) is None:
                 raise UserError(f"--interpolate {text}: not a learned token; {self._known_tokens()}")
         return [([(a, round(1.0 - alpha, 6)), (b, alpha)], self.learned, (a, b)) for alpha in alphas]
 
     def _vector_blends(self, a, b, alphas, base):
         """(parts, learned, names) per alpha for mode "vectors": A's vectors blended with B's in the prompt."""
-        names = [self._find_learned(t) for t in (a, b)]
+        names = [prompt_text.find_learned(self.learned, t) for t in (a, b)]
         for text, name in zip((a, b), names):
             if name is None:
                 raise UserError(f"--interpolate {text}: not a learned token; {self._known_tokens()}")
@@ -336,10 +337,6 @@ class StableDiffusion:
                             f"{names[1]}")
         blends = [{**self.learned, names[0]: (1.0 - alpha) * va + alpha * vb} for alpha in alphas]
         return [(None, learned, names) for learned in blends]
-
-    def _find_learned(self, text: str):
-        """The registered name of learned token `text` (matched as in prompts: by prompt_text.match_key)."""
-        return prompt_text.find_learned(self.learned, text)
 
     def check_learned_words(self, text: str, where: str, learned: dict | None = None) -> None:
         """A word in angle brackets is meant as a learned token: refuse one that is not loaded (in `learned`,

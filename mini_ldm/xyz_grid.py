@@ -13,6 +13,7 @@ refused with its own flag's message); `draw_grid` then draws the cells (each PNG
 already drawn with the same parameters is kept), the sheets with headers (grid_sheet.py) and grid.csv.
 """
 import csv
+import functools
 import io
 import itertools
 import secrets
@@ -250,6 +251,7 @@ def bind(sd, plan: GridPlan) -> list:
     from .embeddings import check_width
 
     model_hash = hashes.model_hash(sd.checkpoint.path)
+    file_hash = functools.cache(hashes.file_sha256)  # an init image or mask shared by the cells is read once
     checked = set()
     texts = []
     for cell in plan.cells:
@@ -266,7 +268,7 @@ def bind(sd, plan: GridPlan) -> list:
         for flag, text in (("--prompt", cell.settings.prompt), ("--negative-prompt", cell.settings.negative_prompt)):
             sd.check_learned_words(text, f"--grid cell {cell.name}: {flag}", cell.learned)
         extra["Model hash"] = model_hash
-        extra.update(_input_hashes(cell))
+        extra.update(_input_hashes(cell, file_hash))
         cell.settings = replace(cell.settings, extra={**cell.settings.extra, **extra})
         cell.resolved = sd.resolved(cell.settings)
         texts.append(parameters_text(cell.resolved))
@@ -287,18 +289,18 @@ def _token_for(prompt: str, emb: "Embedding", learned: dict, plan: GridPlan) -> 
     return found[0]
 
 
-def _input_hashes(cell: Cell) -> dict:
+def _input_hashes(cell: Cell, file_hash) -> dict:
     """Content hashes of the vectors and files a cell is made from: a rerun redraws a cell whose inputs changed
-    under the same names."""
+    under the same names. `file_hash`: hashes.file_sha256, or a cache of it."""
     s = cell.settings
-    used = [n for n in prompt_text.split_learned(f"{s.prompt} {s.negative_prompt}", cell.learned)[1::2]]
+    used = prompt_text.split_learned(f"{s.prompt} {s.negative_prompt}", cell.learned)[1::2]
     fields = {}
     if used:
         fields["Embeddings"] = " ".join(f"{n}:{hashes.tensor_sha256(cell.learned[n])[:hashes.SHORT]}"
                                         for n in dict.fromkeys(used))
     for key, path in (("Init image hash", s.init_image), ("Mask hash", s.mask)):
         if path is not None:
-            fields[key] = hashes.file_sha256(path)[:hashes.SHORT]
+            fields[key] = file_hash(path)[:hashes.SHORT]
     return fields
 
 
