@@ -88,9 +88,9 @@ def resolve_settings(args) -> TrainSettings:
             settings = replace(settings, output=demo.sdxl_path(settings.output))
         if args.resume is None:  # the demo starts afresh, unless asked to resume
             args.overwrite = True
+        settings.check()  # the demo's values beside the flags typed
     elif settings.data is None:
         raise UserError("--data: give the folder of training images (or --demo to check the install)")
-    settings.check()
     if settings.concepts:
         return replace(settings, output=settings.output or Path("embeddings"))
     # the folder name is the default token; a prompt word cannot hold spaces, so "chest xr/" gives <chest_xr>
