@@ -201,6 +201,16 @@ class LatentCache:
         return cache
 
 
+def vae_encoder(sd) -> Callable:
+    """`LatentCache.build`'s `encode` for a loaded model: CPU float32 images in [-1, 1] -> the VAE's latent
+    distribution (mean, logvar), float32 on the CPU, as train.py and the membership audit encode images."""
+    @torch.no_grad()
+    def encode(images):
+        mean, logvar = sd.vae.encode(images.to(sd.device, sd.dtype))
+        return mean.float().cpu(), logvar.float().cpu()
+    return encode
+
+
 def _file_stamp(path: Path) -> list:
     st = path.stat()
     return [str(path.resolve()), st.st_mtime_ns, st.st_size]
