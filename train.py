@@ -88,9 +88,9 @@ def resolve_settings(args) -> TrainSettings:
             settings = replace(settings, output=demo.sdxl_path(settings.output))
         if args.resume is None:  # the demo starts afresh, unless asked to resume
             args.overwrite = True
+        settings.check()  # the demo's values beside the flags typed
     elif settings.data is None:
         raise UserError("--data: give the folder of training images (or --demo to check the install)")
-    settings.check()
     if settings.concepts:
         return replace(settings, output=settings.output or Path("embeddings"))
     # the folder name is the default token; a prompt word cannot hold spaces, so "chest xr/" gives <chest_xr>
@@ -128,23 +128,15 @@ def load_model(args, settings: TrainSettings, device: str):
 
 def latent_cache(sd, settings: TrainSettings, data: Path, paths: list, flip: bool):
     """The latents of `paths` (images under `data`), encoded once and cached beside the run's files."""
-    import torch
-
-    from ti.data import cached_latents
+    from ti.data import cached_latents, vae_encoder
 
     resolution = sd.native_size if settings.resolution is None else settings.resolution
     multiple = sd.vae.downscale
     if resolution < multiple or resolution % multiple:
         raise UserError(f"--resolution {resolution}: must be a positive multiple of {multiple}")
-
-    def encode(images):  # CPU float32 in [-1, 1] -> the VAE's latent distribution, on the CPU
-        with torch.no_grad():
-            mean, logvar = sd.vae.encode(images.to(sd.device, sd.dtype))
-        return mean.float().cpu(), logvar.float().cpu()
-
     model_id = f"{settings.base_model}:{model_stamp(sd.checkpoint.path)}:{settings.dtype}"
     folder = settings.output if settings.concepts else settings.output.parent
-    return cached_latents(data, encode, model_id, folder / ".latent-cache", resolution, crop=settings.crop,
+    return cached_latents(data, vae_encoder(sd), model_id, folder / ".latent-cache", resolution, crop=settings.crop,
                           flip=flip, seed=settings.seed, paths=paths)
 
 

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from mini_ldm.io import safetensors_bytes, write_bytes_atomic
-from mini_ldm.prompt import size_numbers
+from mini_ldm.prompt import size_numbers, uncropped
 from mini_ldm.vae import posterior_std
 from readers.images import DataError, Warn, find_images, load_frames, to_rgb, warn_stderr
 
@@ -166,7 +166,7 @@ class LatentCache:
         """SDXL's six numbers per row (B, 6): each image's original size and crop, then the target size `size`
         (pixels). A cache without geometry (made before it was recorded) says (size, size, 0, 0)."""
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-        known = self.geometry[idx] if self.geometry is not None else torch.tensor([[size, size, 0, 0]] * len(idx))
+        known = self.geometry[idx] if self.geometry is not None else uncropped(size, size).expand(len(idx), -1)
         return size_numbers(known, (size, size))
 
     def save(self, file, key: str = "") -> None:
@@ -199,6 +199,16 @@ class LatentCache:
             raise DataError(f"cannot use latent cache {file}: {e}") from e
         cache.file, cache.reused = file, True
         return cache
+
+
+def vae_encoder(sd) -> Callable:
+    """`LatentCache.build`'s `encode` for a loaded model: CPU float32 images in [-1, 1] -> the VAE's latent
+    distribution (mean, logvar), float32 on the CPU, as train.py and the membership audit encode images."""
+    @torch.no_grad()
+    def encode(images):
+        mean, logvar = sd.vae.encode(images.to(sd.device, sd.dtype))
+        return mean.float().cpu(), logvar.float().cpu()
+    return encode
 
 
 def _file_stamp(path: Path) -> list:

@@ -1,6 +1,6 @@
 """Folders of synthetic 'chest X-ray' phantoms, varied by a seed, so demos and tests need no data set and no
-download: `write_phantoms` (readers.phantom.chest_phantom) for `train.py --demo` and the tests on tiny models;
-`write_chest_phantoms` (readers.chest_findings, labelled findings) for Textual Inversion on the phantom model."""
+download: `write_phantoms` (readers.phantom.chest_phantom) for the tests on tiny models; `write_chest_phantoms`
+(readers.chest_findings, labelled findings) for Textual Inversion on the phantom model (`train.py --demo`)."""
 from pathlib import Path
 
 import numpy as np

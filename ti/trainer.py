@@ -332,7 +332,6 @@ def _open_loss_log(path: Path, fresh: bool):
         yield writer
 
 
-
 @contextmanager
 def _signals_deferred():
     """Hold a Ctrl-C or SIGTERM until the block has run, then raise it (only the main thread gets signals)."""
@@ -349,7 +348,7 @@ def denoising_prediction(sd, unet, alphas_cumprod, x0, noise, t, prompts: list, 
     (B, 6) per row, with `learned` tokens' vectors spliced into the prompts: the loss TI minimises, in one place
     for training, validation and the membership audit (privacy.py)."""
     x0 = x0.to(sd.device) * sd.vae.cfg.scale
-    noise, t, sizes = noise.to(sd.device), t.to(sd.device), sizes.to(sd.device)
+    noise, t = noise.to(sd.device), t.to(sd.device)  # sizes: moved by with_sizes, on SDXL only (SD 1/2 ignore them)
     alpha_bar = alphas_cumprod[t].view(-1, 1, 1, 1)
     noisy = samplers.noised_for_training(x0, noise, alpha_bar)  # sqrt(a) x0 + sqrt(1 - a) noise
     target = samplers.training_target(x0, noise, alpha_bar, sd.prediction)  # the noise, or v

@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..io import pid_lock
 from ..png import parse_parameters
 from . import manifest
-from .plan import Job, JobImage, build_job, content_hashes, recorded_base
+from .plan import Job, JobImage, build_job, recorded_base
 from .request import DatasetRequest
 
 LOCK = ".dataset.lock"       # in the output folder while a job writes it (row folders never start with '.')
@@ -107,8 +107,7 @@ def settle_folder(sd, request: DatasetRequest) -> Job:
     base = request.seed if request.seed is not None else recorded_base(request.rows, existing)
     if base is None and any(row.seed is None for row in request.rows):
         base = secrets.randbelow(2**32)
-    model_hash, token_hashes = content_hashes(sd, request.rows)
-    job = build_job(sd, request.output, request.rows, base, model_hash, token_hashes)
+    job = build_job(sd, request.output, request.rows, base)
     if request.overwrite:
         _remove_old(job, existing)
         existing = {}

@@ -92,7 +92,6 @@ class Job:
     output: Path
     plan: Plan
     model_hash: str
-    token_hashes: dict
     resolved: list            # each row's settings as sample() records them (seed aside)
     used: list                # each row's embeddings column
     model: str                # the model's name, for the manifest
@@ -123,11 +122,12 @@ def recorded_base(rows: list, existing: dict):
     return None
 
 
-def build_job(sd, output: Path, rows: list, base, model_hash: str, token_hashes: dict) -> Job:
+def build_job(sd, output: Path, rows: list, base) -> Job:
     """The plan with what each image's PNG text and manifest row are made from, the same on every process."""
+    model_hash, token_hashes = content_hashes(sd, rows)
     resolved = [sd.resolved(replace(row.settings, seed=0)) for row in rows]
     used = [_embeddings_field(sd, row.settings, token_hashes) for row in rows]
-    return Job(Path(output), Plan(rows, base), model_hash, token_hashes, resolved, used, sd.model_name)
+    return Job(Path(output), Plan(rows, base), model_hash, resolved, used, sd.model_name)
 
 
 def _used_tokens(sd, settings: SampleSettings) -> list:
