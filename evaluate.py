@@ -100,9 +100,9 @@ def compute(args, s: EvaluateSettings, real, synth) -> tuple:
 
 def held_out_test(s: EvaluateSettings, model, real, synth):
     """--held-out: the data-copying test C_T (measure/copying.py) in the pool features."""
-    held_out = encode(s, model, s.held_out, "held-out")
-    if s.cells is not None and s.cells > len(real):
+    if s.cells is not None and s.cells > len(real):  # before the held-out folder is encoded, not after
         raise UserError(f"--cells {s.cells}: REAL has only {len(real)} images; give at most that many cells")
+    held_out = encode(s, model, s.held_out, "held-out")
     return data_copying(real.pool.numpy(), synth.pool.numpy(), held_out.pool.numpy(), s.cells, s.min_cell, s.seed)
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mini_ldm.errors import UserError
+from mini_ldm.settings import check_utf8
 from readers.images import DataError, find_images, load_image
 
 
@@ -49,8 +50,8 @@ def class_names(folder: Path, flag: str) -> list:
     if not folder.is_dir():
         raise UserError(f"{flag} {folder}: no such folder; give a folder with one subfolder per class")
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for name in names:
-        check_utf8_name(name, flag, folder)
+    for name in names:  # a name results.json and predictions.csv cannot hold: refused before any training
+        check_utf8(flag, folder / name)
     if len(names) != 2:
         found = ", ".join(names) or "none"
         raise UserError(f"{flag} {folder}: needs exactly two class subfolders for an AUC, found {len(names)} "
@@ -71,16 +72,6 @@ def check_classes(folders: dict, positive: str | None) -> tuple:
     elif positive not in classes:
         raise UserError(f"--positive {positive}: not a class; choose {' or '.join(classes)}")
     return classes, positive
-
-
-def check_utf8_name(name: str, flag: str, folder: Path) -> None:
-    """A file or folder name that is not UTF-8 cannot be printed or written into results.json and
-    predictions.csv: refuse it before any training (it used to fail after the first one, on every rerun)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UserError(f"{flag} {folder}: {ascii(name)} is a name that is not UTF-8 text; rename it in UTF-8"
-                        ) from None
 
 
 def check_pixels(path: Path, flag: str, max_pixels: int) -> None:
@@ -110,7 +101,7 @@ def read_images(folder: Path, flag: str, classes: list, positive: str, size: int
             raise UserError(f"{flag} {folder}: class {c} has {len(found)} image{'s' * (len(found) != 1)}; "
                             f"it needs at least {least}")
         for path in found:
-            check_utf8_name(path.relative_to(folder).as_posix(), flag, folder)
+            check_utf8(flag, path)
             if max_pixels is not None:
                 check_pixels(path, flag, max_pixels)
         paths += found

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 from mini_ldm.images import font
 from mini_ldm.io import write_image_atomic, write_text_atomic
 from readers.images import DataError, load_image
+from stats.histogram import shared_histograms
 
 THUMB = 160  # pixels per image in memorization.png
 
@@ -154,12 +155,9 @@ def distance_histograms(copying, size: tuple = (720, 400)) -> Image.Image:
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = 60, 72, size[0] - 20, size[1] - 50  # the legend sits above the plot
-    lo, hi = float(min(synth.min(), held.min())), float(max(synth.max(), held.max()))
-    hi = hi if hi > lo else lo + 1.0
-    bins = max(5, min(40, int(math.sqrt(len(synth) + len(held)))))
-    edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
-    shares = [_shares(values, lo, hi, bins) for values in (synth, held)]
-    top_share = max(max(s) for s in shares) or 1.0
+    edges, shares = shared_histograms([synth, held], max_bins=40)
+    lo, hi = float(edges[0]), float(edges[-1])
+    top_share = max(float(s.max()) for s in shares) or 1.0
     to_x = lambda v: left + (v - lo) / (hi - lo) * (right - left)  # noqa: E731
     to_y = lambda s: bottom - s / top_share * (bottom - top)  # noqa: E731
     draw.rectangle([left, top, right, bottom], outline="black")
@@ -183,13 +181,6 @@ def distance_histograms(copying, size: tuple = (720, 400)) -> Image.Image:
     draw.text((left, 12), f"data copying: C_T = {ct} ({copying.verdict}; below -3 = copying), {cells}",
               fill="black", font=font(14))
     return image
-
-
-def _shares(values, lo: float, hi: float, bins: int) -> list:
-    counts = [0] * bins
-    for v in values:
-        counts[min(bins - 1, int((float(v) - lo) / (hi - lo) * bins))] += 1
-    return [c / max(1, len(values)) for c in counts]
 
 
 def write_data_copying_png(path, copying) -> None:

@@ -58,7 +58,9 @@ def image_losses(sd, cache: LatentCache, draws: Draws, templates: list, word: st
     (the learned token, or the reference text) in the templates. Draw (j, d) always uses template
     (j * D + d) mod len(templates), so every image sees the same prompts."""
     n, steps, per = len(cache), len(draws.timesteps), draws.per_timestep
-    rows = [(i, j, d) for i in range(n) for j in range(steps) for d in range(per)]  # image-major
+    # draw-major: a chunk's rows share a draw and so its template: the text encoder sees one prompt per chunk
+    # (one per caption with [filewords]), not one per row
+    rows = [(i, j, d) for j in range(steps) for d in range(per) for i in range(n)]
     errors = torch.empty(len(rows), dtype=torch.float64)
     side = cache.mean.shape[-1] * sd.vae.downscale  # SDXL: each image's size conditioning at this size
     timesteps = torch.tensor(draws.timesteps)
@@ -71,4 +73,4 @@ def image_losses(sd, cache: LatentCache, draws: Draws, templates: list, word: st
                                            timesteps[j], prompts, cache.size_conditioning(i, side), sd.learned)
         errors[start:start + len(chunk)] = (out - target).pow(2).mean(dim=(1, 2, 3)).double().cpu()
         bar.update(len(chunk))
-    return errors.view(n, steps, per).mean(-1)
+    return errors.view(steps, per, n).mean(1).T

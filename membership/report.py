@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 from mini_ldm.images import font
 from mini_ldm.io import write_image_atomic, write_text_atomic
 from stats.auc import roc_curve
+from stats.histogram import shared_histograms
 
 from .attacks import attack_numbers, verdict
 
@@ -83,20 +84,17 @@ def _frame(draw, box, title: str, x_label: str, y_label: str) -> None:
 def _histogram(draw, box, members, held, title: str) -> None:
     """Both sets' score histograms as outlines, each normalised to its own count."""
     left, top, right, bottom = box
-    lo, hi = float(min(members.min(), held.min())), float(max(members.max(), held.max()))
-    hi = hi if hi > lo else lo + 1e-9
-    bins = max(5, min(30, int(np.sqrt(len(members) + len(held)))))
-    shares = [np.histogram(v, bins=bins, range=(lo, hi))[0] / len(v) for v in (members, held)]
+    edges, shares = shared_histograms([members, held], max_bins=30)
     peak = max(float(s.max()) for s in shares) or 1.0
     _frame(draw, box, title, "score (higher = more like a member)", "")
+    xs = np.linspace(left, right, len(edges))
     for colour, share in zip((MEMBER, HELD_OUT), shares):
-        xs = np.linspace(left, right, bins + 1)
         points = [(left, bottom)]
         for k, s in enumerate(share):
             y = bottom - s / peak * (bottom - top - 4)
             points += [(xs[k], y), (xs[k + 1], y)]
         draw.line(points + [(right, bottom)], fill=colour, width=2)
-    for x, v in ((left, lo), (right, hi)):
+    for x, v in ((left, edges[0]), (right, edges[-1])):
         draw.text((x, bottom + 4), f"{v:.3g}", fill="black", font=font(11), anchor="mt")
     draw.text((left, top - 16), f"members ({len(members)})", fill=MEMBER, font=font(11))  # above the plot
     draw.text((left + 110, top - 16), f"held-out ({len(held)})", fill=HELD_OUT, font=font(11))

@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from .ranks import mann_whitney_u, midranks
+
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
@@ -24,28 +26,11 @@ def _split(scores, labels) -> tuple:
     return positives, negatives
 
 
-def midranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..N of `values` where tied values share the mean of their ranks (the midrank)."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    ranks = np.empty(len(values), dtype=np.float64)
-    start = 0
-    while start < len(values):  # one run of equal values at a time
-        end = start
-        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
-
-
 def auc_mann_whitney(scores, labels) -> float:
     """AUC = U / (m n) = (1 / (m n)) sum_i sum_j psi(X_i, Y_j), computed from ranks:
     U = R_X - m (m + 1) / 2, where R_X is the sum of the positives' midranks among all m + n scores."""
     positives, negatives = _split(scores, labels)
-    m, n = len(positives), len(negatives)
-    ranks = midranks(np.concatenate([positives, negatives]))
-    return float((ranks[:m].sum() - m * (m + 1) / 2) / (m * n))
+    return mann_whitney_u(positives, negatives) / (len(positives) * len(negatives))
 
 
 def delong_components(scores, labels) -> tuple:

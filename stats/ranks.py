@@ -1,4 +1,4 @@
-"""The Mann-Whitney U test as a Z-score: the normal approximation with the tie correction, no continuity
+"""Midranks and the Mann-Whitney U test as a Z-score: the normal approximation with the tie correction, no continuity
 correction (what Meehan, Chaudhuri and Dasgupta's data-copying test C_T averages over cells).
 
 With samples X (m values) and Y (n values), N = m + n, R_X the sum of X's midranks among all N values and
@@ -12,7 +12,20 @@ import math
 
 import numpy as np
 
-from .auc import midranks
+
+def midranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..N of `values` where tied values share the mean of their ranks (the midrank)."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    ranks = np.empty(len(values), dtype=np.float64)
+    start = 0
+    while start < len(values):  # one run of equal values at a time
+        end = start
+        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        ranks[order[start:end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
 
 
 def tie_term(values: np.ndarray) -> float:
