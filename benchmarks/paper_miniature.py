@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mini_ldm.demo import DEMO_MODEL  # noqa: E402
 from mini_ldm.io import write_image_atomic  # noqa: E402
 from readers.chest_findings import chest_cases  # noqa: E402
 from readers.findings import measure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "weights" / "phantom-sd2.safetensors"
 CLASSES = {"neg": {"nodule": False}, "pos": {"nodule": True}}
 SPLIT_SEEDS = {"train": 101, "val": 202, "test": 303}  # the "patients" of each split never meet
 REUSE = {"on": False}  # --reuse: a step whose output is already in --work is not run again
@@ -66,13 +66,13 @@ def run(cmd: list, log: list, done: Path | None = None) -> float | None:
 def embed_and_sample(name: str, data: Path, work: Path, args, log: list) -> Path:
     """train.py --concepts on `data` (neg/, pos/) -> sample.py --prompts-file -> work/<name>-synthetic/."""
     tokens = work / f"{name}-tokens"
-    run(["train.py", "--model", MODEL, "--device", "cpu", "--concepts", "--data", data, "--output", tokens,
+    run(["train.py", "--model", DEMO_MODEL, "--device", "cpu", "--concepts", "--data", data, "--output", tokens,
          "--token-prefix", name, "--init", "dog", "--vectors", args.vectors, "--steps", args.ti_steps, "--lr", 0.05,
          "--batch", 4, "--save-every", 0, "--overwrite"], log, tokens / f"{name}-pos.safetensors")
     prompts = work / f"{name}-prompts.csv"
     prompts.write_text("prompt,count,folder\n" + "".join(f"<{name}-{c}>,{args.synthetic},{c}\n" for c in CLASSES))
     out = work / f"{name}-synthetic"
-    run(["sample.py", "--model", MODEL, "--device", "cpu", "--embeddings", tokens, "--prompts-file", prompts,
+    run(["sample.py", "--model", DEMO_MODEL, "--device", "cpu", "--embeddings", tokens, "--prompts-file", prompts,
          "--seed", 1000, "--steps", args.sample_steps, "--scheduler", "dpm++2m", "--cfg", 3, "--output", out], log,
         out / "metadata.csv")
     return out
