@@ -163,8 +163,9 @@ def machine(threads: int) -> dict:
 
 
 def write_json(path: Path, obj):
+    """`obj` as indented JSON; a value JSON has no type for (a Path among the settings) is written as its str."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 # --- SDXL -----------------------------------------------------------------------------------------
