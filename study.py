@@ -103,10 +103,9 @@ def existing_study(folder) -> Path:
 
 
 def status(args) -> None:
-    from reader_study.readings import progress
     db = database.connect(existing_study(args.study))
     try:
-        for reader, (answered, total) in progress(db).items():
+        for reader, (answered, total) in database.progress(db).items():
             print(f"{reader}: {answered} / {total}" + ("  complete" if answered == total else ""))
     finally:
         db.close()

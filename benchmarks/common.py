@@ -162,9 +162,27 @@ def machine(threads: int) -> dict:
             "torch_threads": threads, "mkldnn": torch.backends.mkldnn.is_available()}
 
 
+def use_threads(threads: int | None) -> int:
+    """Run torch on `threads` threads (None: as many as torch chose); returns the number, for machine()."""
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def command_line(script: str, argv: list | None = None) -> str:
+    """The command that ran benchmark `script` (its __file__) with `argv` (None: this process's arguments)."""
+    return " ".join(["python", f"benchmarks/{Path(script).name}"] + (sys.argv[1:] if argv is None else list(argv)))
+
+
+def run_facts(script: str, threads: int, argv: list | None = None) -> dict:
+    """What every timing's results JSON records of its run: the machine, the load at the end, the command."""
+    return {"machine": machine(threads), "load_average_at_end": os.getloadavg(), "command": command_line(script, argv)}
+
+
 def write_json(path: Path, obj):
+    """`obj` as indented JSON; a value JSON has no type for (a Path among the settings) is written as its str."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 # --- SDXL -----------------------------------------------------------------------------------------

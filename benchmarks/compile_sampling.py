@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, max_level_difference, write_json  # noqa: E402
+from common import ROOT, max_level_difference, run_facts, use_threads, write_json  # noqa: E402
 from mini_ldm.dataset import generate_dataset  # noqa: E402
 from mini_ldm.demo import DEMO_MODEL  # noqa: E402
 
@@ -56,8 +56,7 @@ def main(argv=None):
 
     import mini_ldm
 
-    threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
+    threads = use_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="compile-sampling-"))
     os.environ["XDG_CACHE_HOME"] = str(work / "cache")  # the model hash: computed once, in the warm-up
     eager = mini_ldm.load(args.model, device=args.device, dtype=args.dtype)
@@ -94,9 +93,7 @@ def main(argv=None):
     write_json(args.output, {
         "benchmark": "compile_sampling", "model": str(args.model), "device": args.device, "dtype": args.dtype,
         "images": args.images, "batch": args.batch, "steps": args.steps, "scheduler": "euler_a", "cfg": 3.0,
-        "rounds": args.rounds, "summary": summary, "seconds": times, "machine": machine(threads),
-        "load_average_at_end": os.getloadavg(),
-        "command": " ".join(["python", "benchmarks/compile_sampling.py"] + (argv if argv is not None else sys.argv[1:])),
+        "rounds": args.rounds, "summary": summary, "seconds": times, **run_facts(__file__, threads, argv),
     })
     print(f"wrote {args.output}")
 

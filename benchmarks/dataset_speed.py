@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, max_level_difference, random_model, write_json  # noqa: E402
+from common import ROOT, max_level_difference, random_model, run_facts, use_threads, write_json  # noqa: E402
 from mini_ldm.dataset import generate_dataset  # noqa: E402
 
 PROMPT = "a frontal chest x-ray, PA view"
@@ -93,8 +93,7 @@ def main(argv=None):
 
     import mini_ldm
 
-    threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
+    threads = use_threads(args.threads)
     folder = random_model(args.family, args.size, 0, args.model_cache)
     work = Path(tempfile.mkdtemp(prefix="dataset-speed-"))
     os.environ["XDG_CACHE_HOME"] = str(work / "cache")
@@ -122,9 +121,8 @@ def main(argv=None):
     write_json(args.output, {
         "benchmark": "dataset_speed", "family": args.family, "size": args.size, "resolution": args.resolution,
         "images": args.images, "steps": args.steps, "scheduler": "euler_a", "cfg": 3.0, "precision": "fp32",
-        "device": "cpu", "rounds": args.rounds, "summary": summary, "seconds": times, "machine": machine(threads),
-        "load_average_at_end": os.getloadavg(),
-        "command": " ".join(["python", "benchmarks/dataset_speed.py"] + (argv if argv is not None else sys.argv[1:])),
+        "device": "cpu", "rounds": args.rounds, "summary": summary, "seconds": times,
+        **run_facts(__file__, threads, argv),
     })
     print(f"wrote {args.output}")
 

@@ -26,12 +26,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mini_ldm.io import write_image_atomic  # noqa: E402
-from readers.chest_findings import chest_cases  # noqa: E402
+from benchmarks.common import ROOT, write_json  # noqa: E402
+from mini_ldm.demo import DEMO_MODEL  # noqa: E402
 from readers.findings import measure  # noqa: E402
+from ti.phantoms import write_chest_phantoms  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "weights" / "phantom-sd2.safetensors"
 CLASSES = {"neg": {"nodule": False}, "pos": {"nodule": True}}
 SPLIT_SEEDS = {"train": 101, "val": 202, "test": 303}  # the "patients" of each split never meet
 REUSE = {"on": False}  # --reuse: a step whose output is already in --work is not run again
@@ -41,9 +40,7 @@ def write_split(folder: Path, per_class: int, seed: int) -> Path:
     if REUSE["on"] and folder.is_dir():
         return folder
     for k, (name, findings) in enumerate(CLASSES.items()):
-        for i, (image, truth) in enumerate(chest_cases(seed * 10 + k, per_class, **findings)):
-            write_image_atomic(folder / name / f"{seed}-{i:04d}.png", image)
-            (folder / name / f"{seed}-{i:04d}.txt").write_text(truth.caption + "\n", encoding="utf-8")
+        write_chest_phantoms(folder / name, per_class, seed * 10 + k, **findings)
     return folder
 
 
@@ -66,13 +63,13 @@ def run(cmd: list, log: list, done: Path | None = None) -> float | None:
 def embed_and_sample(name: str, data: Path, work: Path, args, log: list) -> Path:
     """train.py --concepts on `data` (neg/, pos/) -> sample.py --prompts-file -> work/<name>-synthetic/."""
     tokens = work / f"{name}-tokens"
-    run(["train.py", "--model", MODEL, "--device", "cpu", "--concepts", "--data", data, "--output", tokens,
+    run(["train.py", "--model", DEMO_MODEL, "--device", "cpu", "--concepts", "--data", data, "--output", tokens,
          "--token-prefix", name, "--init", "dog", "--vectors", args.vectors, "--steps", args.ti_steps, "--lr", 0.05,
          "--batch", 4, "--save-every", 0, "--overwrite"], log, tokens / f"{name}-pos.safetensors")
     prompts = work / f"{name}-prompts.csv"
     prompts.write_text("prompt,count,folder\n" + "".join(f"<{name}-{c}>,{args.synthetic},{c}\n" for c in CLASSES))
     out = work / f"{name}-synthetic"
-    run(["sample.py", "--model", MODEL, "--device", "cpu", "--embeddings", tokens, "--prompts-file", prompts,
+    run(["sample.py", "--model", DEMO_MODEL, "--device", "cpu", "--embeddings", tokens, "--prompts-file", prompts,
          "--seed", 1000, "--steps", args.sample_steps, "--scheduler", "dpm++2m", "--cfg", 3, "--output", out], log,
         out / "metadata.csv")
     return out
@@ -136,7 +133,7 @@ def report(path: Path) -> None:
     results["nodule_rate"] = {"real train": nodule_rates(work / "real" / "train"),
                               "synthetic, full embedding": nodule_rates(work / "full-synthetic"),
                               "synthetic, 10-image embedding": nodule_rates(work / "few-synthetic")}
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_json(path, results)
     print(table(results))
     print(json.dumps(results["nodule_rate"]), json.dumps(results["evaluate"]))
 
@@ -177,8 +174,7 @@ def main():
                "classify": {"full": classify("full", splits, full, "real,real+synthetic,synthetic", work, args, log),
                             "few": classify("few", splits, small, "real,real+synthetic,synthetic", work, args, log)}}
     results["minutes"] = round((time.time() - t0) / 60, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_json(args.out, results)
     print(f"{results['minutes']} minutes; wrote {args.out}")
     report(args.out)
 

@@ -24,11 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 import mini_ldm  # noqa: E402
 from mini_ldm import SampleSettings  # noqa: E402
+from mini_ldm.demo import DEMO_MODEL  # noqa: E402
 from mini_ldm.embeddings import read_embedding  # noqa: E402
 from readers.findings import measure  # noqa: E402
 from ti.phantoms import write_chest_phantoms  # noqa: E402
 
-MODEL = ROOT / "weights" / "phantom-sd2.safetensors"
 TOKEN = "<effusion>"
 
 
@@ -52,7 +52,7 @@ def train(data: Path, out: Path, vectors: int, args) -> float:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, default=MODEL)
+    p.add_argument("--model", type=Path, default=DEMO_MODEL)
     p.add_argument("--arms", nargs="+", default=["1x100", "4x100", "16x100", "4x10"], help="VECTORSxIMAGES")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--lr", type=float, default=0.05)

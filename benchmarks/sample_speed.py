@@ -10,14 +10,13 @@ marginal (T(k2) - T(k1)) / (k2 - k1). The outputs of the two UNets are compared 
 so the benchmark also shows that both compute the same thing.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, random_model, write_json  # noqa: E402
+from common import ROOT, random_model, run_facts, use_threads, write_json  # noqa: E402
 from ti_step import measure  # noqa: E402
 
 
@@ -39,8 +38,7 @@ def main(argv=None):
     import mini_ldm
     from diffusers import UNet2DConditionModel
 
-    threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
+    threads = use_threads(args.threads)
     folder = random_model(args.family, args.size, args.seed, args.model_cache)
     ours = mini_ldm.load(folder, device="cpu", dtype="fp32")
     theirs = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").eval().requires_grad_(False)
@@ -79,9 +77,7 @@ def main(argv=None):
         "benchmark": "sample_speed", "family": args.family, "size": args.size, "resolution": args.resolution,
         "cfg_batch": 2, "precision": "fp32", "device": "cpu", "warmup": args.warmup, "k1": args.k1, "k2": args.k2,
         "rounds": args.rounds, "max_abs_diff": max_diff, "ratio_ours_over_diffusers": ratio,
-        "ratio_cpu_time": cpu_ratio, "results": results, "machine": machine(threads),
-        "load_average_at_end": os.getloadavg(),
-        "command": " ".join(["python", "benchmarks/sample_speed.py"] + sys.argv[1:]),
+        "ratio_cpu_time": cpu_ratio, "results": results, **run_facts(__file__, threads, argv),
     })
     print(f"wrote {args.output}")
 

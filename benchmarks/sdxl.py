@@ -22,7 +22,6 @@ memory  the tensors autograd keeps for the backward pass of one TI step of the F
 Timing: ti_step.measure (warm-up, then k1- and k2-step runs in ABBA order, marginal seconds per step).
 """
 import argparse
-import os
 import random
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, count_params, machine, random_sdxl, write_json  # noqa: E402
+from common import ROOT, command_line, count_params, random_sdxl, run_facts, use_threads, write_json  # noqa: E402
 from ti_step import DIFFUSERS_TEMPLATES, INIT_TOKEN, TOKEN, OursTI, measure, write_images  # noqa: E402
 
 
@@ -233,15 +232,13 @@ def main(argv=None):
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
     output = args.output or ROOT / "benchmarks" / "results" / f"sdxl_{args.what}.json"
-    command = " ".join(["python", "benchmarks/sdxl.py"] + sys.argv[1:])
     if args.what == "memory":
         rows = [saved_activations(r, c) for c in (False, True) for r in (256, 512, 1024)]
         for row in rows:
             print(row)
-        write_json(output, {"benchmark": "sdxl_memory", "rows": rows, "command": command})
+        write_json(output, {"benchmark": "sdxl_memory", "rows": rows, "command": command_line(__file__, argv)})
         return
-    threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
+    threads = use_threads(args.threads)
     folder = random_sdxl(args.size, args.seed, args.model_cache)
     resolution = args.resolution or (512 if args.what == "sample" else 256)
     with tempfile.TemporaryDirectory() as tmp:
@@ -259,8 +256,8 @@ def main(argv=None):
     print(f"ratio ours/diffusers: {ratio:.3f} wall, {cpu_ratio:.3f} CPU time")
     write_json(output, {"benchmark": f"sdxl_{args.what}", "size": args.size, "resolution": resolution,
                         "precision": "fp32", "device": "cpu", **facts, "ratio_ours_over_diffusers": ratio,
-                        "ratio_cpu_time": cpu_ratio, "results": results, "machine": machine(threads),
-                        "load_average_at_end": os.getloadavg(), "command": command})
+                        "ratio_cpu_time": cpu_ratio, "results": results,
+                        **run_facts(__file__, threads, argv)})
     print(f"wrote {output}")
 
 

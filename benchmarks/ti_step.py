@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, count_params, machine, random_model, write_json  # noqa: E402
+from common import ROOT, count_params, random_model, run_facts, use_threads, write_json  # noqa: E402
 
 TOKEN = "<bench>"
 INIT_TOKEN = "chest"  # diffusers needs a one-token --initializer_token
@@ -406,8 +406,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     assert args.k2 > args.k1 >= 0
 
-    threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
+    threads = use_threads(args.threads)
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"note: load average {load:.1f} before starting: other processes share the CPU; with several "
@@ -456,8 +455,7 @@ def main(argv=None):
         "warmup": args.warmup, "k1": args.k1, "k2": args.k2, "rounds": args.rounds, "images": args.images,
         "ratio_ours_over_diffusers": ratio, "ratio_cpu_time": cpu_ratio, "target_met": ratio <= 0.5,
         "results": results, "params": params, "profiles": profiles, "breakdown_cpu_s": parts,
-        "load_average_at_end": os.getloadavg(),
-        "machine": machine(threads), "command": " ".join(["python", "benchmarks/ti_step.py"] + sys.argv[1:]),
+        **run_facts(__file__, threads, argv),
     })
     print(f"wrote {args.output}")
 

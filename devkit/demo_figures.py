@@ -28,16 +28,17 @@ COMPOSED = "<effusion> AND chest radiograph, enlarged heart"
 LABEL_WIDTH = 230  # pixels of text left of each row
 
 
-def grid(rows: list, title: str) -> Image.Image:
-    """rows: [(label, [PIL images])] -> one picture, each row's label on its left."""
+def grid(rows: list, title: str, label_width: int = LABEL_WIDTH) -> Image.Image:
+    """rows: [(label, [PIL images])] -> one picture under `title`, each row's label (one or more lines) centred
+    on its left."""
     side = rows[0][1][0].size[0]
-    out = Image.new("L", (LABEL_WIDTH + side * max(len(r[1]) for r in rows), 20 + side * len(rows)), "white")
+    out = Image.new("L", (label_width + side * max(len(r[1]) for r in rows), 20 + side * len(rows)), "white")
     pen = ImageDraw.Draw(out)
     pen.text((4, 4), title, fill="black")
     for i, (label, images) in enumerate(rows):
-        pen.text((4, 20 + i * side + side // 2 - 12), label, fill="black")
+        pen.text((4, 20 + i * side + side // 2 - 6 * (label.count("\n") + 1)), label, fill="black")
         for j, image in enumerate(images):
-            out.paste(image.convert("L"), (LABEL_WIDTH + j * side, 20 + i * side))
+            out.paste(image.convert("L"), (label_width + j * side, 20 + i * side))
     return out
 
 

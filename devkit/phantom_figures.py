@@ -16,32 +16,18 @@ import torch
 from PIL import Image, ImageDraw
 
 import mini_ldm
+from devkit.demo_figures import grid
 from mini_ldm import SampleSettings
+from mini_ldm.demo import DEMO_MODEL
 from mini_ldm.embeddings import read_embedding
 from readers.chest_findings import chest_cases
 from ti.phantoms import write_chest_phantoms
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "weights" / "phantom-sd2.safetensors"
 TOKEN = "<effusion>"
 TI = {"vectors": 4, "steps": 150, "lr": 0.05, "batch": 4, "save-every": 30}
 SEEDS = list(range(6))
-LABEL_WIDTH = 200  # pixels of text left of each row
-
-
-def grid(rows: list, title: str = "") -> Image.Image:
-    """rows: [(label, [PIL images])] -> one picture, each row's label on its left."""
-    side = rows[0][1][0].size[0]
-    top = 20 if title else 0
-    out = Image.new("L", (LABEL_WIDTH + side * max(len(r[1]) for r in rows), top + side * len(rows)), "white")
-    draw = ImageDraw.Draw(out)
-    if title:
-        draw.text((4, 4), title, fill="black")
-    for i, (label, images) in enumerate(rows):
-        draw.text((4, top + i * side + side // 2 - 6), label, fill="black")
-        for j, image in enumerate(images):
-            out.paste(image.convert("L"), (LABEL_WIDTH + j * side, top + i * side))
-    return out
+LABEL_WIDTH = 200  # pixels of text left of each row (one-line labels)
 
 
 def draw(sd, prompt: str, cfg: float = 3.0, learned: dict | None = None) -> list:
@@ -68,13 +54,13 @@ def prompts_figure(sd) -> Image.Image:
                "chest radiograph, right pleural effusion", "chest radiograph, enlarged heart",
                "chest radiograph, lung nodule", "(empty prompt, no guidance)"]
     rows = [(p, draw(sd, "", cfg=1.0) if p.startswith("(") else draw(sd, p)) for p in prompts]
-    return grid(rows, "the phantom model, seeds 0-5, DPM++ 2M 20 steps, CFG 3")
+    return grid(rows, "the phantom model, seeds 0-5, DPM++ 2M 20 steps, CFG 3", LABEL_WIDTH)
 
 
 def learn(folder: Path) -> Path:
     data = write_chest_phantoms(folder / "effusion", 100, seed=5, effusion="left")
     out = folder / "effusion.safetensors"
-    cmd = [sys.executable, "train.py", "--model", str(MODEL), "--device", "cpu", "--data", str(data), "--token",
+    cmd = [sys.executable, "train.py", "--model", str(DEMO_MODEL), "--device", "cpu", "--data", str(data), "--token",
            TOKEN, "--init", "dog", "--output", str(out)] + [str(a) for k, v in TI.items() for a in (f"--{k}", v)]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     return out
@@ -89,8 +75,9 @@ def ti_figures(sd, out: Path) -> tuple[Image.Image, Image.Image]:
              for label, path in saved + [(f"step {TI['steps']}", out)]]
     vectors = read_embedding(out).vectors
     cfgs = [(f"{TOKEN}, CFG {c}", draw(sd, TOKEN, cfg=c, learned={TOKEN: vectors})) for c in (1.0, 2.0, 3.0, 5.0)]
-    return (grid(rows, f"Textual Inversion of a left pleural effusion: 100 phantoms, {TI['vectors']} vectors"),
-            grid(cfgs, "classifier-free guidance scale, the learned token"))
+    return (grid(rows, f"Textual Inversion of a left pleural effusion: 100 phantoms, {TI['vectors']} vectors",
+                 LABEL_WIDTH),
+            grid(cfgs, "classifier-free guidance scale, the learned token", LABEL_WIDTH))
 
 
 def nearest_tokens(sd, vectors: torch.Tensor, k: int = 5) -> list:
@@ -103,7 +90,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for the pictures")
     args = p.parse_args()
-    sd = mini_ldm.load(MODEL, device="cpu", dtype="fp32")
+    sd = mini_ldm.load(DEMO_MODEL, device="cpu", dtype="fp32")
     args.out.mkdir(parents=True, exist_ok=True)
     training_figure().save(args.out / "phantom-training.png")
     prompts_figure(sd).save(args.out / "phantom-prompts.png")

@@ -80,3 +80,10 @@ def answer_count(folder) -> int | None:
             db.close()
     except sqlite3.Error:
         return None
+
+
+def progress(db: sqlite3.Connection) -> dict:
+    """{reader: (answered, total)} in the readers' order."""
+    return {r["name"]: (r["answered"], r["total"]) for r in db.execute(
+        "SELECT name, (SELECT COUNT(*) FROM answers x WHERE x.reader = name) AS answered, "
+        "(SELECT COUNT(*) FROM assignments a WHERE a.reader = name) AS total FROM readers ORDER BY rowid")}

@@ -29,8 +29,7 @@ def images_of(folder, flag: str) -> list:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{flag} {folder}: no such folder; give the folder of images")
-    images = find_images(folder, warn=lambda message: None)
-    return images
+    return find_images(folder, warn=lambda message: None, tool=f"study.py create {flag}")
 
 
 def _draw(images: list, n: int, rng: random.Random, flag: str, folder, count_flag: str) -> list:

@@ -4,7 +4,7 @@ import io
 import json
 from pathlib import Path
 
-from mini_ldm.io import write_bytes_atomic, write_text_atomic
+from mini_ldm.io import write_image_atomic, write_text_atomic
 
 from .plots import report_image
 from .readings import COLUMNS
@@ -20,12 +20,9 @@ def write_report(folder, report: dict, readings: list) -> list:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(COLUMNS)
     writer.writerows(r.row() for r in readings)
-    paths = [write_text_atomic(folder / REPORT_JSON, json.dumps(report, indent=2) + "\n"),
-             write_text_atomic(folder / READINGS_CSV, text.getvalue())]
-    out = io.BytesIO()
-    report_image(report, readings).save(out, format="PNG")
-    paths.append(write_bytes_atomic(folder / REPORT_PNG, out.getvalue()))
-    return paths
+    return [write_text_atomic(folder / REPORT_JSON, json.dumps(report, indent=2) + "\n"),
+            write_text_atomic(folder / READINGS_CSV, text.getvalue()),
+            write_image_atomic(folder / REPORT_PNG, report_image(report, readings))]
 
 
 def _num(x, digits: int = 3) -> str:

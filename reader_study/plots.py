@@ -4,6 +4,7 @@ from PIL import Image, ImageDraw
 
 from stats.auc import roc_curve
 
+from .report import by_reader, scores_and_labels
 from .tasks import LABEL, PREFERENCE
 
 WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (160, 160, 160)
@@ -54,15 +55,14 @@ def roc_plot(report: dict, readings: list) -> Image.Image:
     draw.text((margin, 15), "ROC of the six-point score (synthetic = positive)", fill=BLACK)
     draw.text((margin + size // 2 - 60, margin + size + 15), "1 - specificity", fill=BLACK)
     draw.text((5, margin + size // 2), "sens.", fill=BLACK)
-    for i, name in enumerate(report["readers"]):
-        rs = [r for r in readings if r.reader == name]
+    for i, (name, rs) in enumerate(by_reader(readings, report["readers"]).items()):
         colour = COLOURS[i % len(COLOURS)]
         auc = report["readers"][name]["auc"]
         draw.text((2 * margin + size, margin + 20 * i), f"{name[:12]} AUC {'-' if auc is None else f'{auc:.2f}'}",
                   fill=colour)
         if auc is None:
             continue
-        fpr, tpr = roc_curve([r.score for r in rs], [int(r.truth == "synthetic") for r in rs])
+        fpr, tpr = roc_curve(*scores_and_labels(rs))
         draw.line([point(a, b) for a, b in zip(fpr, tpr)], fill=colour, width=2)
     return image
 

@@ -45,16 +45,10 @@ class Study:
     def readers(self) -> list:
         return [Reader(r["name"], r["token"]) for r in self.db.execute("SELECT name, token FROM readers ORDER BY rowid")]
 
-    def progress(self, reader: Reader) -> tuple:
-        """(answered, total) of `reader`."""
-        total = self.db.execute("SELECT COUNT(*) FROM assignments WHERE reader = ?", (reader.name,)).fetchone()[0]
-        answered = self.db.execute("SELECT COUNT(*) FROM answers WHERE reader = ?", (reader.name,)).fetchone()[0]
-        return answered, total
-
     def state(self, reader: Reader) -> dict:
         """What the reader's page shows now: their first unanswered item in their order (or that they are done),
         the question, the answers and their keys. Nothing in it names a file, a set or a class."""
-        answered, total = self.progress(reader)
+        answered, total = database.progress(self.db)[reader.name]
         row = self.db.execute(
             "SELECT a.key, a.position FROM assignments a LEFT JOIN answers x ON x.reader = a.reader AND x.item = a.item "
             "WHERE a.reader = ? AND x.item IS NULL ORDER BY a.position LIMIT 1", (reader.name,)).fetchone()

@@ -53,9 +53,3 @@ def load_readings(db) -> list:
             time_ms=r["time_ms"], timestamp=r["answered_at"]))
     return readings
 
-
-def progress(db) -> dict:
-    """{reader: (answered, total)} in the readers' order."""
-    return {r["name"]: (r["answered"], r["total"]) for r in db.execute(
-        "SELECT name, (SELECT COUNT(*) FROM answers x WHERE x.reader = name) AS answered, "
-        "(SELECT COUNT(*) FROM assignments a WHERE a.reader = name) AS total FROM readers ORDER BY rowid")}

@@ -15,7 +15,7 @@ from stats.auc import auc_ci95, auc_mann_whitney
 from stats.binomial import proportion
 
 from . import database
-from .readings import load_readings, progress
+from .readings import load_readings
 from .tasks import LABEL, PREFERENCE, REAL_OR_SYNTHETIC, SYNTHETIC_FROM_SCORE
 
 
@@ -34,7 +34,7 @@ def build_report(folder, bootstrap: int = 2000, seed: int = 0) -> tuple:
     """(report dict, readings) of the study at `folder`, partial or complete."""
     db = database.connect(folder)
     try:
-        meta, readings, counts = database.meta(db), load_readings(db), progress(db)
+        meta, readings, counts = database.meta(db), load_readings(db), database.progress(db)
         n_items = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
     finally:
         db.close()
@@ -86,6 +86,11 @@ def is_correct(r) -> bool:
     return (r.score >= SYNTHETIC_FROM_SCORE) == (r.truth == "synthetic")
 
 
+def scores_and_labels(rs) -> tuple:
+    """The six-point scores and the truths (1 = synthetic) of real-or-synthetic readings: what the ROC ranks."""
+    return [r.score for r in rs], [int(r.truth == "synthetic") for r in rs]
+
+
 def real_or_synthetic_reader(rs) -> dict:
     synthetic = [r for r in rs if r.truth == "synthetic"]
     real = [r for r in rs if r.truth == "real"]
@@ -94,7 +99,7 @@ def real_or_synthetic_reader(rs) -> dict:
                "specificity": proportion(sum(map(is_correct, real)), len(real)),
                "auc": None, "auc_ci95": None}
     if synthetic and real:  # the AUC needs both kinds of image
-        scores, labels = [r.score for r in rs], [int(r.truth == "synthetic") for r in rs]
+        scores, labels = scores_and_labels(rs)
         figures["auc"] = auc_mann_whitney(scores, labels)
         figures["auc_ci95"] = list(auc_ci95(scores, labels))
     return figures

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .phantom import inside_ellipse
+
 SIZE = 128  # pixels
 SUPERSAMPLE = 2  # shapes are drawn at twice the size and averaged down: soft, anti-aliased edges
 CAPTION_PREFIX = "chest radiograph"
@@ -149,25 +151,21 @@ def draw(anatomy: Anatomy, findings: ChestFindings, rng: np.random.Generator) ->
             0.5 - (x - 0.5) * np.sin(turn) + (y - 0.5) * np.cos(turn))
     s = anatomy.thorax_scale
     image = np.full((n, n), BACKGROUND)
-    image[_ellipse(x, y, 0.5, 0.53, 0.44 * s, 0.47 * s)] = TISSUE
+    image[inside_ellipse(x, y, 0.5, 0.53, 0.44 * s, 0.47 * s)] = TISSUE
     for lung, level in zip(_lungs(anatomy), (findings.effusion_level_right, findings.effusion_level_left)):
-        inside = _ellipse(x, y, lung["cx"], lung["cy"], lung["rx"], lung["ry"])
+        inside = inside_ellipse(x, y, lung["cx"], lung["cy"], lung["rx"], lung["ry"])
         image[inside] = LUNG + 0.08 * (y[inside] - lung["cy"]) / lung["ry"]  # a little denser towards the base
         if level:
             image[inside & (y > _fluid_surface(x, lung, level))] = FLUID
     image[(np.abs(x - 0.5) < 0.035 * s) & (y > 0.12) & (y < 0.8)] = MEDIASTINUM
     heart_rx = findings.ctr * thorax_width(anatomy) / 2
-    image[_ellipse(x, y, 0.5 + 0.035 * s, 0.56, heart_rx, 0.1 * s)] = HEART
+    image[inside_ellipse(x, y, 0.5 + 0.035 * s, 0.56, heart_rx, 0.1 * s)] = HEART
     if findings.nodule:
         r = np.hypot(x * SIZE - findings.nodule_x, y * SIZE - findings.nodule_y) / findings.nodule_radius
         image += NODULE * np.clip(1.5 - r, 0, 1) * (r < 1.5)  # a disc with a one-third soft rim
     image = image.reshape(SIZE, SUPERSAMPLE, SIZE, SUPERSAMPLE).mean(axis=(1, 3))
     image = anatomy.gain * image + anatomy.offset + rng.normal(0, anatomy.noise, image.shape)
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def _ellipse(x, y, cx, cy, rx, ry) -> np.ndarray:
-    return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1
 
 
 def _fluid_surface(x, lung: dict, level: float):

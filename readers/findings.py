@@ -74,19 +74,22 @@ def _box_mean(a: np.ndarray, k: int) -> np.ndarray:
     return (s[k:k + h, k:k + w] - s[:h, k:k + w] - s[k:k + h, :w] + s[:h, :w]) / (k * k)
 
 
+def _row_ends(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: whether it holds a True pixel, the first True column and the last (meaningless for empty rows)."""
+    return mask.any(1), mask.argmax(1), mask.shape[1] - 1 - mask[:, ::-1].argmax(1)
+
+
 def _inside_rows(mask: np.ndarray) -> np.ndarray:
     """Each row filled from its first to its last True pixel: the body's inside, lungs included."""
     cols = np.arange(mask.shape[1])
-    first = np.where(mask.any(1), mask.argmax(1), mask.shape[1])
-    last = np.where(mask.any(1), mask.shape[1] - 1 - mask[:, ::-1].argmax(1), -1)
+    any_, first, last = _row_ends(mask)
+    first, last = np.where(any_, first, mask.shape[1]), np.where(any_, last, -1)
     return (cols >= first[:, None]) & (cols <= last[:, None]) & ~mask
 
 
 def _row_spans(mask: np.ndarray) -> np.ndarray:
     """Per row, last True column - first True column + 1 (0 for empty rows)."""
-    any_ = mask.any(1)
-    first = mask.argmax(1)
-    last = mask.shape[1] - 1 - mask[:, ::-1].argmax(1)
+    any_, first, last = _row_ends(mask)
     return np.where(any_, last - first + 1, 0)
 
 
@@ -102,10 +105,9 @@ def _height(lung_half: np.ndarray, min_pixels: int = 3) -> int:
 def _ctr(lung: np.ndarray, half: int) -> float:
     """The widest gap between the lungs' inner edges in the heart's rows, over the lungs' widest outer span."""
     h = lung.shape[0]
-    left, right = lung[:, :half], lung[:, half:]
-    both = left.any(1) & right.any(1)
-    inner_left = half - 1 - left[:, ::-1].argmax(1)  # the image-left lung's rightmost pixel
-    inner_right = half + right.argmax(1)
+    any_left, _, inner_left = _row_ends(lung[:, :half])  # inner edges: the image-left lung's rightmost pixel
+    any_right, first_right, _ = _row_ends(lung[:, half:])  # ... and the image-right lung's leftmost
+    both, inner_right = any_left & any_right, half + first_right
     rows = np.arange(h)
     band = both & (rows >= HEART_ROWS[0] * h) & (rows <= HEART_ROWS[1] * h)
     if not band.any():
@@ -114,11 +116,12 @@ def _ctr(lung: np.ndarray, half: int) -> float:
     return float(heart / max(1, _row_spans(lung).max()))
 
 
+def _ring_mean(a: np.ndarray) -> np.ndarray:
+    """Mean over the 15x15 box around each pixel minus its inner 7x7 box: a spot's surroundings."""
+    return (_box_mean(a, 15) * 225 - _box_mean(a, 7) * 49) / (225 - 49)
+
+
 def _nodule_score(grey: np.ndarray, lung: np.ndarray, contrast: float) -> float:
-    spot = _box_mean(grey, 3)
-    big, small = _box_mean(grey, 15) * 225, _box_mean(grey, 7) * 49
-    ring = (big - small) / (225 - 49)
-    lung_big, lung_small = _box_mean(lung.astype(float), 15) * 225, _box_mean(lung.astype(float), 7) * 49
-    ring_lung = (lung_big - lung_small) / (225 - 49)
+    spot, ring, ring_lung = _box_mean(grey, 3), _ring_mean(grey), _ring_mean(lung.astype(float))
     score = np.where(ring_lung >= RING_LUNG_SHARE, (spot - ring) / contrast, -np.inf)
     return float(score.max()) if np.isfinite(score.max()) else 0.0

@@ -52,6 +52,11 @@ def write_phantom_case(folder: Path) -> tuple[Path, Path]:
     return images, masks
 
 
+def inside_ellipse(x, y, cx, cy, rx, ry) -> np.ndarray:
+    """Where the coordinate grids (x, y) fall inside the axis-aligned ellipse of centre (cx, cy), radii (rx, ry)."""
+    return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1
+
+
 def chest_phantom(rng: np.random.Generator, size: int = 128, blobs: int = 0) -> Image.Image:
     """A grey (size, size) 'chest X-ray' drawn from `rng`: chest wall, two dark lungs, the heart on the body's
     left, the spine, `blobs` random ellipses of random brightness, then noise."""
@@ -59,8 +64,7 @@ def chest_phantom(rng: np.random.Generator, size: int = 128, blobs: int = 0) -> 
     image = np.full((size, size), 0.15)
 
     def ellipse(cx, cy, rx, ry, value):
-        inside = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1
-        image[inside] = value
+        image[inside_ellipse(x, y, cx, cy, rx, ry)] = value
 
     ellipse(0.5, 0.55, 0.42, 0.45, 0.75)  # chest wall
     for side in (-1, 1):  # lungs, dark
