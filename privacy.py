@@ -70,7 +70,8 @@ def main(argv=None) -> None:
     cli.check_writable(s.output, "--output", is_file=False)
     from membership import inputs
     from membership.loss import check_timesteps
-    from membership.report import results, write_json, write_membership_png, write_scores_csv
+    from membership.report import results, write_membership_png, write_scores_csv
+    from mini_ldm.io import write_json_atomic
     from membership.run import add_token, reference_text, score, templates_of
     from mini_ldm.loading import check_device, default_autocast_dtype, default_device
 
@@ -95,7 +96,7 @@ def main(argv=None) -> None:
                                             "reference": which, "reference_text": text}))
     s.output.mkdir(parents=True, exist_ok=True)
     write_scores_csv(s.output / "scores.csv", all_scores)
-    write_json(s.output / "membership.json", {
+    write_json_atomic(s.output / "membership.json", {
         "concepts": entries, "model": str(sd.checkpoint.path), "family": sd.family, "prediction": sd.prediction,
         "resolution": resolution, "timesteps": timesteps, "draws": s.draws, "seed": s.seed, "dtype": s.dtype,
         "members": str(s.members), "held_out": str(s.held_out),

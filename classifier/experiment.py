@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from mini_ldm import cli
 from mini_ldm.errors import UserError
-from mini_ldm.io import pid_lock, write_text_atomic
+from mini_ldm.io import pid_lock, write_json_atomic, write_text_atomic
 from mini_ldm.loading import DTYPES, check_device, default_autocast_dtype, default_device
 
 from stats import auc
@@ -195,7 +195,7 @@ def prepare_output(s: ClassifySettings, weights_sha256: str | None) -> None:
             raise UserError(f"--output {s.output}: holds an experiment with other settings ({_changes(earlier, stamp)}); "
                             "rerun with the same settings to continue it, add --overwrite to replace it, or choose "
                             "another --output")
-    write_text_atomic(path, json.dumps(stamp, indent=2) + "\n")
+    write_json_atomic(path, stamp)
 
 
 def _changes(earlier: dict, stamp: dict) -> str:

@@ -2,13 +2,12 @@
 per repeat, mean/std over repeats), predictions.csv (every test score), roc.png, and the printed table."""
 import csv
 import io
-import json
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from mini_ldm.images import font
-from mini_ldm.io import write_image_atomic, write_text_atomic
+from mini_ldm.io import write_image_atomic, write_json_atomic, write_text_atomic
 
 from stats import auc
 
@@ -129,7 +128,7 @@ def table(results: dict) -> str:
 
 def write_outputs(output, s, data, arms: list, runs: dict, weights_sha256) -> dict:
     results = build_results(s, data, arms, runs, weights_sha256)
-    write_text_atomic(output / "results.json", json.dumps(results, indent=2) + "\n")
+    write_json_atomic(output / "results.json", results)
     write_predictions(output / "predictions.csv", arms, runs, data)
     write_image_atomic(output / "roc.png", draw_roc(arms, runs, data, results))
     return results

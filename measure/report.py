@@ -1,13 +1,12 @@
 """What evaluate.py writes: metrics.json, memorization.csv, memorization.png, and the table it prints."""
 import csv
 import io
-import json
 import math
 
 from PIL import Image, ImageDraw
 
 from mini_ldm.images import font
-from mini_ldm.io import write_image_atomic, write_text_atomic
+from mini_ldm.io import write_image_atomic, write_json_atomic, write_text_atomic
 from readers.images import DataError, load_image
 from stats.histogram import shared_histograms
 
@@ -20,7 +19,7 @@ def json_number(x):
 
 
 def write_metrics_json(path, metrics: dict) -> None:
-    write_text_atomic(path, json.dumps({k: json_number(v) for k, v in metrics.items()}, indent=2) + "\n")
+    write_json_atomic(path, {k: json_number(v) for k, v in metrics.items()})
 
 
 CSV_COLUMNS = ["synthetic", "nearest_real", "similarity", "flagged", "flagged_global", "flagged_per_real",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from mini_ldm.errors import UserError
-from ti.data import LatentCache, load_dataset
+from ti.data import LatentCache, load_dataset, vae_encoder
 from ti.templates import render
 from ti.trainer import denoising_prediction
 
@@ -44,12 +44,7 @@ def check_timesteps(timesteps: list, schedule_length: int) -> None:
 def encode_images(sd, root, paths: list, resolution: int, batch: int, progress: bool) -> LatentCache:
     """The images' latent distributions, as train.py encodes its training images (centre crop, no flip)."""
     items = load_dataset(root, resolution, crop="center", flip=False, paths=paths)
-
-    def encode(images):  # CPU float32 in [-1, 1] -> the VAE's latent distribution, on the CPU
-        mean, logvar = sd.vae.encode(images.to(sd.device, sd.dtype))
-        return mean.float().cpu(), logvar.float().cpu()
-
-    return LatentCache.build(items, encode, batch, progress=progress)
+    return LatentCache.build(items, vae_encoder(sd), batch, progress=progress)
 
 
 @torch.no_grad()

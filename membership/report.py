@@ -2,7 +2,6 @@
 membership.png (per token: both attacks' score histograms, members against held-out, and their ROC curves)."""
 import csv
 import io
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,10 +64,6 @@ def write_scores_csv(path, all_scores: list) -> None:
             out.writerow([s.token, name, int(s.member[k]), repr(float(loss[k])), repr(float(ref[k])),
                           repr(float(ref[k] - loss[k])), *per_t])
     write_text_atomic(path, buf.getvalue())
-
-
-def write_json(path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- the picture

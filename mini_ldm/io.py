@@ -75,6 +75,12 @@ def write_text_atomic(path, text: str) -> Path:
     return Path(path)
 
 
+def write_json_atomic(path, data) -> Path:
+    """`data` as indented JSON with a final newline: the form of every JSON file the tools write (results,
+    metrics, settings stamps), readable in an editor and diffable between runs."""
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
 def write_image_atomic(path, image: Image.Image, **save_kw) -> Path:
     """`image.save(path, **save_kw)` through `atomic_write`: the format from the file's suffix (.png, .jpg)
     unless `format=` says otherwise, since the temporary file's name has none."""

@@ -4,7 +4,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, UserError
-from .model_settings import DTYPE_NAMES, PREDICTIONS
+from .model_settings import PREDICTIONS
 from .pipeline import StableDiffusion
 from .settings import check_device_name
 from .tokenizer import CLIPTokenizer

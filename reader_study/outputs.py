@@ -1,10 +1,9 @@
 """The report's files (report.json, readings.csv, report.png) and the table printed with them."""
 import csv
 import io
-import json
 from pathlib import Path
 
-from mini_ldm.io import write_image_atomic, write_text_atomic
+from mini_ldm.io import write_image_atomic, write_json_atomic, write_text_atomic
 
 from .plots import report_image
 from .readings import COLUMNS
@@ -20,7 +19,7 @@ def write_report(folder, report: dict, readings: list) -> list:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(COLUMNS)
     writer.writerows(r.row() for r in readings)
-    return [write_text_atomic(folder / REPORT_JSON, json.dumps(report, indent=2) + "\n"),
+    return [write_json_atomic(folder / REPORT_JSON, report),
             write_text_atomic(folder / READINGS_CSV, text.getvalue()),
             write_image_atomic(folder / REPORT_PNG, report_image(report, readings))]
 
